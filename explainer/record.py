@@ -1,0 +1,221 @@
+"""`explain record`: run the hooked subject model over a corpus, keep each neuron's excerpts.
+
+One forward pass per batch hooks every selected layer. Per neuron it keeps the exact top-k
+excerpts by max activation (topk.TopK), a seeded uniform sample of excerpts shared by all neurons
+(topk.Reservoir) and running statistics over every token (topk.Stats). Nothing is written until
+the pass has finished: excerpts go to a hidden staging folder and move into place at the end, then
+each layer's tables are written and marked done in run.json. A killed run therefore leaves either
+finished layers or nothing, and a rerun redoes exactly the layers not marked done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from explainer import ExplainError, corpus, models, store
+from explainer.config import RANDOM_SPLITS, SPLITS, RecordConfig, parse_spec
+
+log = logging.getLogger(__name__)
+STAGE_ROWS = 1024  # excerpts per staged Parquet file: bounded memory, few files
+QUANTILE_PROBS = (0.001, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 0.999)
+# Settings that define what a model's recorded tables mean: a rerun must match them.
+SETTINGS = ("model_id", "corpus", "n_excerpts", "ctx", "top_k", "random_k", "quantile_k",
+            "quantile_bins", "seed")
+
+
+def _check_numbers(cfg: RecordConfig) -> None:
+    for name in ("n_excerpts", "ctx", "top_k", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise ExplainError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be >= 1")
+    for name in ("random_k", "quantile_k"):
+        if getattr(cfg, name) < 0:
+            raise ExplainError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be >= 0")
+    if cfg.top_k > cfg.n_excerpts:
+        raise ExplainError(f"--top-k {cfg.top_k}: larger than --n-excerpts {cfg.n_excerpts}")
+    if cfg.quantile_k:
+        raise ExplainError("--quantile-k: quantile sampling is not available yet; use 0")
+
+
+def _settings(cfg: RecordConfig, model_id: str) -> dict:
+    return {"model_id": model_id, "corpus": cfg.corpus, "n_excerpts": cfg.n_excerpts,
+            "ctx": cfg.ctx, "top_k": cfg.top_k, "random_k": cfg.random_k,
+            "quantile_k": cfg.quantile_k, "quantile_bins": cfg.quantile_bins, "seed": cfg.seed}
+
+
+def _check_existing(run: Path, key: str, settings: dict) -> list[int]:
+    """Layers already recorded with these settings; an ExplainError if the settings differ."""
+    meta = store.model_meta(run, key)
+    if meta is None:
+        return []
+    for name in SETTINGS:
+        if meta.get("settings", {}).get(name) != settings[name]:
+            raise ExplainError(
+                f"{run}: recorded with {name}={meta['settings'].get(name)!r}, not "
+                f"{settings[name]!r}; use another --run or the same settings")
+    return list(meta.get("layers_done", []))
+
+
+def run(cfg: RecordConfig) -> Path:
+    """Record the selected layers of one subject model into the run directory; returns it."""
+    run_dir = Path(cfg.run)
+    _check_numbers(cfg)
+    corpus.check(cfg.corpus)
+    spec = models.resolve(cfg.model)
+    layers = parse_spec(cfg.layers, spec.n_layers, "layer", spec.name)
+    if cfg.ctx > spec.n_ctx:
+        raise ExplainError(f"--ctx {cfg.ctx}: {spec.name} reads at most {spec.n_ctx} tokens")
+    settings = _settings(cfg, spec.model_id)
+    done = _check_existing(run_dir, spec.name, settings)
+    todo = [la for la in layers if la not in done]
+    if not todo:
+        print(f"nothing to do: layers {cfg.layers} of {spec.name} are already recorded in "
+              f"{run_dir}")
+        return run_dir
+    subject = models.load(spec, cfg.device)
+    created = not run_dir.exists()
+    try:
+        result = _record(cfg, subject, todo)
+    except BaseException:
+        shutil.rmtree(_staging(run_dir, spec.name), ignore_errors=True)
+        if created:  # bad input found mid-pass (e.g. empty corpus): leave no files at all
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    _write(run_dir, cfg, subject, settings, todo, result)
+    return run_dir
+
+
+def _staging(run_dir: Path, name: str) -> Path:
+    return run_dir / f".staging-{store.model_key(name)}"
+
+
+def _record(cfg: RecordConfig, subject, layers: list[int]) -> dict:
+    """The streaming pass: returns per-layer samplers and the staged excerpt files."""
+    import torch
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeRemainingColumn)
+
+    from explainer.topk import Reservoir, Stats, TopK
+
+    stage = _staging(Path(cfg.run), subject.name)
+    shutil.rmtree(stage, ignore_errors=True)
+    d_mlp = subject.d_mlp
+    tops = {la: TopK(cfg.top_k, d_mlp, cfg.ctx) for la in layers}
+    stats = {la: Stats(d_mlp) for la in layers}
+    reservoir = Reservoir(cfg.random_k, cfg.seed)
+    rand_acts = {la: torch.zeros(cfg.random_k, cfg.ctx, d_mlp) for la in layers}
+    digest = hashlib.sha256()
+    n_read = 0
+    pending: list = []  # excerpts staged in files of up to STAGE_ROWS rows
+    source = corpus.excerpts(cfg.corpus, subject.tokenizer, cfg.ctx, cfg.n_excerpts)
+    columns = [TextColumn("record {task.fields[model]}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("excerpts {task.fields[tps]:,.0f} tok/s"), TimeRemainingColumn()]
+    with Progress(*columns, transient=False) as bar, torch.inference_mode():
+        task = bar.add_task("record", total=cfg.n_excerpts, model=subject.name, tps=0.0)
+        for batch in _batches(source, cfg.batch_size):
+            ids = torch.tensor([e.excerpt_id for e in batch])
+            tokens = torch.tensor([e.token_ids for e in batch])  # (B, ctx)
+            digest.update(tokens.numpy().astype(np.int32).tobytes())
+            acts = subject.activations(tokens, layers)  # layer -> (B, ctx, d_mlp) float32
+            picks = reservoir.offer(len(batch))
+            for la in layers:
+                tops[la].update(acts[la], ids)
+                stats[la].update(acts[la])
+                for slot, i in picks:
+                    rand_acts[la][slot] = acts[la][i]
+            pending.extend(batch)
+            if len(pending) >= STAGE_ROWS:
+                _stage_excerpts(stage, subject, pending)
+                pending = []
+            n_read += len(batch)
+            elapsed = bar.tasks[0].elapsed or 1e-9
+            bar.update(task, advance=len(batch), tps=n_read * cfg.ctx / elapsed)
+        bar.update(task, total=n_read)
+    if pending:
+        _stage_excerpts(stage, subject, pending)
+    if n_read == 0:
+        raise ExplainError(f"--corpus {cfg.corpus}: holds fewer than {cfg.ctx} tokens "
+                           f"for {subject.name}'s tokenizer")
+    if cfg.top_k > n_read:
+        raise ExplainError(f"--top-k {cfg.top_k}: the corpus gave only {n_read} excerpts "
+                           f"of {cfg.ctx} tokens")
+    random_k = min(cfg.random_k, n_read)
+    return {"tops": tops, "stats": stats, "rand_ids": reservoir.ids[:random_k],
+            "rand_acts": {la: a[:random_k].numpy() for la, a in rand_acts.items()},
+            "n_read": n_read, "corpus_sha256": digest.hexdigest(), "stage": stage}
+
+
+def _batches(source, size: int):
+    batch = []
+    for ex in source:
+        batch.append(ex)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _stage_excerpts(stage: Path, subject, batch) -> None:
+    cols = {"excerpt_id": [e.excerpt_id for e in batch],
+            "token_ids": [e.token_ids for e in batch],
+            "tokens": [subject.token_strings(e.token_ids) for e in batch]}
+    store.write_columns(stage, "excerpts", cols, model=subject.name,
+                        prefix=f"{batch[0].excerpt_id:09d}")
+
+
+def _write(run_dir: Path, cfg: RecordConfig, subject, settings: dict, layers: list[int],
+           res: dict) -> None:
+    key = store.model_key(subject.name)
+    meta = store.read_run_json(run_dir)
+    entry = meta["models"].get(key)
+    if entry is None or not store.files(run_dir, "excerpts", key):
+        store.remove_partition(run_dir, "excerpts", key)
+        target = store.partition_dir(run_dir, "excerpts", key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (res["stage"] / "excerpts" / f"model={key}").rename(target)
+    shutil.rmtree(res["stage"], ignore_errors=True)
+    entry = entry or {**subject.meta(), "settings": settings, "layers_done": [],
+                      "n_excerpts_read": res["n_read"], "corpus_sha256": res["corpus_sha256"],
+                      "splits": {"top": list(SPLITS), "random": list(RANDOM_SPLITS)},
+                      "quantile_probs": list(QUANTILE_PROBS),
+                      "quantiles_from": "tokens of the random sample"}
+    entry["packages"] = models.package_versions()
+    for la in layers:
+        store.remove_partition(run_dir, "records", key, la)
+        store.remove_partition(run_dir, "neurons", key, la)
+        _write_layer(run_dir, key, la, res)
+        entry["layers_done"] = sorted(set(entry["layers_done"]) | {la})
+        meta["models"][key] = entry
+        store.write_run_json(run_dir, meta)
+
+
+def _write_layer(run_dir: Path, key: str, layer: int, res: dict) -> None:
+    ids, vals, acts = res["tops"][layer].ranked()  # (N, k), (N, k), (N, k, ctx)
+    n_neurons, k = ids.shape
+    rand_ids, rand_acts = res["rand_ids"], res["rand_acts"][layer]  # (R,), (R, ctx, N)
+    r = len(rand_ids)
+    neuron = np.repeat(np.arange(n_neurons, dtype=np.int32), k + r)
+    rank = np.tile(np.r_[np.arange(k), np.arange(r)].astype(np.int32), n_neurons)
+    kind = np.tile(np.array(["top"] * k + ["random"] * r, dtype=object), n_neurons)
+    split = np.tile(np.array([SPLITS[i % len(SPLITS)] for i in range(k)]
+                             + [RANDOM_SPLITS[i % len(RANDOM_SPLITS)] for i in range(r)],
+                             dtype=object), n_neurons)
+    excerpt = np.concatenate([ids, np.broadcast_to(rand_ids, (n_neurons, r))], axis=1).ravel()
+    all_acts = np.concatenate([acts, rand_acts.transpose(2, 0, 1)], axis=1)  # (N, k + r, ctx)
+    all_max = np.concatenate([vals, rand_acts.max(axis=1).T], axis=1).ravel()
+    store.write_columns(run_dir, "records", {
+        "neuron": neuron, "excerpt_id": excerpt, "kind": kind, "rank": rank, "split": split,
+        "activations": store.list_array(all_acts.reshape(-1, all_acts.shape[-1])),
+        "max_activation": all_max}, model=key, layer=layer)
+    st = res["stats"][layer].summary()
+    tokens = rand_acts.reshape(-1, n_neurons)  # (R*ctx, N) uniform sample of tokens
+    quant = np.quantile(tokens, QUANTILE_PROBS, axis=0).T.astype(np.float32)  # (N, Q)
+    store.write_columns(run_dir, "neurons", {
+        "neuron": np.arange(n_neurons, dtype=np.int32), **st,
+        "quantiles": store.list_array(quant)}, model=key, layer=layer)

@@ -1,0 +1,215 @@
+"""`explain record` against independent computations: the HF model's own MLP output, brute force."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from explainer import store
+
+runner = CliRunner()
+
+
+def record(*args: str):
+    return runner.invoke(app, ["record", *args])
+
+
+def _hf_acts(model_dir, token_ids: np.ndarray, layer: int, gated: bool = False) -> np.ndarray:
+    """MLP post-activations from the Hugging Face model itself (no TransformerLens)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager").eval()
+    got = []
+    if gated:  # Llama: the neuron is act(gate) * up, the input of down_proj
+        mod = hf.model.layers[layer].mlp.down_proj
+        handle = mod.register_forward_pre_hook(lambda m, args: got.append(args[0]))
+    else:  # GPT-2: the output of the MLP's own activation module
+        mod = hf.transformer.h[layer].mlp.act
+        handle = mod.register_forward_hook(lambda m, i, o: got.append(o))
+    with torch.no_grad():
+        for start in range(0, len(token_ids), 16):
+            hf(torch.tensor(token_ids[start:start + 16]))
+    handle.remove()
+    return torch.cat(got).float().numpy()  # (n_excerpts, ctx, d_mlp)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_gpt2, tiny_corpus):
+    run = tmp_path_factory.mktemp("run") / "r"
+    res = record("--model", str(tiny_gpt2), "--corpus", str(tiny_corpus), "--run", str(run),
+                 "--n-excerpts", "120", "--ctx", "16", "--top-k", "12", "--random-k", "9",
+                 "--batch-size", "7")
+    assert res.exit_code == 0, res.output
+    return run
+
+
+def _excerpts(run, model):
+    ex = store.read(run, "excerpts", model=model).sort_values("excerpt_id")
+    return np.stack(ex.token_ids.to_numpy()), ex
+
+
+def test_activations_match_hf(tiny_run, tiny_gpt2):
+    ids, _ = _excerpts(tiny_run, "tiny-gpt2")
+    for layer in (0, 1):
+        ref = _hf_acts(tiny_gpt2, ids, layer)
+        rec = store.read(tiny_run, "records", model="tiny-gpt2", layer=layer)
+        got = np.stack(rec.activations.to_numpy())
+        want = ref[rec.excerpt_id.to_numpy(), :, rec.neuron.to_numpy()]
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-4)
+        np.testing.assert_allclose(rec.max_activation, want.max(axis=1), atol=1e-4)
+
+
+def test_topk_equals_brute_force(tiny_run, tiny_gpt2):
+    ids, _ = _excerpts(tiny_run, "tiny-gpt2")
+    assert len(ids) == 120
+    ref = _hf_acts(tiny_gpt2, ids, 1).max(axis=1)  # (n_excerpts, d_mlp)
+    rec = store.read(tiny_run, "records", model="tiny-gpt2", layer=1)
+    top = rec[rec.kind == "top"].sort_values(["neuron", "rank"])
+    for neuron, group in top.groupby("neuron"):
+        # Rank by max activation, ties to the earlier excerpt; compare ranks, allowing
+        # swaps only between excerpts whose maxima agree to float32 noise.
+        order = np.lexsort((np.arange(len(ref)), -ref[:, neuron]))[:12]
+        got = group.excerpt_id.to_numpy()
+        np.testing.assert_allclose(ref[got, neuron], ref[order, neuron], atol=1e-5)
+        assert set(got) == set(order) or np.allclose(
+            np.sort(ref[got, neuron]), np.sort(ref[order, neuron]), atol=1e-5)
+    assert list(top.split[:4]) == ["explain", "calibrate", "valid", "test"]
+
+
+def test_exact_ties_break_to_earlier_excerpt():
+    import torch
+
+    from explainer.topk import TopK
+
+    acts = torch.zeros(50, 4, 3)
+    acts[[3, 9, 20, 41], 1, :] = 2.0  # four excerpts tie on every neuron
+    t = TopK(3, 3, 4)
+    for s in range(0, 50, 8):
+        t.update(acts[s:s + 8], torch.arange(s, min(s + 8, 50)))
+    ids, vals, _ = t.ranked()
+    assert ids.tolist() == [[3, 9, 20]] * 3
+
+
+def test_neuron_stats_match_brute_force(tiny_run, tiny_gpt2):
+    ids, _ = _excerpts(tiny_run, "tiny-gpt2")
+    ref = _hf_acts(tiny_gpt2, ids, 0).reshape(-1, 128)
+    st = store.read(tiny_run, "neurons", model="tiny-gpt2", layer=0).sort_values("neuron")
+    np.testing.assert_allclose(st["mean"], ref.mean(0), atol=1e-5)
+    np.testing.assert_allclose(st["std"], ref.std(0), atol=1e-4)
+    np.testing.assert_allclose(st["max"], ref.max(0), atol=1e-5)
+    np.testing.assert_allclose(st["density"], (ref > 0).mean(0))
+    assert (st.n_tokens == ref.shape[0]).all()
+
+
+def test_tokens_decode_each_id(tiny_run, tiny_gpt2):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_gpt2)
+    _, ex = _excerpts(tiny_run, "tiny-gpt2")
+    row = ex.iloc[5]
+    assert list(row.tokens) == [tok.decode([i]) for i in row.token_ids]
+    meta = json.loads((tiny_run / "run.json").read_text())["models"]["tiny-gpt2"]
+    assert meta["n_layers"] == 2 and meta["d_mlp"] == 128 and meta["layers_done"] == [0, 1]
+
+
+def _random_ids(tmp_path, tiny_gpt2, tiny_corpus, seed, name):
+    run = tmp_path / name
+    res = record("--model", str(tiny_gpt2), "--corpus", str(tiny_corpus), "--run", str(run),
+                 "--n-excerpts", "80", "--ctx", "16", "--top-k", "4", "--random-k", "10",
+                 "--layers", "0", "--seed", str(seed))
+    assert res.exit_code == 0, res.output
+    rec = store.read(run, "records", model="tiny-gpt2", layer=0)
+    return sorted(set(rec[rec.kind == "random"].excerpt_id))
+
+
+def test_random_sample_reproducible_per_seed(tmp_path, tiny_gpt2, tiny_corpus):
+    a = _random_ids(tmp_path, tiny_gpt2, tiny_corpus, 1, "a")
+    b = _random_ids(tmp_path, tiny_gpt2, tiny_corpus, 1, "b")
+    c = _random_ids(tmp_path, tiny_gpt2, tiny_corpus, 2, "c")
+    assert len(a) == 10 and a == b and a != c
+
+
+def test_rerun_and_resume(tmp_path, tiny_gpt2, tiny_corpus):
+    run = tmp_path / "r"
+    common = ["--model", str(tiny_gpt2), "--corpus", str(tiny_corpus), "--run", str(run),
+              "--n-excerpts", "40", "--ctx", "16", "--top-k", "4", "--random-k", "3"]
+    assert record(*common, "--layers", "0").exit_code == 0
+    layer0 = store.files(run, "records", "tiny-gpt2", 0)
+    ex = store.files(run, "excerpts", "tiny-gpt2")
+    res = record(*common, "--layers", "0-1")  # as if a killed run had finished only layer 0
+    assert res.exit_code == 0, res.output
+    assert store.files(run, "records", "tiny-gpt2", 0) == layer0  # layer 0 not redone
+    assert store.files(run, "excerpts", "tiny-gpt2") == ex
+    assert store.layers_in(run, "records", "tiny-gpt2") == [0, 1]
+    res = record(*common, "--layers", "all")
+    assert res.exit_code == 0 and "nothing to do" in res.output
+    # A killed pass leaves only a hidden staging folder, which a rerun discards.
+    (run / ".staging-tiny-gpt2" / "excerpts").mkdir(parents=True)
+    assert not list(run.glob("*/model=*/layer=*/.*"))
+
+
+def _no_files(path) -> bool:
+    return not path.exists() or not any(path.rglob("*"))
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--model", "gpt9"], "gpt9"),
+    (["--layers", "7"], "layers 0-1"),
+    (["--layers", "x-y"], "x-y"),
+    (["--ctx", "4096"], "4096"),
+    (["--corpus", "/nonexistent/file.txt"], "no such file"),
+    (["--corpus", "EMPTY"], "fewer than"),
+    (["--corpus", "BADEXT"], "unsupported"),
+    (["--top-k", "5000", "--n-excerpts", "10000"], "only"),
+    (["--top-k", "50", "--n-excerpts", "10"], "--top-k 50"),
+])
+def test_bad_input_one_line_exit_2_no_files(tmp_path, tiny_gpt2, tiny_corpus, args, needle):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    bad = tmp_path / "c.docx"
+    bad.write_text("x")
+    args = [str(empty) if a == "EMPTY" else str(bad) if a == "BADEXT" else a for a in args]
+    base = {"--model": str(tiny_gpt2), "--corpus": str(tiny_corpus), "--ctx": "16"}
+    for i in range(0, len(args), 2):
+        base[args[i]] = args[i + 1]
+    run = tmp_path / "run"
+    res = record("--run", str(run), *[x for kv in base.items() for x in kv])
+    assert res.exit_code == 2, res.output
+    err = res.stderr.strip()
+    assert err.startswith("error:") and "\n" not in err and needle in err, err
+    assert _no_files(run)
+
+
+def test_different_settings_named(tmp_path, tiny_gpt2, tiny_corpus):
+    run = tmp_path / "r"
+    common = ["--model", str(tiny_gpt2), "--corpus", str(tiny_corpus), "--run", str(run),
+              "--n-excerpts", "30", "--ctx", "16", "--top-k", "4", "--random-k", "3"]
+    assert record(*common, "--layers", "0").exit_code == 0
+    before = sorted(p for p in run.rglob("*"))
+    res = record(*common, "--layers", "1", "--seed", "5")
+    assert res.exit_code == 2 and "seed=0" in res.stderr and "\n" not in res.stderr.strip()
+    assert sorted(p for p in run.rglob("*")) == before
+
+
+@pytest.mark.slow
+def test_embedded_model_matches_hf(tmp_path):
+    from explainer import models
+
+    run = tmp_path / "r"
+    res = record("--model", "smollm2-135m", "--run", str(run), "--n-excerpts", "6",
+                 "--ctx", "16", "--top-k", "2", "--random-k", "2", "--layers", "0,29")
+    assert res.exit_code == 0, res.output
+    ids, _ = _excerpts(run, "smollm2-135m")
+    ckpt = models._embedded_checkpoint()
+    for layer in (0, 29):
+        ref = _hf_acts(ckpt, ids, layer, gated=True)
+        rec = store.read(run, "records", model="smollm2-135m", layer=layer)
+        got = np.stack(rec.activations.to_numpy())
+        want = ref[rec.excerpt_id.to_numpy(), :, rec.neuron.to_numpy()]
+        np.testing.assert_allclose(got, want, atol=1e-4)
