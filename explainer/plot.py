@@ -1,0 +1,107 @@
+"""The report's figure: mean score against layer depth per model, and the histogram of scores.
+
+Depth is `layer / (n_layers - 1)` so models of different depth share one axis (the paper's
+finding that scores fall with depth and with model size reads off one panel). matplotlib runs
+headless (Agg); nothing is imported until a plot is asked for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from explainer.report import format_params
+
+GOOD = 0.8
+_STYLES = ("-", "--", ":", "-.")
+
+
+def _pairs(rows) -> list[tuple[str, str]]:
+    return sorted({(r.explainer, r.simulator) for r in rows})
+
+
+def _title(pairs: list[tuple[str, str]]) -> str:
+    explainers = sorted({e for e, _ in pairs})
+    simulators = sorted({s for _, s in pairs})
+    return (f"explainer{'s' if len(explainers) > 1 else ''}: {', '.join(explainers)}"
+            f"  ·  simulator{'s' if len(simulators) > 1 else ''}: {', '.join(simulators)}")
+
+
+def _depth_panel(ax, layer_rows, pairs, model_order: list[str]) -> None:
+    colors = {m: f"C{i % 10}" for i, m in enumerate(model_order)}
+    for m in model_order:
+        for pi, pair in enumerate(pairs):
+            pts = sorted((r for r in layer_rows if r.model == m and (r.explainer, r.simulator)
+                          == pair and r.mean is not None and r.depth is not None),
+                         key=lambda r: r.depth)
+            if not pts:
+                continue
+            x = np.array([r.depth for r in pts])
+            y = np.array([r.mean for r in pts])
+            name = f"{m} ({format_params(pts[0].n_params)})"
+            label = name if len(pairs) == 1 else f"{name} · {pair[0]}"
+            ax.plot(x, y, _STYLES[pi % len(_STYLES)], marker="o", color=colors[m], label=label)
+            ax.fill_between(x, [r.ci_low for r in pts], [r.ci_high for r in pts],
+                            color=colors[m], alpha=0.15 / len(pairs), linewidth=0)
+    ax.axhline(0.0, color="0.6", linewidth=0.8)
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_xlabel("layer depth (0 = first layer, 1 = last layer)")
+    ax.set_ylabel("mean score (valid correlation), 95% CI band")
+    ax.set_title("Mean score by depth")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small", loc="best",
+                  title="model (parameters)" + (" · explainer" if len(pairs) > 1 else ""))
+
+
+def _hist_panel(ax, head, model_names: dict[str, str], model_order_keys: list[str],
+                pairs: list[tuple[str, str]]) -> None:
+    ok = head[(head["status"] == "ok") & head["score"].notna()]
+    bins = np.linspace(-1.0, 1.0, 41)
+    for i, mkey in enumerate(model_order_keys):
+        for pi, (ex, sim) in enumerate(pairs):
+            sel = (ok["model"] == mkey) & (ok["explainer"] == ex) & (ok["simulator"] == sim)
+            s = ok[sel]["score"].to_numpy(dtype=np.float64)
+            if not s.size:
+                continue
+            name = model_names.get(mkey, mkey) + ("" if len(pairs) == 1 else f" · {ex}")
+            ax.hist(s, bins=bins, histtype="step", linewidth=1.8, color=f"C{i % 10}",
+                    linestyle=_STYLES[pi % len(_STYLES)], label=f"{name} (n={s.size})")
+    ax.axvline(GOOD, color="0.3", linestyle="--", linewidth=1, label=f"score = {GOOD}")
+    ax.set_xlim(-1, 1)
+    ax.set_xlabel("score (correlation of simulated and real activations)")
+    ax.set_ylabel("neurons")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts of neurons
+    ax.set_title("Distribution of scores")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left")
+
+
+def write(path: Path, layer_rows, head, models_meta: dict) -> Path:
+    """Write the two-panel PNG to `path`; `layer_rows` from report.aggregate(by='layer')."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = _pairs(layer_rows)
+    names = {k: v.get("model", k) for k, v in models_meta.items()}
+    model_order = list(dict.fromkeys(r.model for r in layer_rows))  # already smallest first
+    keys_by_name = {names.get(k, k): k for k in head["model"].unique()}
+    order_keys = [keys_by_name[m] for m in model_order if m in keys_by_name]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110)
+    try:
+        _depth_panel(left, layer_rows, pairs, model_order)
+        _hist_panel(right, head, names, order_keys, pairs)
+        fig.suptitle(_title(pairs), fontsize=12)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp.png")
+        fig.savefig(tmp, format="png")
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+    return path

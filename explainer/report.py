@@ -1,0 +1,273 @@
+"""`explain report`: score summaries by layer, by model size and by explainer/simulator pair.
+
+Each neuron counts once per (explainer, simulator): its chosen candidate's score on the valid
+split (the headline of the paper, top + random excerpts together). The aggregation functions are
+pure (DataFrame in, rows out) so tests can check them against an independent computation.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from explainer import ExplainError, store
+from explainer.config import ReportConfig
+
+BYS = ("layer", "model")
+FORMATS = ("table", "csv", "json")
+GOOD = 0.8  # the paper counts neurons explained at least this well
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """Summary of the headline scores of one group of neurons."""
+
+    model: str  # the subject model's name (run.json), not its partition key
+    layer: int | None  # None on a per-model or per-pair row
+    depth: float | None  # layer / (n_layers - 1): 0 = first layer, 1 = last
+    explainer: str
+    simulator: str
+    n_params: int | None
+    n_neurons: int  # neurons with a score row, whatever its status
+    n_scored: int  # neurons whose score is defined
+    mean: float | None
+    ci_low: float | None  # 95% bootstrap interval of the mean (percentile method)
+    ci_high: float | None
+    median: float | None
+    share_good: float | None  # share of scored neurons with score >= GOOD
+    mean_top: float | None
+    mean_random: float | None
+    mean_test: float | None  # the chosen candidate on the held-back test split
+    n_undefined: int  # scored, but the correlation is undefined (constant side, no tokens)
+    n_failed: int
+
+
+def bootstrap_ci(values, n_boot: int = 2000, seed: int = 0, level: float = 0.95):
+    """Percentile bootstrap interval of the mean; (None, None) with no values."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        return None, None
+    if x.size == 1:
+        return float(x[0]), float(x[0])
+    rng = np.random.default_rng(seed)
+    # Chunks keep memory bounded for layers of thousands of neurons (≈ 4M indices at once).
+    chunk = max(1, min(n_boot, 4_000_000 // x.size))
+    means = np.concatenate([x[rng.integers(0, x.size, (min(chunk, n_boot - i), x.size))].mean(1)
+                            for i in range(0, n_boot, chunk)])
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def headline(scores):
+    """One valid-split row per (model, layer, neuron, explainer, simulator): the chosen candidate.
+
+    A neuron whose candidates all failed has no `best` row; its lowest candidate stands in, so it
+    is counted as failed rather than silently dropped.
+    """
+    valid = scores[scores["split"] == "valid"]
+    if valid.empty:
+        return valid
+    order = valid.sort_values(["best", "candidate"], ascending=[False, True], kind="stable")
+    key = ["model", "layer", "neuron", "explainer", "simulator"]
+    return order.drop_duplicates(key, keep="first").sort_values(key).reset_index(drop=True)
+
+
+def _test_scores(scores, head):
+    """The chosen candidates' test-split scores, aligned to `head`'s rows (NaN where absent)."""
+    key = ["model", "layer", "neuron", "explainer", "simulator", "candidate"]
+    test = scores[scores["split"] == "test"][key + ["score"]].drop_duplicates(key, keep="last")
+    merged = head[key].merge(test, on=key, how="left")
+    return merged["score"].to_numpy(dtype=np.float64)
+
+
+def _mean(values) -> float | None:
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else None
+
+
+def summarize(rows, meta: dict, layer, explainer: str, simulator: str, seed: int = 0,
+              n_boot: int = 2000) -> ReportRow:
+    """Aggregate headline rows (already one per neuron) into one ReportRow."""
+    status = rows["status"].to_numpy()
+    score = rows["score"].to_numpy(dtype=np.float64)
+    ok = (status == "ok") & np.isfinite(score)
+    good = score[ok]
+    lo, hi = bootstrap_ci(good, n_boot=n_boot, seed=seed)
+    n_layers = meta.get("n_layers")
+    depth = None
+    if layer is not None and n_layers:
+        depth = float(layer) / (n_layers - 1) if n_layers > 1 else 0.0
+    return ReportRow(
+        model=meta.get("model", ""), layer=None if layer is None else int(layer), depth=depth,
+        explainer=explainer, simulator=simulator, n_params=meta.get("n_params"),
+        n_neurons=int(len(rows)), n_scored=int(ok.sum()),
+        mean=float(good.mean()) if good.size else None, ci_low=lo, ci_high=hi,
+        median=float(np.median(good)) if good.size else None,
+        share_good=float((good >= GOOD).mean()) if good.size else None,
+        mean_top=_mean(rows["score_top"].to_numpy(dtype=np.float64)[ok]),
+        mean_random=_mean(rows["score_random"].to_numpy(dtype=np.float64)[ok]),
+        mean_test=_mean(rows["test_score"].to_numpy(dtype=np.float64)[ok])
+        if "test_score" in rows else None,
+        # Anything neither scored nor failed had no defined correlation (a constant side, or
+        # no tokens): score.py names the reason in `status`.
+        n_undefined=int((~ok & (status != "failed")).sum()),
+        n_failed=int((status == "failed").sum()),
+    )
+
+
+def _size_key(meta: dict, mkey: str):
+    n = meta.get("n_params")
+    return (n is None, n or 0, mkey)
+
+
+def aggregate(scores, models_meta: dict, by: str = "layer", seed: int = 0, n_boot: int = 2000):
+    """Report rows grouped by (model, layer, pair), (model, pair) or pair; models by size."""
+    head = headline(scores)
+    if head.empty:
+        return []
+    head = head.assign(test_score=_test_scores(scores, head))
+    mkeys = sorted(head["model"].unique(), key=lambda m: _size_key(models_meta.get(m, {}), m))
+    out: list[ReportRow] = []
+    if by == "pair":
+        for (ex, sim), g in head.groupby(["explainer", "simulator"], sort=True):
+            meta = {"model": ", ".join(models_meta.get(m, {}).get("model", m)
+                                       for m in mkeys if m in set(g["model"]))}
+            out.append(summarize(g, meta, None, ex, sim, seed, n_boot))
+        return out
+    for mkey in mkeys:
+        meta = {"model": mkey, **models_meta.get(mkey, {})}
+        mrows = head[head["model"] == mkey]
+        # Layer first, pair second: the baseline explainer's row sits beside the LLM's.
+        keys = ["explainer", "simulator"] if by == "model" else ["layer", "explainer", "simulator"]
+        for k, g in mrows.groupby(keys, sort=True):
+            layer = None if by == "model" else int(k[0])
+            out.append(summarize(g, meta, layer, k[-2], k[-1], seed, n_boot))
+    return out
+
+
+def load(run: Path):
+    """The run's scores and its per-model metadata (keyed by partition key)."""
+    run = Path(run)
+    if not run.is_dir():
+        raise ExplainError(f"--run {run}: no such run directory (create it with `explain record`)")
+    scores = store.read(run, "scores")
+    if scores.empty:
+        raise ExplainError(f"--run {run}: has no scores yet (run `explain score` first)")
+    models_meta = store.read_run_json(run).get("models", {})
+    return scores, models_meta
+
+
+def run(cfg: ReportConfig) -> str:
+    """Aggregate a run's scores and render them; write the plot when asked."""
+    if cfg.by not in BYS:
+        raise ExplainError(f"--by {cfg.by}: expected one of {', '.join(BYS)}")
+    if cfg.format not in FORMATS:
+        raise ExplainError(f"--format {cfg.format}: expected one of {', '.join(FORMATS)}")
+    if cfg.plot is not None and Path(cfg.plot).suffix.lower() != ".png":
+        raise ExplainError(f"--plot {cfg.plot}: expected a file name ending in .png")
+    scores, models_meta = load(cfg.run)
+    rows = aggregate(scores, models_meta, cfg.by)
+    per_model = aggregate(scores, models_meta, "model") if cfg.by == "layer" else rows
+    pairs = aggregate(scores, models_meta, "pair")
+    if cfg.plot is not None:
+        from explainer import plot
+
+        layer_rows = rows if cfg.by == "layer" else aggregate(scores, models_meta, "layer")
+        plot.write(Path(cfg.plot), layer_rows, headline(scores), models_meta)
+    if cfg.format == "csv":
+        return to_csv(rows)
+    if cfg.format == "json":
+        return json.dumps({"run": str(cfg.run), "by": cfg.by, "rows": _dicts(rows),
+                           "models": _dicts(per_model), "pairs": _dicts(pairs)}, indent=2)
+    text = render_tables(rows, per_model, pairs, cfg.by)
+    return text + (f"\nplot: {cfg.plot}" if cfg.plot is not None else "")
+
+
+def _dicts(rows: list[ReportRow]) -> list[dict]:
+    return [asdict(r) for r in rows]
+
+
+def to_csv(rows: list[ReportRow]) -> str:
+    """Rows as CSV with a header (empty cells for undefined values)."""
+    import csv
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([f.name for f in fields(ReportRow)])
+    for r in rows:
+        writer.writerow(["" if v is None else v for v in (getattr(r, f.name)
+                                                         for f in fields(ReportRow))])
+    return buf.getvalue().rstrip("\n")
+
+
+def _num(x, fmt: str = "{:.3f}") -> str:
+    return "—" if x is None else fmt.format(x)
+
+
+def format_params(n) -> str:
+    """A parameter count in K/M/B, as model sizes are usually quoted."""
+    if n is None:
+        return "?"
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.{0 if n / div >= 100 else 1}f}{unit}"
+    return str(n)
+
+
+def _table(title: str, rows: list[ReportRow], first: list[tuple[str, callable]]):
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left", header_style="bold")
+    several_sims = len({r.simulator for r in rows}) > 1
+    cols = first + [("explainer", lambda r: r.explainer)]
+    cols += [("simulator", lambda r: r.simulator)] if several_sims else []
+    cols += [
+        ("neurons", lambda r: str(r.n_neurons)),
+        ("scored", lambda r: str(r.n_scored)),
+        ("mean", lambda r: _num(r.mean)),
+        ("95% CI", lambda r: "—" if r.ci_low is None else f"{r.ci_low:.3f}…{r.ci_high:.3f}"),
+        ("median", lambda r: _num(r.median)),
+        (f"≥{GOOD}", lambda r: _num(r.share_good, "{:.0%}")),
+        ("top", lambda r: _num(r.mean_top)),
+        ("random", lambda r: _num(r.mean_random)),
+        ("test", lambda r: _num(r.mean_test)),
+        ("undef", lambda r: str(r.n_undefined)),
+        ("failed", lambda r: str(r.n_failed)),
+    ]
+    text_cols = ("model", "models", "explainer", "simulator")
+    for name, _ in cols:
+        t.add_column(name, justify="left" if name in text_cols else "right", no_wrap=True)
+    previous = None
+    for r in rows:
+        if previous is not None and r.model != previous:
+            t.add_section()  # a rule between subject models
+        previous = r.model
+        t.add_row(*(fn(r) for _, fn in cols))
+    if not several_sims and rows:
+        t.caption = f"simulator: {rows[0].simulator}"
+        t.caption_justify = "left"
+    return t
+
+
+def render_tables(rows, per_model, pairs, by: str, width: int = 220) -> str:
+    """The rich tables as plain text: by layer (when asked), by model, and by pair."""
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=width, color_system=None, record=False)
+    model_cols = [("model", lambda r: r.model), ("params", lambda r: format_params(r.n_params))]
+    if by == "layer":
+        console.print(_table("Score by layer (valid split, chosen candidate)", rows,
+                             model_cols + [("layer", lambda r: str(r.layer)),
+                                           ("depth", lambda r: _num(r.depth, "{:.2f}"))]))
+    console.print(_table("Score by model (smallest first)", per_model, model_cols))
+    if len({(r.explainer, r.simulator) for r in pairs}) > 1:
+        console.print(_table("Score by explainer / simulator", pairs,
+                             [("models", lambda r: r.model)]))
+    # Tables take their natural width; strip the padding rich adds to the console's width.
+    return "\n".join(line.rstrip() for line in console.file.getvalue().splitlines())

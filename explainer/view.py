@@ -1,0 +1,256 @@
+"""`explain view`: a static HTML site over a run, opened from disk with no server or network.
+
+Layout of the output folder:
+  index.html, assets/            the sortable, paginated neuron index (view_assets/)
+  data/manifest.js               models and layers; data/<model>/layer-<L>.js one per layer
+  neurons/<model>/L<layer>/N<neuron>.html   one page per neuron, rendered here
+Browsers forbid fetch() on file://, so data travels as <script> files that call into index.js,
+and a layer's rows load only when that layer is shown.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from pathlib import Path
+from string import Template
+
+import numpy as np
+
+from explainer import ExplainError, store
+from explainer.config import ViewConfig
+from explainer.report import format_params, headline
+from explainer.show import Excerpt, NeuronView, neuron_view, rows_by_neuron, token_text
+
+ASSETS = Path(__file__).with_name("view_assets")
+N_TOP = 10  # excerpts per kind on a neuron page; simulated ones first
+N_RANDOM = 10
+
+
+def _js(obj) -> str:
+    # ASCII JSON with "</" broken up, so no token can close the <script> element early.
+    return json.dumps(obj, ensure_ascii=True, allow_nan=False).replace("</", "<\\/")
+
+
+def _f(x):
+    return None if x is None or not np.isfinite(x) else round(float(x), 4)
+
+
+def neuron_href(mkey: str, layer: int, neuron: int) -> str:
+    """Path of a neuron page relative to the site root."""
+    return f"neurons/{mkey}/L{layer}/N{neuron}.html"
+
+
+def _index_rows(mkey, layer, neurons, head, stats) -> list[list]:
+    """One row per (neuron, explainer pair); neurons without scores get one empty row."""
+    max_by = dict(zip(stats["neuron"].astype(int), stats["max"])) if not stats.empty else {}
+    rows, seen = [], set()
+    for r in head.itertuples():
+        n = int(r.neuron)
+        seen.add(n)
+        score = _f(r.score) if r.status == "ok" and r.score is not None else None
+        rows.append([n, r.explainer, r.simulator, score, _f(r.score_top), _f(r.score_random),
+                     r.status, r.explanation, _f(max_by.get(n)), neuron_href(mkey, layer, n)])
+    for n in sorted(set(neurons) - seen):
+        rows.append([n, None, None, None, None, None, None, None, _f(max_by.get(n)),
+                     neuron_href(mkey, layer, n)])
+    return rows
+
+
+def _token_spans(ex: Excerpt, values, top: float, rgb: str, other: str) -> str:
+    out = []
+    for i, word in enumerate(ex.tokens):
+        real = ex.real[i] if i < len(ex.real) else 0.0
+        sim = ex.simulated[i] if ex.simulated is not None and i < len(ex.simulated) else None
+        v = values[i] if values is not None and i < len(values) else 0.0
+        alpha = 0.0 if top <= 0 else min(1.0, max(0.0, v) / top)
+        tip = f"real {real:.3f}" + ("" if sim is None else f" · simulated {sim:.2f}")
+        out.append(f'<span class="tok" style="background:rgba({rgb},{alpha:.2f})" '
+                   f'title="{html.escape(tip)}">{html.escape(token_text(word))}</span>')
+    return "".join(out) if values is not None else f'<span class="muted">{other}</span>'
+
+
+def _excerpts_html(view: NeuronView, top: float) -> str:
+    parts = ['<div class="colhead"><div>real activation</div><div>simulated</div></div>']
+    for e in view.excerpts:
+        meta = (f"{e.kind} #{e.rank} · {e.split} split · excerpt {e.excerpt_id} · "
+                f"max {max(e.real, default=0):.3g}")
+        parts.append(
+            f'<div class="excerpt" data-kind="{e.kind}"><div class="meta">{html.escape(meta)}'
+            f'</div><div class="tokens real">{_token_spans(e, e.real, top, "255,140,0", "")}</div>'
+            f'<div class="tokens sim">'
+            f'{_token_spans(e, e.simulated, 10.0, "30,120,255", "not simulated")}</div></div>')
+    return "\n".join(parts) if view.excerpts else '<div class="muted">No excerpts recorded.</div>'
+
+
+def _explanations_html(view: NeuronView) -> str:
+    if not view.scores:
+        return '<div class="muted">Not explained or scored yet.</div>'
+    head = ("<tr><th></th><th>explainer</th><th>candidate</th><th>simulator</th><th>score</th>"
+            "<th>top</th><th>random</th><th>status</th><th>explanation</th></tr>")
+    body = []
+    for r in view.scores:
+        cls = ' class="headline"' if r is view.headline else ""
+        mark = "★" if r is view.headline else ("chosen" if r["best"] else "")
+        num = lambda x: "—" if x is None else f"{x:.3f}"  # noqa: E731
+        text = r["explanation"] or r["error"] or ""
+        cells = [mark, r["explainer"], r["candidate"], r["simulator"], num(r["score"]),
+                 num(r["score_top"]), num(r["score_random"]), r["status"], text]
+        body.append(f"<tr{cls}>" + "".join(
+            f'<td{" class=num" if i in (2, 4, 5, 6) else ""}>{html.escape(str(c))}</td>'
+            for i, c in enumerate(cells)) + "</tr>")
+    return f'<table class="explanations">{head}{"".join(body)}</table>'
+
+
+def _stats_html(stats: dict | None) -> str:
+    if not stats:
+        return '<div class="muted">No statistics recorded.</div>'
+    q = ", ".join(f"{v:.3g}" for v in (stats.get("quantiles") or []))
+    items = [("mean", f"{stats['mean']:.4g}"), ("std", f"{stats['std']:.4g}"),
+             ("max", f"{stats['max']:.4g}"), ("min", f"{stats['min']:.4g}"),
+             ("density", f"{stats['density']:.1%}"), ("tokens", f"{stats['n_tokens']:,}"),
+             ("quantiles", f"[{q}]")]
+    return '<div class="stats">' + "".join(
+        f"<span><b>{k}</b> {html.escape(v)}</span>" for k, v in items) + "</div>"
+
+
+def histogram_svg(series: dict[str, np.ndarray], bins: int = 30, width: int = 640,
+                  height: int = 200) -> str:
+    """Inline SVG histogram of activations per series (log-scaled counts, shared bins)."""
+    vals = [v for v in series.values() if v.size]
+    if not vals:
+        return '<div class="muted">No activations recorded.</div>'
+    lo, hi = float(min(v.min() for v in vals)), float(max(v.max() for v in vals))
+    hi = hi if hi > lo else lo + 1.0
+    edges = np.linspace(lo, hi, bins + 1)
+    left, pw, ph = 46, width - 60, height - 48  # plot area inside axis labels
+    counts = {k: np.histogram(v, edges)[0] for k, v in series.items() if v.size}
+    peak = np.log1p(max(c.max() for c in counts.values()))
+    colors = {"top excerpts": "rgba(255,140,0,0.65)", "random excerpts": "rgba(90,100,110,0.55)"}
+    out = [f'<svg class="hist" width="{width}" height="{height}" role="img" '
+           f'aria-label="activation histogram">']
+    bw = pw / bins
+    for name, c in counts.items():
+        for i, n in enumerate(c):
+            if n:
+                h = ph * np.log1p(n) / peak
+                out.append(f'<rect x="{left + i * bw:.1f}" y="{8 + ph - h:.1f}" '
+                           f'width="{max(bw - 1, 1):.1f}" height="{h:.1f}" '
+                           f'fill="{colors.get(name, "steelblue")}"><title>{html.escape(name)}: '
+                           f'{n} tokens in [{edges[i]:.3g}, {edges[i + 1]:.3g})</title></rect>')
+    axis_y = 8 + ph
+    out.append(f'<line x1="{left}" y1="{axis_y}" x2="{left + pw}" y2="{axis_y}" stroke="#888"/>')
+    out.append(f'<line x1="{left}" y1="8" x2="{left}" y2="{axis_y}" stroke="#888"/>')
+    out.append(f'<text x="{left}" y="{axis_y + 14}">{lo:.3g}</text>')
+    out.append(f'<text x="{left + pw}" y="{axis_y + 14}" text-anchor="end">{hi:.3g}</text>')
+    out.append(f'<text x="{left + pw / 2}" y="{height - 4}" text-anchor="middle">'
+               "activation</text>")
+    out.append(f'<text x="12" y="{8 + ph / 2}" transform="rotate(-90 12 {8 + ph / 2})" '
+               'text-anchor="middle">tokens (log)</text>')
+    for i, name in enumerate(counts):
+        out.append(f'<rect x="{left + pw - 150}" y="{12 + 16 * i}" width="10" height="10" '
+                   f'fill="{colors.get(name, "steelblue")}"/><text x="{left + pw - 135}" '
+                   f'y="{21 + 16 * i}">{html.escape(name)}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def neuron_page(view: NeuronView, records: list[dict], nav: str,
+                template: Template | None = None) -> str:
+    """The HTML of one neuron's page (`records`: all of its record rows, for the histogram)."""
+    top = max([max(e.real, default=0.0) for e in view.excerpts] or [0.0])
+    series = {f"{k} excerpts": np.asarray([a for r in records if r["kind"] == k
+                                           for a in r["activations"]], np.float32)
+              for k in ("top", "random")}
+    h = view.headline
+    source = "" if h is None else (f"from {h['explainer']} candidate {h['candidate']} "
+                                    f"via {h['simulator']}")
+    index_href = f"../../../index.html#model={view.model_key}&layer={view.layer}"
+    template = template or Template((ASSETS / "neuron.html").read_text())
+    return template.substitute(
+        model=html.escape(view.model), layer=view.layer, neuron=view.neuron,
+        index_href=html.escape(index_href), nav=nav, explanations=_explanations_html(view),
+        stats=_stats_html(view.stats), histogram=histogram_svg(series),
+        top_act=f"{top:.3g}", sim_source=html.escape(source), excerpts=_excerpts_html(view, top))
+
+
+def _nav(neurons: list[int], i: int) -> str:
+    links = []
+    if i > 0:
+        links.append(f'<a id="prev" href="N{neurons[i - 1]}.html">&larr; neuron {neurons[i - 1]}</a>')
+    if i + 1 < len(neurons):
+        links.append(f'<a id="next" href="N{neurons[i + 1]}.html">neuron {neurons[i + 1]} &rarr;</a>')
+    return " · ".join([""] + links) if links else ""
+
+
+def _write_layer(run, out, mkey, name, layer, tokens) -> tuple[int, list[str]]:
+    t = {n: store.read(run, n, mkey, layer)
+         for n in ("records", "neurons", "scores", "simulations")}
+    head = headline(t["scores"])
+    neurons = sorted(set(t["records"]["neuron"].astype(int)) | set(head["neuron"].astype(int)))
+    rows = _index_rows(mkey, layer, neurons, head, t["neurons"])
+    data = out / "data" / mkey / f"layer-{layer}.js"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.write_text(f"EXPLAIN.layer({_js(mkey)}, {layer}, {_js(rows)});\n")
+    # Split every table by neuron once, so each page touches a few plain rows, not a frame.
+    split = {k: rows_by_neuron(df) for k, df in t.items()}
+    page_dir = out / "neurons" / mkey / f"L{layer}"
+    page_dir.mkdir(parents=True, exist_ok=True)
+    template = Template((ASSETS / "neuron.html").read_text())
+    for i, n in enumerate(neurons):
+        stats = split["neurons"].get(n)
+        nv = neuron_view(name, mkey, layer, n, split["records"].get(n, []),
+                         stats[0] if stats else None, split["scores"].get(n, []),
+                         split["simulations"].get(n, []), tokens, N_TOP, N_RANDOM)
+        page = neuron_page(nv, split["records"].get(n, []), _nav(neurons, i), template)
+        (page_dir / f"N{n}.html").write_text(page)
+    pairs = sorted({f"{r[1]} / {r[2]}" for r in rows if r[1] is not None})
+    return len(neurons), pairs
+
+
+def run(cfg: ViewConfig) -> str:
+    """Write the site and return the path of its index.html."""
+    run_dir = Path(cfg.run)
+    if not run_dir.is_dir():
+        raise ExplainError(f"--run {run_dir}: no such run directory")
+    mkeys = sorted(set(store.models_in(run_dir, "records")) | set(store.models_in(run_dir, "scores")))
+    if not mkeys:
+        raise ExplainError(f"--run {run_dir}: holds no recorded model yet (run `explain record`)")
+    out = Path(cfg.out) if cfg.out is not None else run_dir / "view"
+    if out.exists() and not out.is_dir():
+        raise ExplainError(f"--out {out}: exists and is not a folder")
+    meta_all = store.read_run_json(run_dir).get("models", {})
+    mkeys.sort(key=lambda k: (meta_all.get(k, {}).get("n_params") is None,
+                              meta_all.get(k, {}).get("n_params") or 0, k))
+    (out / "assets").mkdir(parents=True, exist_ok=True)
+    for asset in ("style.css", "index.js"):
+        shutil.copyfile(ASSETS / asset, out / "assets" / asset)
+    from rich.console import Console
+    from rich.progress import Progress
+
+    models = []
+    with Progress(console=Console(stderr=True), transient=True) as bar:  # stdout: the path only
+        for mkey in mkeys:
+            meta = meta_all.get(mkey, {})
+            name = meta.get("model", mkey)
+            layers = sorted(set(store.layers_in(run_dir, "records", mkey))
+                            | set(store.layers_in(run_dir, "scores", mkey)))
+            task = bar.add_task(f"view {name}", total=len(layers))
+            ex = store.read(run_dir, "excerpts", mkey)
+            tokens = dict(zip(ex["excerpt_id"].astype(int), ex["tokens"]))
+            entry = {"key": mkey, "name": name, "params": format_params(meta.get("n_params"))
+                     if meta.get("n_params") else None, "layers": [], "pairs": []}
+            for layer in layers:
+                n, pairs = _write_layer(run_dir, out, mkey, name, layer, tokens)
+                entry["layers"].append({"layer": layer, "n": n,
+                                        "file": f"data/{mkey}/layer-{layer}.js"})
+                entry["pairs"] = sorted(set(entry["pairs"]) | set(pairs))
+                bar.advance(task)
+            models.append(entry)
+    manifest = {"run": run_dir.name, "models": models}
+    (out / "data" / "manifest.js").write_text(f"EXPLAIN.manifest({_js(manifest)});\n")
+    index = Template((ASSETS / "index.html").read_text()).substitute(
+        title=html.escape(run_dir.resolve().name))
+    (out / "index.html").write_text(index)
+    return str(out / "index.html")
