@@ -49,6 +49,8 @@ class LLMConfig:
     concurrency: int = 8
     timeout_s: float = 120.0
     max_retries: int = 6
+    backoff_s: float = 1.0  # first retry's wait (before jitter); doubles on each retry
+    retry_budget_s: float = 600.0  # a request stops retrying once this much time has passed
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class DescribeConfig:
     candidates: int = 1
     temperature: float | None = None  # None: 0 for one candidate, 1.0 when sampling several
     n_excerpts: int = 10  # explain-split top excerpts shown to the explainer
+    api: str = "chat"  # chat | completion (for base models served without a chat template)
     llm: LLMConfig = LLMConfig()
 
 
@@ -117,6 +120,35 @@ class ViewConfig:
 
     run: Path
     out: Path | None = None  # None: <run>/view
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Settings of `explain run`: the whole pipeline, each stage resumable.
+
+    The defaults finish in minutes on 2 cores with no network: the embedded model, corpus and
+    LLM, 4 layers spread over the depth, 3 neurons each, the baseline beside the LLM explainer.
+    """
+
+    run: Path
+    model: str = "smollm2-135m"
+    corpus: str = "embedded"
+    layers: str | None = None  # None: 4 layers spread evenly from first to last
+    neurons: str = "0-2"
+    n_excerpts: int = 256
+    ctx: int = 64
+    seed: int = 0
+    device: str = "cpu"
+    explainers: tuple[str, ...] = (BASELINE_EXPLAINER, EMBEDDED_LLM)
+    simulator: str = EMBEDDED_LLM
+    mode: str = "auto"
+    llm: LLMConfig = LLMConfig()
+
+
+def spread_layers(n_layers: int, count: int = 4) -> str:
+    """`count` layers evenly spread from the first to the last, as a layer spec."""
+    picks = sorted({round(i * (n_layers - 1) / max(count - 1, 1)) for i in range(count)})
+    return ",".join(str(p) for p in picks)
 
 
 def parse_spec(spec: str, n: int, what: str, owner: str) -> list[int]:

@@ -11,6 +11,7 @@ finished layers or nothing, and a rerun redoes exactly the layers not marked don
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import shutil
 from dataclasses import asdict
@@ -97,6 +98,7 @@ def _staging(run_dir: Path, name: str) -> Path:
 def _record(cfg: RecordConfig, subject, layers: list[int]) -> dict:
     """The streaming pass: returns per-layer samplers and the staged excerpt files."""
     import torch
+    from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeRemainingColumn)
 
@@ -113,9 +115,14 @@ def _record(cfg: RecordConfig, subject, layers: list[int]) -> dict:
     n_read = 0
     pending: list = []  # excerpts staged in files of up to STAGE_ROWS rows
     source = corpus.excerpts(cfg.corpus, subject.tokenizer, cfg.ctx, cfg.n_excerpts)
+    first = next(source, None)  # an unreadable corpus fails here, before the bar is drawn
+    if first is None:
+        raise ExplainError(f"--corpus {cfg.corpus}: holds fewer than {cfg.ctx} tokens "
+                           f"for {subject.name}'s tokenizer")
+    source = itertools.chain([first], source)
     columns = [TextColumn("record {task.fields[model]}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("excerpts {task.fields[tps]:,.0f} tok/s"), TimeRemainingColumn()]
-    with Progress(*columns, transient=False) as bar, torch.inference_mode():
+    with Progress(*columns, console=Console(stderr=True)) as bar, torch.inference_mode():
         task = bar.add_task("record", total=cfg.n_excerpts, model=subject.name, tps=0.0)
         for batch in _batches(source, cfg.batch_size):
             ids = torch.tensor([e.excerpt_id for e in batch])
@@ -124,8 +131,9 @@ def _record(cfg: RecordConfig, subject, layers: list[int]) -> dict:
             acts = subject.activations(tokens, layers)  # layer -> (B, ctx, d_mlp) float32
             picks = reservoir.offer(len(batch))
             for la in layers:
-                tops[la].update(acts[la], ids)
-                stats[la].update(acts[la])
+                bmax = acts[la].amax(dim=1)  # (B, d_mlp) each excerpt's max per neuron
+                tops[la].update(acts[la], ids, bmax)
+                stats[la].update(acts[la], bmax)
                 for slot, i in picks:
                     rand_acts[la][slot] = acts[la][i]
             pending.extend(batch)
@@ -138,9 +146,6 @@ def _record(cfg: RecordConfig, subject, layers: list[int]) -> dict:
         bar.update(task, total=n_read)
     if pending:
         _stage_excerpts(stage, subject, pending)
-    if n_read == 0:
-        raise ExplainError(f"--corpus {cfg.corpus}: holds fewer than {cfg.ctx} tokens "
-                           f"for {subject.name}'s tokenizer")
     if cfg.top_k > n_read:
         raise ExplainError(f"--top-k {cfg.top_k}: the corpus gave only {n_read} excerpts "
                            f"of {cfg.ctx} tokens")

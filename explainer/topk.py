@@ -16,49 +16,51 @@ class TopK:
 
     def __init__(self, k: int, n_neurons: int, ctx: int):
         self.k = k
-        self.vals = torch.full((k, n_neurons), float("-inf"))  # (k, N) excerpt maxima
-        self.ids = torch.full((k, n_neurons), -1, dtype=torch.int64)  # (k, N) excerpt ids
+        self.vals = torch.full((n_neurons, k), float("-inf"))  # (N, k) excerpt maxima
+        self.ids = torch.full((n_neurons, k), -1, dtype=torch.int64)  # (N, k) excerpt ids
         self.acts = torch.zeros((n_neurons, k, ctx))  # (N, k, ctx) slot activations
 
-    def update(self, acts: torch.Tensor, excerpt_ids: torch.Tensor) -> None:
+    def update(self, acts: torch.Tensor, excerpt_ids: torch.Tensor,
+               bmax: torch.Tensor | None = None) -> None:
         """Merge a batch: acts (B, ctx, N), excerpt_ids (B,) increasing and above all seen so far."""
-        bmax = acts.amax(dim=1)  # (B, N)
+        if bmax is None:
+            bmax = acts.amax(dim=1)  # (B, N)
         # Only neurons whose batch best beats their current k-th value can change (ties lose:
         # the batch's ids are later). Late in a corpus that is a small share of neurons.
-        cols = torch.nonzero(bmax.amax(dim=0) > self.vals.amin(dim=0)).squeeze(1)
+        cols = torch.nonzero(bmax.amax(dim=0) > self.vals.amin(dim=1)).squeeze(1)
         if cols.numel() == 0:
             return
         k = self.k
-        vals, ids = self.vals[:, cols], self.ids[:, cols]  # (k, C)
+        vals, ids = self.vals[cols], self.ids[cols]  # (C, k)
         # Current slots in rank order: by id, then stably by value descending.
-        by_id = torch.argsort(ids, dim=0, stable=True)
-        order = by_id.gather(0, torch.argsort(vals.gather(0, by_id), dim=0, descending=True,
+        by_id = torch.argsort(ids, dim=1, stable=True)
+        order = by_id.gather(1, torch.argsort(vals.gather(1, by_id), dim=1, descending=True,
                                               stable=True))
-        cand = torch.cat([vals.gather(0, order), bmax[:, cols]], dim=0)  # (k + B, C)
-        sel = torch.argsort(cand, dim=0, descending=True, stable=True)[:k]  # (k, C)
+        cand = torch.cat([vals.gather(1, order), bmax[:, cols].T], dim=1)  # (C, k + B)
+        sel = torch.argsort(cand, dim=1, descending=True, stable=True)[:, :k]  # (C, k)
         is_new = sel >= k
-        n_new = is_new.sum(dim=0)  # (C,) entries entering == slots evicted
-        slot_of_sel = order.gather(0, sel.clamp(max=k - 1))
+        n_new = is_new.sum(dim=1)  # (C,) entries entering == slots evicted
+        slot_of_sel = order.gather(1, sel.clamp(max=k - 1))
         kept = torch.zeros_like(ids, dtype=torch.int32).scatter_add_(
-            0, slot_of_sel, (~is_new).to(torch.int32)) > 0
-        evicted = torch.argsort(kept.to(torch.int8), dim=0, stable=True)  # evicted slots first
-        entering = torch.argsort((~is_new).to(torch.int8), dim=0, stable=True)  # new first
-        j, c = torch.nonzero(torch.arange(k)[:, None] < n_new[None, :], as_tuple=True)
-        slot = evicted[j, c]
-        b = sel[entering[j, c], c] - k
+            1, slot_of_sel, (~is_new).to(torch.int32)) > 0
+        evicted = torch.argsort(kept.to(torch.int8), dim=1, stable=True)  # evicted slots first
+        entering = torch.argsort((~is_new).to(torch.int8), dim=1, stable=True)  # new first
+        c, j = torch.nonzero(torch.arange(k)[None, :] < n_new[:, None], as_tuple=True)
+        slot = evicted[c, j]
+        b = sel[c, entering[c, j]] - k
         n = cols[c]
-        self.vals[slot, n] = bmax[b, n]
-        self.ids[slot, n] = excerpt_ids[b]
+        self.vals[n, slot] = bmax[b, n]
+        self.ids[n, slot] = excerpt_ids[b]
         self.acts[n, slot] = acts[b, :, n]  # (M, ctx)
 
     def ranked(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(ids (N, k), maxima (N, k), acts (N, k, ctx)) in rank order; empty slots dropped later."""
-        by_id = torch.argsort(self.ids, dim=0, stable=True)
-        order = by_id.gather(0, torch.argsort(self.vals.gather(0, by_id), dim=0,
-                                              descending=True, stable=True))  # (k, N)
-        ids = self.ids.gather(0, order).T.contiguous()
-        vals = self.vals.gather(0, order).T.contiguous()
-        acts = self.acts.gather(1, order.T[:, :, None].expand(-1, -1, self.acts.shape[2]))
+        """(ids (N, k), maxima (N, k), acts (N, k, ctx)) in rank order."""
+        by_id = torch.argsort(self.ids, dim=1, stable=True)
+        order = by_id.gather(1, torch.argsort(self.vals.gather(1, by_id), dim=1,
+                                              descending=True, stable=True))  # (N, k)
+        ids = self.ids.gather(1, order)
+        vals = self.vals.gather(1, order)
+        acts = self.acts.gather(1, order[:, :, None].expand(-1, -1, self.acts.shape[2]))
         return ids.numpy(), vals.numpy(), acts.numpy()
 
 
@@ -95,13 +97,13 @@ class Stats:
         self.min = torch.full((n_neurons,), float("inf"))
         self.n = 0
 
-    def update(self, acts: torch.Tensor) -> None:
-        """acts (B, ctx, N)."""
+    def update(self, acts: torch.Tensor, bmax: torch.Tensor) -> None:
+        """acts (B, ctx, N); bmax (B, N) the per-excerpt maxima TopK also uses."""
         flat = acts.reshape(-1, acts.shape[-1])  # (B*ctx, N)
         self.sum += flat.sum(0, dtype=torch.float64)
         self.sumsq += (flat * flat).sum(0).double()  # a batch sums fine in float32
         self.pos += (flat > 0).sum(0)
-        self.max = torch.maximum(self.max, flat.amax(0))
+        self.max = torch.maximum(self.max, bmax.amax(0))  # (N,)
         self.min = torch.minimum(self.min, flat.amin(0))
         self.n += flat.shape[0]
 

@@ -154,19 +154,30 @@ def test_rerun_and_resume(tmp_path, tiny_gpt2, tiny_corpus):
     assert not list(run.glob("*/model=*/layer=*/.*"))
 
 
+def test_models_lists_sizes_and_availability():
+    res = runner.invoke(app, ["models"])
+    assert res.exit_code == 0
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("smollm2-135m"))
+    assert "30" in line and "1536" in line and line.rstrip().endswith("yes")
+    gpt2 = next(ln for ln in res.output.splitlines() if ln.startswith("gpt2 "))
+    assert "12" in gpt2 and "3072" in gpt2 and "36,864" in gpt2
+
+
 def _no_files(path) -> bool:
     return not path.exists() or not any(path.rglob("*"))
 
 
 @pytest.mark.parametrize("args, needle", [
     (["--model", "gpt9"], "gpt9"),
+    (["--model", "gpt2"], "available offline: smollm2-135m"),
+    (["--corpus", "hf:no-such-org/no-such-set"], "cannot stream"),
     (["--layers", "7"], "layers 0-1"),
     (["--layers", "x-y"], "x-y"),
     (["--ctx", "4096"], "4096"),
     (["--corpus", "/nonexistent/file.txt"], "no such file"),
     (["--corpus", "EMPTY"], "fewer than"),
     (["--corpus", "BADEXT"], "unsupported"),
-    (["--top-k", "5000", "--n-excerpts", "10000"], "only"),
+    (["--corpus", "SMALL", "--top-k", "100", "--n-excerpts", "200"], "only"),
     (["--top-k", "50", "--n-excerpts", "10"], "--top-k 50"),
 ])
 def test_bad_input_one_line_exit_2_no_files(tmp_path, tiny_gpt2, tiny_corpus, args, needle):
@@ -174,15 +185,20 @@ def test_bad_input_one_line_exit_2_no_files(tmp_path, tiny_gpt2, tiny_corpus, ar
     empty.write_text("")
     bad = tmp_path / "c.docx"
     bad.write_text("x")
-    args = [str(empty) if a == "EMPTY" else str(bad) if a == "BADEXT" else a for a in args]
+    small = tmp_path / "small.txt"
+    small.write_text("A short corpus of a few sentences about neurons and excerpts. " * 20)
+    names = {"EMPTY": str(empty), "BADEXT": str(bad), "SMALL": str(small)}
+    args = [names.get(a, a) for a in args]
     base = {"--model": str(tiny_gpt2), "--corpus": str(tiny_corpus), "--ctx": "16"}
     for i in range(0, len(args), 2):
         base[args[i]] = args[i + 1]
     run = tmp_path / "run"
     res = record("--run", str(run), *[x for kv in base.items() for x in kv])
     assert res.exit_code == 2, res.output
-    err = res.stderr.strip()
-    assert err.startswith("error:") and "\n" not in err and needle in err, err
+    # The progress bar may precede it; the error itself is one line, the last, no traceback.
+    err = res.stderr.strip().splitlines()[-1]
+    assert err.startswith("error:") and needle in err, res.stderr
+    assert "Traceback" not in res.stderr
     assert _no_files(run)
 
 

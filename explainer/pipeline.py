@@ -1,0 +1,43 @@
+"""`explain run`: record -> describe -> simulate (+ score) -> report, in one command.
+
+This module only composes the stages; each keeps its own resume logic, so a killed `run`
+continues where it stopped when rerun with the same options.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from explainer import config as C
+
+
+def run(cfg: C.RunConfig) -> str:
+    """Run every stage on cfg.run; returns the report table with the plot and viewer paths."""
+    from explainer import describe, models, record, report, simulate, view
+
+    run_dir = Path(cfg.run)
+    spec = models.resolve(cfg.model)
+    layers = cfg.layers or C.spread_layers(spec.n_layers)
+    _say(f"[1/5] record {spec.name} layers {layers}")
+    record.run(C.RecordConfig(run=run_dir, model=cfg.model, corpus=cfg.corpus, layers=layers,
+                              n_excerpts=cfg.n_excerpts, ctx=cfg.ctx, seed=cfg.seed,
+                              device=cfg.device))
+    for name in cfg.explainers:
+        _say(f"[2/5] describe with {name}")
+        describe.run(C.DescribeConfig(run=run_dir, layers=layers, neurons=cfg.neurons,
+                                      model=spec.name, explainer=name, llm=cfg.llm))
+    _say(f"[3/5] simulate and score with {cfg.simulator}")
+    simulate.run(C.SimulateConfig(run=run_dir, layers=layers, neurons=cfg.neurons,
+                                  model=spec.name, simulator=cfg.simulator, mode=cfg.mode,
+                                  llm=cfg.llm))
+    plot = run_dir / "report.png"
+    _say("[4/5] report")
+    table = report.run(C.ReportConfig(run=run_dir, plot=plot))
+    _say("[5/5] viewer")
+    index = view.run(C.ViewConfig(run=run_dir))
+    return f"{table}\nplot:   {plot}\nviewer: {index}"
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
