@@ -39,8 +39,8 @@ def _check_numbers(cfg: RecordConfig) -> None:
             raise ExplainError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be >= 0")
     if cfg.top_k > cfg.n_excerpts:
         raise ExplainError(f"--top-k {cfg.top_k}: larger than --n-excerpts {cfg.n_excerpts}")
-    if cfg.quantile_k:
-        raise ExplainError("--quantile-k: quantile sampling is not available yet; use 0")
+    if cfg.quantile_k and cfg.quantile_bins < 1:
+        raise ExplainError(f"--quantile-bins {cfg.quantile_bins}: must be >= 1")
 
 
 def _settings(cfg: RecordConfig, model_id: str) -> dict:
@@ -150,9 +150,41 @@ def _record(cfg: RecordConfig, subject, layers: list[int]) -> dict:
         raise ExplainError(f"--top-k {cfg.top_k}: the corpus gave only {n_read} excerpts "
                            f"of {cfg.ctx} tokens")
     random_k = min(cfg.random_k, n_read)
+    quant = _quantile_pass(cfg, subject, layers, {la: stats[la].max for la in layers}) \
+        if cfg.quantile_k else {}
     return {"tops": tops, "stats": stats, "rand_ids": reservoir.ids[:random_k],
             "rand_acts": {la: a[:random_k].numpy() for la, a in rand_acts.items()},
-            "n_read": n_read, "corpus_sha256": digest.hexdigest(), "stage": stage}
+            "quantiles": quant, "n_read": n_read, "corpus_sha256": digest.hexdigest(),
+            "stage": stage}
+
+
+def _quantile_pass(cfg: RecordConfig, subject, layers: list[int], maxima: dict) -> dict:
+    """A second pass: per neuron, quantile_k random excerpts from each of quantile_bins bins.
+
+    Bin b holds the excerpts whose max activation lies in (b/B, (b+1)/B] of the neuron's
+    maximum (known only after the first pass, hence the second). Within a bin the excerpts with
+    the smallest seeded random keys win, which is a uniform sample drawn in a stream.
+    """
+    import torch
+
+    from explainer.topk import TopK
+
+    n_bins, q = cfg.quantile_bins, cfg.quantile_k
+    bins = {la: [TopK(q, subject.d_mlp, cfg.ctx) for _ in range(n_bins)] for la in layers}
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    source = corpus.excerpts(cfg.corpus, subject.tokenizer, cfg.ctx, cfg.n_excerpts)
+    with torch.inference_mode():
+        for batch in _batches(source, cfg.batch_size):
+            ids = torch.tensor([e.excerpt_id for e in batch])
+            acts = subject.activations(torch.tensor([e.token_ids for e in batch]), layers)
+            keys = -torch.rand(len(batch), subject.d_mlp, generator=gen)  # (B, N), higher wins
+            for la in layers:
+                frac = acts[la].amax(dim=1) / maxima[la].clamp(min=1e-12)  # (B, N)
+                which = torch.ceil(frac * n_bins).long() - 1  # bin index; < 0 when max <= 0
+                for b, top in enumerate(bins[la]):
+                    in_bin = torch.where(which == b, keys, torch.tensor(float("-inf")))
+                    top.update(acts[la], ids, in_bin)
+    return bins
 
 
 def _batches(source, size: int):
@@ -211,16 +243,40 @@ def _write_layer(run_dir: Path, key: str, layer: int, res: dict) -> None:
     split = np.tile(np.array([SPLITS[i % len(SPLITS)] for i in range(k)]
                              + [RANDOM_SPLITS[i % len(RANDOM_SPLITS)] for i in range(r)],
                              dtype=object), n_neurons)
-    excerpt = np.concatenate([ids, np.broadcast_to(rand_ids, (n_neurons, r))], axis=1).ravel()
+    excerpt = np.concatenate([ids, np.broadcast_to(rand_ids, (n_neurons, r))], axis=1)
     all_acts = np.concatenate([acts, rand_acts.transpose(2, 0, 1)], axis=1)  # (N, k + r, ctx)
-    all_max = np.concatenate([vals, rand_acts.max(axis=1).T], axis=1).ravel()
+    all_max = np.concatenate([vals, rand_acts.max(axis=1).T], axis=1)
     store.write_columns(run_dir, "records", {
-        "neuron": neuron, "excerpt_id": excerpt, "kind": kind, "rank": rank, "split": split,
-        "activations": store.list_array(all_acts.reshape(-1, all_acts.shape[-1])),
-        "max_activation": all_max}, model=key, layer=layer)
+        "neuron": neuron, "excerpt_id": excerpt.ravel(), "kind": kind, "rank": rank,
+        "split": split, "activations": store.list_array(all_acts.reshape(-1, all_acts.shape[-1])),
+        "max_activation": all_max.ravel()}, model=key, layer=layer)
+    if res["quantiles"]:
+        _write_quantiles(run_dir, key, layer, res["quantiles"][layer])
     st = res["stats"][layer].summary()
     tokens = rand_acts.reshape(-1, n_neurons)  # (R*ctx, N) uniform sample of tokens
     quant = np.quantile(tokens, QUANTILE_PROBS, axis=0).T.astype(np.float32)  # (N, Q)
     store.write_columns(run_dir, "neurons", {
         "neuron": np.arange(n_neurons, dtype=np.int32), **st,
         "quantiles": store.list_array(quant)}, model=key, layer=layer)
+
+
+def _write_quantiles(run_dir: Path, key: str, layer: int, bins: list) -> None:
+    """Quantile samples as records of kind 'quantile'; rank = bin * quantile_k + position."""
+    rows = {"neuron": [], "excerpt_id": [], "rank": [], "acts": [], "max": []}
+    q = bins[0].k
+    for b, top in enumerate(bins):
+        ids, _, acts = top.ranked()  # (N, q), (N, q, ctx)
+        n, j = np.nonzero(ids >= 0)  # a bin may hold fewer than q excerpts
+        rows["neuron"].append(n)
+        rows["excerpt_id"].append(ids[n, j])
+        rows["rank"].append(b * q + j)
+        rows["acts"].append(acts[n, j])
+        rows["max"].append(acts[n, j].max(axis=1))
+    rank = np.concatenate(rows["rank"]).astype(np.int32)
+    store.write_columns(run_dir, "records", {
+        "neuron": np.concatenate(rows["neuron"]).astype(np.int32),
+        "excerpt_id": np.concatenate(rows["excerpt_id"]), "kind": ["quantile"] * len(rank),
+        "rank": rank, "split": [SPLITS[i % len(SPLITS)] for i in rank],
+        "activations": store.list_array(np.concatenate(rows["acts"])),
+        "max_activation": np.concatenate(rows["max"])}, model=key, layer=layer,
+        prefix="quantile")

@@ -229,3 +229,27 @@ def test_embedded_model_matches_hf(tmp_path):
         got = np.stack(rec.activations.to_numpy())
         want = ref[rec.excerpt_id.to_numpy(), :, rec.neuron.to_numpy()]
         np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_quantile_samples_fall_in_their_bins(tmp_path, tiny_gpt2, tiny_corpus):
+    run = tmp_path / "q"
+    res = record("--model", str(tiny_gpt2), "--corpus", str(tiny_corpus), "--run", str(run),
+                 "--n-excerpts", "60", "--ctx", "16", "--top-k", "4", "--random-k", "3",
+                 "--quantile-k", "2", "--layers", "1")
+    assert res.exit_code == 0, res.output
+    ids, _ = _excerpts(run, "tiny-gpt2")
+    ref = _hf_acts(tiny_gpt2, ids, 1).max(axis=1)  # (n_excerpts, d_mlp)
+    rec = store.read(run, "records", model="tiny-gpt2", layer=1)
+    quant = rec[rec.kind == "quantile"]
+    assert len(quant) > 0
+    for row in quant.itertuples():
+        top = ref[:, row.neuron].max()
+        b = row.rank // 2
+        assert b / 5 * top - 1e-5 <= row.max_activation <= (b + 1) / 5 * top + 1e-5
+    # Every bin holds min(2, excerpts in that bin) samples.
+    for neuron in (0, 7, 99):
+        top = ref[:, neuron].max()
+        counts = np.bincount(np.clip(np.ceil(ref[:, neuron] / top * 5).astype(int) - 1, -1, 4)
+                             + 1, minlength=6)[1:]
+        got = np.bincount(quant[quant.neuron == neuron]["rank"].to_numpy() // 2, minlength=5)
+        assert list(got) == [min(2, c) for c in counts]
