@@ -1,0 +1,261 @@
+"""Stage `describe`: an explainer LLM reads each neuron's top excerpts and writes one phrase.
+
+Reads `records/` and `excerpts/` of a run, writes `explanations/`. Resumable: a neuron already
+explained with the same explainer, prompt and candidate number is skipped; failed rows are
+retried. Rows are written in chunks as neurons finish, so a killed run keeps finished work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from explainer import ExplainError, store
+from explainer import config as C
+from explainer import describe_prompt as P
+
+log = logging.getLogger(__name__)
+
+FLUSH_ROWS = 64  # rows buffered before a write; a kill loses at most this much work
+FLUSH_S = 10.0
+MAX_TOKENS = 60  # one phrase; the paper's explanations are well under 30 tokens
+NO_PROMPT = "none"  # prompt_hash of the baseline, which uses no prompt
+
+
+@dataclass(frozen=True)
+class _Job:
+    layer: int
+    neuron: int
+    candidate: int
+    excerpts: tuple  # the neuron's explain excerpts, as tuples of (token, activation)
+
+
+def run(cfg: C.DescribeConfig) -> Path:
+    """Explain the selected neurons; returns the run's explanations/ folder."""
+    run_dir = Path(cfg.run)
+    model, entry = _pick_model(run_dir, cfg.model)
+    layers = _layers(run_dir, model, entry, cfg.layers)
+    neurons = C.parse_spec(cfg.neurons, int(entry["d_mlp"]), "neuron", f"{model} layer")
+    if cfg.candidates < 1:
+        raise ExplainError(f"--candidates {cfg.candidates}: must be 1 or more")
+    if cfg.n_excerpts < 1:
+        raise ExplainError(f"--n-excerpts {cfg.n_excerpts}: must be 1 or more")
+    if cfg.api not in ("chat", "completion"):
+        raise ExplainError(f"--api {cfg.api!r}: expected chat or completion")
+    baseline = cfg.explainer == C.BASELINE_EXPLAINER
+    candidates = 1 if baseline else cfg.candidates
+    phash = NO_PROMPT if baseline else P.prompt_hash()
+    texts = _excerpt_tokens(run_dir, model)
+    jobs = []
+    for layer in layers:
+        done = _done(run_dir, model, layer, cfg.explainer, phash)
+        todo = [(n, c) for n in neurons for c in range(candidates) if (n, c) not in done]
+        if todo:
+            shown = _explain_excerpts(run_dir, model, layer, {n for n, _ in todo}, texts,
+                                      cfg.n_excerpts)
+            jobs += [_Job(layer, n, c, shown.get(n, ())) for n, c in todo]
+    if not jobs:
+        print(f"describe: nothing to do, every selected neuron is explained by {cfg.explainer}",
+              file=sys.stderr)
+        return run_dir / "explanations"
+    writer = _Writer(run_dir, model, cfg.explainer, phash)
+    if baseline:
+        _run_baseline(jobs, writer)
+    else:
+        asyncio.run(_run_llm(cfg, jobs, writer))
+    return run_dir / "explanations"
+
+
+# --- reading the run ----------------------------------------------------------------------
+
+
+def _pick_model(run_dir: Path, name: str | None) -> tuple[str, dict]:
+    if not (run_dir / store.RUN_JSON).exists():
+        raise ExplainError(f"--run {run_dir}: no run.json there; create it with `explain record`")
+    models = store.read_run_json(run_dir).get("models", {})
+    if not models:
+        raise ExplainError(f"--run {run_dir}: no subject model recorded yet; run `explain record`")
+    if name is None:
+        if len(models) > 1:
+            raise ExplainError(f"--run {run_dir} holds several models "
+                               f"({', '.join(sorted(models))}); pick one with --model")
+        key = next(iter(models))
+    else:
+        key = store.model_key(name)
+        if key not in models:
+            raise ExplainError(f"--model {name}: not in this run "
+                               f"(it has {', '.join(sorted(models))})")
+    return key, models[key]
+
+
+def _layers(run_dir: Path, model: str, entry: dict, spec: str) -> list[int]:
+    recorded = store.layers_in(run_dir, "records", model)
+    if not recorded:
+        raise ExplainError(f"--run {run_dir}: no records for {model} yet; run `explain record`")
+    if str(spec).strip() == "all":
+        return recorded
+    layers = C.parse_spec(spec, int(entry["n_layers"]), "layer", model)
+    missing = [lay for lay in layers if lay not in recorded]
+    if missing:
+        raise ExplainError(f"--layer {spec}: no records for layer {missing[0]} of {model} "
+                           f"(recorded layers: {', '.join(map(str, recorded))})")
+    return layers
+
+
+def _excerpt_tokens(run_dir: Path, model: str) -> dict[int, list[str]]:
+    df = store.read(run_dir, "excerpts", model=model, columns=["excerpt_id", "tokens"])
+    return {int(i): list(t) for i, t in zip(df["excerpt_id"], df["tokens"])}
+
+
+def _done(run_dir: Path, model: str, layer: int, explainer: str, phash: str) -> set:
+    df = store.read(run_dir, "explanations", model=model, layer=layer,
+                    columns=["neuron", "explainer", "prompt_hash", "candidate", "status"])
+    df = df[(df["explainer"] == explainer) & (df["prompt_hash"] == phash) & (df["status"] == "ok")]
+    return {(int(n), int(c)) for n, c in zip(df["neuron"], df["candidate"])}
+
+
+def _explain_excerpts(run_dir: Path, model: str, layer: int, neurons: set[int],
+                      texts: dict[int, list[str]], n_excerpts: int) -> dict[int, tuple]:
+    """Per neuron, its first `n_excerpts` explain-split top excerpts by rank."""
+    df = store.read(run_dir, "records", model=model, layer=layer,
+                    columns=["neuron", "excerpt_id", "kind", "rank", "split", "activations"])
+    df = df[(df["kind"] == "top") & (df["split"] == "explain") & df["neuron"].isin(neurons)]
+    out: dict[int, tuple] = {}
+    for neuron, group in df.sort_values(["neuron", "rank"]).groupby("neuron", sort=False):
+        shown = []
+        for eid, acts in zip(group["excerpt_id"].head(n_excerpts),
+                             group["activations"].head(n_excerpts)):
+            toks = texts.get(int(eid))
+            if toks is None:
+                raise ExplainError(f"--run {run_dir}: records of layer {layer} name excerpt {eid}, "
+                                   "which excerpts/ lacks; re-record the run")
+            shown.append(tuple(zip(toks, (float(a) for a in acts))))
+        out[int(neuron)] = tuple(shown)
+    return out
+
+
+# --- writing ------------------------------------------------------------------------------
+
+
+class _Writer:
+    """Buffers explanation rows and writes them in chunks (also on the way out of an error)."""
+
+    def __init__(self, run_dir: Path, model: str, explainer: str, phash: str):
+        self.run_dir, self.model, self.explainer, self.phash = run_dir, model, explainer, phash
+        self.rows: list[store.ExplanationRow] = []
+        self.last = time.monotonic()
+        self.n_ok = self.n_failed = 0
+
+    def add(self, job: _Job, explanation: str | None, error: str | None,
+            prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+        ok = explanation is not None
+        self.n_ok += ok
+        self.n_failed += not ok
+        self.rows.append(store.ExplanationRow(
+            model=self.model, layer=job.layer, neuron=job.neuron, explainer=self.explainer,
+            prompt_hash=self.phash, candidate=job.candidate, explanation=explanation,
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+            status="ok" if ok else "failed", error=None if ok else error))
+        if len(self.rows) >= FLUSH_ROWS or time.monotonic() - self.last > FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            store.write_rows(self.run_dir, "explanations", self.rows, prefix="describe")
+            self.rows = []
+        self.last = time.monotonic()
+
+
+def _progress():
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
+        TimeRemainingColumn
+
+    return Progress(TextColumn("describe"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+
+
+def _no_signal(job: _Job) -> str | None:
+    """Why a neuron cannot be explained from its excerpts, or None when it can."""
+    if not job.excerpts:
+        return "no explain-split top excerpts recorded for this neuron"
+    if not any(a > 0 for ex in job.excerpts for _, a in ex):
+        return "the neuron is never positive in its explain excerpts"
+    return None
+
+
+def _run_baseline(jobs: list[_Job], writer: _Writer) -> None:
+    with _progress() as bar:
+        task = bar.add_task("describe", total=len(jobs))
+        try:
+            for job in jobs:
+                text = P.baseline_explanation([list(ex) for ex in job.excerpts])
+                writer.add(job, text, _no_signal(job) or "no token with a positive mean")
+                bar.advance(task)
+        finally:
+            writer.flush()
+    print(f"describe: {writer.n_ok} explained, {writer.n_failed} failed (baseline, no LLM)",
+          file=sys.stderr)
+
+
+async def _run_llm(cfg: C.DescribeConfig, jobs: list[_Job], writer: _Writer) -> None:
+    from explainer import llm as L
+
+    endpoint = L.resolve(cfg.explainer, cfg.llm.base_url)
+    temperature = cfg.temperature if cfg.temperature is not None else (
+        1.0 if cfg.candidates > 1 else 0.0)
+    async with L.LLM(endpoint, cfg.run, stage="describe", cfg=cfg.llm,
+                     prompt_logprobs=False) as llm:
+        await llm.check(probe_echo=False)
+        queue: asyncio.Queue[_Job] = asyncio.Queue()
+        for job in jobs:
+            queue.put_nowait(job)
+
+        async def worker(bar, task) -> None:
+            while not queue.empty():
+                job = queue.get_nowait()
+                await _explain_one(llm, job, cfg.api, temperature, writer)
+                bar.advance(task)
+
+        with _progress() as bar:
+            task = bar.add_task("describe", total=len(jobs))
+            try:
+                # The LLM's semaphore bounds requests in flight; workers only bound memory.
+                n = min(len(jobs), cfg.llm.concurrency)
+                await asyncio.gather(*(worker(bar, task) for _ in range(n)))
+            finally:
+                writer.flush()
+        print(f"describe: {writer.n_ok} explained, {writer.n_failed} failed "
+              "(failures are retried on the next run)", file=sys.stderr)
+        print(f"describe: LLM {llm.summary()}", file=sys.stderr)
+
+
+async def _explain_one(llm, job: _Job, api: str, temperature: float, writer: _Writer) -> None:
+    from explainer.llm import LLMError
+
+    why = _no_signal(job)
+    if why:
+        writer.add(job, None, why)
+        return
+    excerpts = [list(ex) for ex in job.excerpts]
+    usable = lambda c: P.parse_explanation(c.text) is not None  # noqa: E731
+    key = f"L{job.layer}/N{job.neuron}/c{job.candidate}"
+    try:
+        if api == "chat":
+            c = await llm.chat(P.chat_messages(excerpts), max_tokens=MAX_TOKENS,
+                               temperature=temperature, sample=job.candidate, accept=usable,
+                               key=key)
+        else:
+            c = await llm.complete(P.completion_prompt(excerpts), max_tokens=MAX_TOKENS,
+                                   temperature=temperature, sample=job.candidate, accept=usable,
+                                   key=key, stop=["\n"])
+    except LLMError as err:
+        writer.add(job, None, str(err)[:300])
+        return
+    text = P.parse_explanation(c.text)
+    error = None if text else f"unusable answer: {c.text[:120]!r}"
+    writer.add(job, text, error, c.prompt_tokens, c.completion_tokens)

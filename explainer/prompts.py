@@ -1,0 +1,80 @@
+"""Prompt files: load them from `prompts/`, fill their `$name` slots, hash what was used.
+
+Prompts are plain files in our own words so they can be read, edited and versioned; the hash of
+the files a result was built from is stored with it, so results made with different prompts are
+never mixed up silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from string import Template
+
+from explainer import ExplainError
+
+# The repository's prompts/ folder (beside the package), where every prompt file lives.
+PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+
+
+def path(name: str) -> Path:
+    """The file of prompt `name` (a file name in prompts/; `.txt` is implied when absent)."""
+    p = PROMPTS_DIR / name
+    if not p.suffix:
+        p = p.with_suffix(".txt")
+    return p
+
+
+def load(name: str) -> str:
+    """The text of prompt file `name`, or ExplainError naming the files that exist."""
+    p = path(name)
+    try:
+        return p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        have = sorted(f.name for f in PROMPTS_DIR.glob("*")) if PROMPTS_DIR.is_dir() else []
+        raise ExplainError(f"prompt {name!r} not found in {PROMPTS_DIR} "
+                           f"(have: {', '.join(have) or 'nothing'})") from None
+
+
+def slots(text: str) -> set[str]:
+    """The `$name` / `${name}` slots of a template (`$$` is a literal dollar)."""
+    out = set()
+    for m in Template.pattern.finditer(text):
+        if m.group("invalid") is not None:
+            line = text[: m.start("invalid")].count("\n") + 1
+            raise ExplainError(f"prompt template has a stray '$' on line {line}; write '$$'")
+        name = m.group("named") or m.group("braced")
+        if name:
+            out.add(name)
+    return out
+
+
+def fill(text: str, what: str = "template", /, **values: object) -> str:
+    """Fill a template's slots; every slot must get a value and every value must have a slot."""
+    need = slots(text)
+    missing = sorted(need - set(values))
+    unused = sorted(set(values) - need)
+    if missing or unused:
+        parts = []
+        if missing:
+            parts.append(f"no value for {', '.join('$' + n for n in missing)}")
+        if unused:
+            parts.append(f"no slot for {', '.join(unused)}")
+        raise ExplainError(f"prompt {what}: {'; '.join(parts)}")
+    return Template(text).substitute({k: str(v) for k, v in values.items()})
+
+
+def render(name: str, /, **values: object) -> str:
+    """Prompt file `name` with its `$name` slots filled (missing or unused names raise)."""
+    return fill(load(name), name, **values)
+
+
+def prompt_hash(*names: str) -> str:
+    """12 hex of the sha256 of the named prompt files' contents (in the order given)."""
+    h = hashlib.sha256()
+    for name in names:
+        data = path(name).read_bytes() if path(name).exists() else load(name).encode()
+        # The length prefix keeps ("ab", "c") and ("a", "bc") apart.
+        h.update(f"{len(data)}:".encode())
+        h.update(data)
+    return h.hexdigest()[:12]

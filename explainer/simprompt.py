@@ -1,0 +1,231 @@
+"""Simulator prompts (built from the files in prompts/) and the parsers of simulator answers.
+
+Pure: text in, text or numbers out; no I/O beyond reading prompt files, no LLM. `simulate.py`
+sends what these build and hands the answers back here.
+
+Value format: the simulator writes activations as one digit 0-9. Many tokenizers (SmolLM2's,
+Llama's, Qwen's) split "10" into "1" + "0", so a 0-10 scale cannot be read from one position;
+every single digit is one token for every tokenizer we know. Predictions are stored on the 0-10
+scale the explainer sees (`TO_DISPLAY`); correlations do not depend on that factor.
+
+Alignment: predictions belong to the subject model's tokens by their position in the list we
+sent, never by re-tokenising: the logprob parser finds each value slot by its character offset in
+the prompt, the chat parser by the index written in each answer line.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+from explainer import prompts
+
+VALUES = tuple(str(v) for v in range(10))  # the value tokens, in value order
+TO_DISPLAY = 10.0 / 9.0  # prompt scale 0-9 -> stored scale 0-10
+PLACEHOLDER = "unknown"  # the value slot of a token whose activation the simulator predicts
+MAX_TOKEN_CHARS = 40  # longer subject tokens are cut (the slot stays on its own line)
+FILES = ("simulate_logprob", "simulate_logprob_shot", "simulate_chat_system",
+         "simulate_chat_user", "simulate_examples")
+_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+@dataclass(frozen=True)
+class Example:
+    """One few-shot example: an explanation and a token list with activations 0-9."""
+
+    explanation: str
+    tokens: tuple[str, ...]  # as the simulator sees them (already escaped)
+    values: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class LogprobPrompt:
+    """An all-at-once prompt and the character offset of every token's value slot."""
+
+    text: str
+    offsets: tuple[int, ...]  # offsets[k]: where token k's PLACEHOLDER starts in `text`
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """Predicted activations for every subject token (0-10 scale), or why there are none."""
+
+    predicted: list[float] | None
+    error: str | None
+    mode: str  # logprob | chat-logprob | chat
+
+
+def prompt_hash() -> str:
+    """12 hex identifying the simulator prompt files."""
+    return prompts.prompt_hash(*FILES)
+
+
+def display_token(token: str) -> str:
+    """A subject token as one line of the prompt: line breaks and tabs escaped, long ones cut."""
+    out = "".join(_ESCAPES.get(ch, f"\\x{ord(ch):02x}" if ord(ch) < 32 else ch) for ch in token)
+    return out if len(out) <= MAX_TOKEN_CHARS else out[: MAX_TOKEN_CHARS - 1] + "…"
+
+
+def load_examples() -> list[Example]:
+    """The few-shot examples of prompts/simulate_examples.txt."""
+    text = prompts.load("simulate_examples")
+    out = []
+    for block in text.split("\n---\n")[1:]:
+        lines = [ln for ln in block.split("\n") if ln and not ln.startswith("#")]
+        explanation = lines[0].removeprefix("explanation:").strip()
+        pairs = [ln.rsplit("\t", 1) for ln in lines[1:]]
+        out.append(Example(explanation, tuple(t for t, _ in pairs), tuple(int(v) for _, v in pairs)))
+    return out
+
+
+def logprob_prompt(explanation: str, tokens: Sequence[str],
+                   examples: Sequence[Example]) -> LogprobPrompt:
+    """The all-at-once prompt: few-shot listings with values, then `tokens` with value slots."""
+    shots = "".join(
+        prompts.fill(prompts.load("simulate_logprob_shot"), "simulate_logprob_shot",
+                     explanation=ex.explanation,
+                     listing="".join(f"{t}\t{v}\n" for t, v in zip(ex.tokens, ex.values)))
+        for ex in examples)
+    head = prompts.render("simulate_logprob", examples=shots, explanation=explanation.strip())
+    parts, offsets, pos = [head], [], len(head)
+    for tok in tokens:
+        line = f"{display_token(tok)}\t"
+        offsets.append(pos + len(line))
+        line += f"{PLACEHOLDER}\n"
+        parts.append(line)
+        pos += len(line)
+    parts.append("<end>\n")
+    return LogprobPrompt("".join(parts), tuple(offsets))
+
+
+def expected_value(alternatives: Iterable[tuple[str, float]]) -> float | None:
+    """Expected value (0-10 scale) over the value tokens among (token, logprob) alternatives.
+
+    Renormalised over the values present, as published; None when no value token is present.
+    """
+    mass = [0.0] * len(VALUES)
+    for tok, lp in alternatives:
+        t = tok.strip()
+        if t in VALUES and lp is not None and math.isfinite(lp):
+            mass[int(t)] += math.exp(lp)
+    total = sum(mass)
+    if total <= 0.0:
+        return None
+    return TO_DISPLAY * sum(v * m for v, m in enumerate(mass)) / total
+
+
+def _value_mass(top: Mapping[str, float] | None) -> float:
+    return sum(math.exp(lp) for t, lp in (top or {}).items() if t.strip() in VALUES)
+
+
+def parse_echo(prompt: LogprobPrompt, tokens: Sequence[str] | None,
+               top_logprobs: Sequence[Mapping[str, float] | None] | None,
+               text_offset: Sequence[int] | None) -> Parsed:
+    """Predictions from an echoed prompt's top log-probabilities at every value slot."""
+    if not tokens or top_logprobs is None or text_offset is None:
+        return Parsed(None, "the endpoint returned no prompt log-probabilities", "logprob")
+    index = {}
+    for i, off in enumerate(text_offset):
+        index.setdefault(off, i)
+    slots = []
+    for k, off in enumerate(prompt.offsets):
+        i = index.get(off)
+        if i is None or not tokens[i].startswith(PLACEHOLDER[:1]):
+            return Parsed(None, f"token {k}: the simulator's tokenizer merged its value slot "
+                                "with a neighbour", "logprob")
+        slots.append(i)
+    # The OpenAI convention puts the distribution of token i at i; llama-cpp-python (0.3.x)
+    # shifts it to i-1 when the model adds no BOS token. The slot rows tell which: only the row
+    # that predicts the slot puts its mass on digits.
+    here = sum(_value_mass(top_logprobs[i]) for i in slots)
+    before = sum(_value_mass(top_logprobs[i - 1]) for i in slots if i > 0)
+    shift = 1 if before > here else 0
+    out = []
+    for k, i in enumerate(slots):
+        top = top_logprobs[i - shift] if i - shift >= 0 else None
+        ev = expected_value((top or {}).items())
+        if ev is None:
+            return Parsed(None, f"token {k}: no value 0-9 among the top log-probabilities",
+                          "logprob")
+        out.append(ev)
+    return Parsed(out, None, "logprob")
+
+
+def chat_listing(tokens: Sequence[str]) -> str:
+    """Tokens numbered from 0, one per line, for the chat simulator."""
+    return "\n".join(f"{k}\t{display_token(t)}" for k, t in enumerate(tokens))
+
+
+def chat_messages(explanation: str, tokens: Sequence[str],
+                  examples: Sequence[Example]) -> list[dict]:
+    """The chat simulator's messages: instructions, few-shot turns, then the excerpt."""
+    def user(expl, toks):
+        return {"role": "user", "content": prompts.render(
+            "simulate_chat_user", explanation=expl.strip(), n_tokens=len(toks),
+            last=len(toks) - 1, listing=chat_listing(toks))}
+
+    msgs = [{"role": "system", "content": prompts.load("simulate_chat_system").strip()}]
+    for ex in examples:
+        msgs.append(user(ex.explanation, ex.tokens))
+        msgs.append({"role": "assistant",
+                     "content": "\n".join(f"{k}\t{v}" for k, v in enumerate(ex.values))})
+    msgs.append(user(explanation, tokens))
+    return msgs
+
+
+_LINE = re.compile(r"^[ \t>*-]*(\d+)\s*[\t:=,|]?\s*(\d+)\s*$")
+
+
+def parse_chat(text: str, n: int,
+               logprobs: Sequence[tuple[str, float, Sequence[tuple[str, float]]]] | None = None
+               ) -> Parsed:
+    """Predictions from a chat answer of lines "index<TAB>value", one per subject token.
+
+    Where the answer's token log-probabilities came back and a value is one token, predict the
+    expected value over its alternatives; otherwise the stated value. Every index 0..n-1 must
+    appear exactly once; anything else fails the excerpt (no value is ever made up).
+    """
+    starts = _token_starts(text, logprobs)
+    values: dict[int, float] = {}
+    used_lp = False
+    pos = 0
+    for line in text.split("\n"):
+        m = _LINE.match(line)
+        if m:
+            k, v = int(m.group(1)), int(m.group(2))
+            if k in values:
+                return Parsed(None, f"answer gives token {k} twice", "chat")
+            if not 0 <= v <= 9:
+                return Parsed(None, f"answer gives token {k} the value {v}, outside 0-9", "chat")
+            ev = None
+            j = starts.get(pos + m.start(2)) if starts else None
+            if j is not None and logprobs[j][0].strip() == m.group(2):
+                alts = dict(logprobs[j][2])  # usually holds the chosen token too
+                alts.setdefault(logprobs[j][0], logprobs[j][1])
+                ev = expected_value(alts.items())
+            used_lp |= ev is not None
+            values[k] = ev if ev is not None else TO_DISPLAY * v
+        pos += len(line) + 1
+    mode = "chat-logprob" if used_lp else "chat"
+    if not values:
+        return Parsed(None, f"no 'index<TAB>value' lines in the answer: {text[:60]!r}", mode)
+    missing = [k for k in range(n) if k not in values]
+    extra = sorted(k for k in values if k >= n)
+    if missing or extra:
+        what = f"misses {len(missing)} of {n} tokens (first {missing[0]})" if missing else \
+            f"names token {extra[0]} beyond the last ({n - 1})"
+        return Parsed(None, f"answer {what}", mode)
+    return Parsed([values[k] for k in range(n)], None, mode)
+
+
+def _token_starts(text: str, logprobs) -> dict[int, int] | None:
+    # Character offset -> index of the answer token starting there, when the tokens spell `text`.
+    if not logprobs:
+        return None
+    starts, pos = {}, 0
+    for j, (tok, _, _) in enumerate(logprobs):
+        starts[pos + (len(tok) - len(tok.lstrip()))] = j
+        pos += len(tok)
+    return starts if pos == len(text) else None

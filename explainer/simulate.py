@@ -1,0 +1,314 @@
+"""Stage `simulate`: a simulator LLM predicts each token's activation from the explanation alone.
+
+Reads `explanations/`, `records/` and `excerpts/`; writes `simulations/` and `scores/`. Per neuron
+and explanation candidate it simulates the first `n_top` valid-split top excerpts and `n_random`
+valid-split random ones (plus the calibrate split with `--calibrate`), scores every candidate on
+the valid split, marks the best, and simulates and scores the best one on the held-back test
+split too, so that choosing among candidates does not inflate the reported number.
+
+Resumable: predictions already stored (same simulator, mode and explanation) are reused, and a
+neuron whose scores are complete is skipped; failed excerpts are retried on the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from explainer import ExplainError, store
+from explainer import config as C
+from explainer import simscore as SS
+
+log = logging.getLogger(__name__)
+
+MODES = ("auto", "logprob", "chat")
+FLUSH_NEURONS = 16  # neurons buffered before a write; a kill loses at most this much work
+
+
+@dataclass(frozen=True)
+class _Excerpt:
+    excerpt_id: int
+    kind: str  # top | random
+    split: str  # calibrate | valid | test
+    tokens: tuple[str, ...]  # the subject model's tokens
+    real: tuple[float, ...]  # recorded activations, one per token
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One neuron's explanation candidates by one explainer, and the excerpts to simulate."""
+
+    layer: int
+    neuron: int
+    explainer: str
+    candidates: tuple[tuple[int, str], ...]  # (candidate, explanation)
+    excerpts: tuple[_Excerpt, ...]
+
+
+def run(cfg: C.SimulateConfig) -> Path:
+    """Simulate and score the selected neurons' explanations; returns the run's scores/ folder."""
+    if cfg.mode not in MODES:
+        raise ExplainError(f"--mode {cfg.mode!r}: expected one of {', '.join(MODES)}")
+    if cfg.n_top < 0 or cfg.n_random < 0 or cfg.n_top + cfg.n_random == 0:
+        raise ExplainError(f"--n-top {cfg.n_top} --n-random {cfg.n_random}: need at least one "
+                           "excerpt to score (both >= 0)")
+    from explainer import llm as L
+
+    run_dir = Path(cfg.run)
+    endpoint = L.resolve(cfg.simulator, cfg.llm.base_url)
+    model, layers = _select(run_dir, cfg)
+    jobs: list[_Job] = []
+    for layer in layers:
+        jobs += _jobs(run_dir, model, layer, cfg)
+    if not jobs:
+        raise ExplainError(f"--neurons {cfg.neurons}: no explained neuron among them in layer(s) "
+                           f"{', '.join(map(str, layers))}; run `explain describe` for them first")
+    asyncio.run(_run(cfg, endpoint, model, jobs))
+    return run_dir / "scores"
+
+
+# --- what to simulate ---------------------------------------------------------------------
+
+
+def _select(run_dir: Path, cfg: C.SimulateConfig) -> tuple[str, list[int]]:
+    models = store.models_in(run_dir, "explanations")
+    if not models:
+        raise ExplainError(f"--run {run_dir}: no explanations yet; run `explain describe` first")
+    if cfg.model is None:
+        if len(models) > 1:
+            raise ExplainError(f"--run {run_dir} has explanations of several models "
+                               f"({', '.join(models)}); pick one with --model")
+        model = models[0]
+    else:
+        model = store.model_key(cfg.model)
+        if model not in models:
+            raise ExplainError(f"--model {cfg.model}: no explanations of it in this run "
+                               f"(have: {', '.join(models)})")
+    have = store.layers_in(run_dir, "explanations", model)
+    if str(cfg.layers).strip() == "all":
+        return model, have
+    n_layers = int((store.model_meta(run_dir, model) or {}).get("n_layers") or max(have) + 1)
+    layers = C.parse_spec(cfg.layers, n_layers, "layer", model)
+    missing = [lay for lay in layers if lay not in have]
+    if missing:
+        raise ExplainError(f"--layer {cfg.layers}: no explanations for layer {missing[0]} of "
+                           f"{model} yet; run `explain describe --layer {missing[0]}` first "
+                           f"(explained layers: {', '.join(map(str, have))})")
+    return model, layers
+
+
+def _jobs(run_dir: Path, model: str, layer: int, cfg: C.SimulateConfig) -> list[_Job]:
+    ex = store.read(run_dir, "explanations", model=model, layer=layer)
+    ex = ex[ex["status"] == "ok"]
+    if cfg.explainer is not None:
+        if not (ex["explainer"] == cfg.explainer).any():
+            have = ", ".join(sorted(set(ex["explainer"]))) or "none"
+            raise ExplainError(f"--explainer {cfg.explainer}: no explanations by it in layer "
+                               f"{layer} (have: {have})")
+        ex = ex[ex["explainer"] == cfg.explainer]
+    if str(cfg.neurons).strip() != "all":
+        d_mlp = int((store.model_meta(run_dir, model) or {}).get("d_mlp") or ex["neuron"].max() + 1)
+        ex = ex[ex["neuron"].isin(C.parse_spec(cfg.neurons, d_mlp, "neuron", f"{model} layer"))]
+    if ex.empty:
+        return []
+    splits = ("calibrate", "valid", "test") if cfg.calibrate else ("valid", "test")
+    chosen = _excerpts(run_dir, model, layer, set(int(n) for n in ex["neuron"]), splits, cfg)
+    cands: dict[tuple, dict[int, str]] = {}
+    for r in ex.itertuples(index=False):  # newest row last: a re-described candidate wins
+        cands.setdefault((int(r.neuron), r.explainer), {})[int(r.candidate)] = r.explanation
+    return [_Job(layer, n, e, tuple(sorted(c.items())), chosen.get(n, ()))
+            for (n, e), c in sorted(cands.items())]
+
+
+def _excerpts(run_dir: Path, model: str, layer: int, neurons: set[int], splits: tuple,
+              cfg: C.SimulateConfig) -> dict[int, tuple[_Excerpt, ...]]:
+    """Per neuron, the first n_top top and n_random random excerpts (by rank) of each split."""
+    rec = store.read(run_dir, "records", model=model, layer=layer,
+                     columns=["neuron", "excerpt_id", "kind", "rank", "split", "activations"])
+    rec = rec[rec["neuron"].isin(neurons) & rec["split"].isin(splits)
+              & rec["kind"].isin(["top", "random"])].sort_values(["neuron", "split", "kind", "rank"])
+    need = {"top": cfg.n_top, "random": cfg.n_random}
+    rec = rec[rec.groupby(["neuron", "split", "kind"]).cumcount()
+              < rec["kind"].map(need).astype(int)]
+    ids = set(int(e) for e in rec["excerpt_id"])
+    toks = store.read(run_dir, "excerpts", model=model, columns=["excerpt_id", "tokens"])
+    toks = {int(e): tuple(t) for e, t in zip(toks["excerpt_id"], toks["tokens"]) if int(e) in ids}
+    out: dict[int, list[_Excerpt]] = {}
+    for n, e, k, s, a in zip(rec["neuron"], rec["excerpt_id"], rec["kind"], rec["split"],
+                             rec["activations"]):
+        if int(e) not in toks:
+            raise ExplainError(f"--run {run_dir}: records of layer {layer} name excerpt {e}, "
+                               "which excerpts/ lacks; re-record the run")
+        real = tuple(float(x) for x in a)
+        if len(real) != len(toks[int(e)]):
+            raise ExplainError(f"--run {run_dir}: excerpt {e} has {len(toks[int(e)])} tokens but "
+                               f"{len(real)} activations in layer {layer}; re-record the run")
+        out.setdefault(int(n), []).append(_Excerpt(int(e), k, s, toks[int(e)], real))
+    return {n: tuple(v) for n, v in out.items()}
+
+
+class _Done:
+    """Stored predictions that can be reused, and the neurons whose scores are complete."""
+
+    def __init__(self, run_dir: Path, model: str, layer: int, simulator: str, mode: str | None):
+        sims = store.read(run_dir, "simulations", model=model, layer=layer)
+        sims = sims[(sims["simulator"] == simulator) & (sims["status"] == "ok")]
+        if mode is not None:  # predictions of another mode are not reused (chat-logprob is chat)
+            sims = sims[sims["mode"].str.split("-").str[0] == mode.split("-")[0]]
+        self.pred = {(int(n), e, int(c), k, int(x)): tuple(float(v) for v in p)
+                     for n, e, c, k, x, p in zip(sims["neuron"], sims["explainer"],
+                                                 sims["candidate"], sims["kind"],
+                                                 sims["excerpt_id"], sims["predicted"])}
+        sc = store.read(run_dir, "scores", model=model, layer=layer)
+        sc = sc[sc["simulator"] == simulator]
+        self.text = {(int(n), e, int(c)): t for n, e, c, t, s in
+                     zip(sc["neuron"], sc["explainer"], sc["candidate"], sc["explanation"],
+                         sc["split"]) if s == "valid"}
+        self.scored = {(int(n), e, int(c), s) for n, e, c, s, st in
+                       zip(sc["neuron"], sc["explainer"], sc["candidate"], sc["split"],
+                           sc["status"]) if st != "failed"}
+        self.best = {(int(n), e): int(c) for n, e, c, s, b in
+                     zip(sc["neuron"], sc["explainer"], sc["candidate"], sc["split"], sc["best"])
+                     if s == "valid" and b}
+
+    def reusable(self, job: _Job, cand: int, text: str, ex: _Excerpt) -> tuple | None:
+        if self.text.get((job.neuron, job.explainer, cand), text) != text:
+            return None  # the explanation changed since: its old predictions do not apply
+        return self.pred.get((job.neuron, job.explainer, cand, ex.kind, ex.excerpt_id))
+
+    def complete(self, job: _Job, splits: tuple) -> bool:
+        for cand, text in job.candidates:
+            if self.text.get((job.neuron, job.explainer, cand)) != text or \
+                    (job.neuron, job.explainer, cand, "valid") not in self.scored:
+                return False
+            for ex in job.excerpts:
+                if ex.split in splits and ex.split != "test" and \
+                        self.reusable(job, cand, text, ex) is None:
+                    return False
+        best = self.best.get((job.neuron, job.explainer))
+        return best is None or (job.neuron, job.explainer, best, "test") in self.scored
+
+
+# --- running ------------------------------------------------------------------------------
+
+
+async def _run(cfg: C.SimulateConfig, endpoint, model: str, jobs: list[_Job]) -> None:
+    from explainer import simulators
+
+    layers = sorted({j.layer for j in jobs})
+    splits = ("calibrate", "valid") if cfg.calibrate else ("valid",)
+    # Before any endpoint is touched: with --mode auto, predictions of either mode count as done.
+    mode = None if cfg.mode == "auto" else cfg.mode
+    done = {lay: _Done(cfg.run, model, lay, endpoint.model, mode) for lay in layers}
+    todo = [j for j in jobs if not done[j.layer].complete(j, splits)]
+    if len(todo) < len(jobs):
+        print(f"simulate: {len(jobs) - len(todo)} neurons already scored, skipped",
+              file=sys.stderr)
+    if not todo:
+        return
+    async with simulators.open_simulator(cfg, endpoint) as sim:
+        done = {lay: _Done(cfg.run, model, lay, endpoint.model, sim.mode) for lay in layers}
+        writer = _Writer(Path(cfg.run))
+        queue: asyncio.Queue[_Job] = asyncio.Queue()
+        for job in todo:
+            queue.put_nowait(job)
+
+        async def worker(bar, task) -> None:
+            while not queue.empty():
+                job = queue.get_nowait()
+                writer.add(*await _neuron(sim, job, model, endpoint.model, done[job.layer],
+                                          splits, cfg.calibrate))
+                bar.advance(task)
+
+        with _progress() as bar:
+            task = bar.add_task("simulate", total=len(todo))
+            try:
+                n = max(1, min(len(todo), sim.workers))
+                await asyncio.gather(*(worker(bar, task) for _ in range(n)))
+            finally:
+                writer.flush()
+        print(f"simulate: {writer.n_scores} neurons x explanations scored "
+              f"({writer.n_defined} defined, {writer.n_failed} failed excerpts; failures are "
+              f"retried on the next run), mode {sim.mode}", file=sys.stderr)
+        print(f"simulate: LLM {sim.summary()}", file=sys.stderr)
+
+
+async def _neuron(sim, job: _Job, model: str, simulator: str, done: _Done, splits: tuple,
+                  calibrate: bool) -> tuple[list, list]:
+    """Simulate and score one job; returns (simulation rows, score rows)."""
+    sims: list[store.SimulationRow] = []
+
+    async def one(cand: int, text: str, ex: _Excerpt) -> SS.Item:
+        pred = done.reusable(job, cand, text, ex)
+        if pred is not None:
+            return SS.Item(ex.kind, ex.split, ex.real, pred, None)
+        key = f"L{job.layer}/N{job.neuron}/c{cand}/{ex.split}/{ex.excerpt_id}"
+        parsed = await sim.predict(text, ex.tokens, key)
+        ok = parsed.predicted is not None and len(parsed.predicted) == len(ex.tokens)
+        err = None if ok else (parsed.error or "wrong number of predictions")
+        sims.append(store.SimulationRow(
+            model=model, layer=job.layer, neuron=job.neuron, explainer=job.explainer,
+            candidate=cand, simulator=simulator, mode=parsed.mode, excerpt_id=ex.excerpt_id,
+            kind=ex.kind, split=ex.split, predicted=list(parsed.predicted) if ok else None,
+            status="ok" if ok else "failed", error=err))
+        return SS.Item(ex.kind, ex.split, ex.real, tuple(parsed.predicted) if ok else None, err)
+
+    async def items_of(cand: int, text: str, wanted: tuple) -> list[SS.Item]:
+        return list(await asyncio.gather(*(one(cand, text, ex) for ex in job.excerpts
+                                           if ex.split in wanted)))
+
+    per_cand = await asyncio.gather(*(items_of(c, t, splits) for c, t in job.candidates))
+    cands = [SS.Candidate(model, job.layer, job.neuron, job.explainer, c, simulator, t)
+             for c, t in job.candidates]
+    rows, best = SS.mark_best([SS.score_row(c, "valid", it, calibrate)
+                               for c, it in zip(cands, per_cand)])
+    if best is not None:
+        k = [c.candidate for c in cands].index(best)
+        test = await items_of(best, cands[k].explanation, ("test",))
+        rows.append(SS.score_row(cands[k], "test", per_cand[k] + test, calibrate, best=True))
+    return sims, rows
+
+
+class _Writer:
+    """Buffers rows of finished neurons; simulations are written before their scores."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.sims: list = []
+        self.scores: list = []
+        self.n_neurons = self.n_scores = self.n_defined = self.n_failed = 0
+
+    def add(self, sims: list, scores: list) -> None:
+        self.sims += sims
+        self.scores += scores
+        self.n_neurons += 1
+        valid = [r for r in scores if r.split == "valid"]
+        self.n_scores += len(valid)
+        self.n_defined += sum(r.score is not None for r in valid)
+        self.n_failed += sum(r.status == "failed" for r in sims)
+        if self.n_neurons % FLUSH_NEURONS == 0:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.sims:
+            store.write_rows(self.run_dir, "simulations", self.sims, prefix="simulate")
+        if self.scores:
+            store.write_rows(self.run_dir, "scores", self.scores, prefix="simulate")
+        self.sims, self.scores = [], []
+
+
+def _progress():
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
+        TimeRemainingColumn
+
+    return Progress(TextColumn("simulate"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+
+
+def rescore(cfg: C.ScoreConfig) -> Path:
+    """`explain score`: recompute every score from simulations/ (no LLM call)."""
+    return SS.rescore(cfg)

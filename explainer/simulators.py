@@ -1,0 +1,124 @@
+"""The three ways to ask a simulator for predictions, behind one `predict` call.
+
+* `_Echo` (`logprob` mode, any endpoint with legacy completions + echo + logprobs): one
+  all-at-once prompt per excerpt; the expected value at every value slot.
+* `_Chat` (`chat` mode, chat-only APIs): the values by token index in a structured answer,
+  expected values where the answer's top log-probabilities come back.
+* `_InProcess` (`logprob` mode on the embedded model): the same prompt as `_Echo`, evaluated in
+  this process (see inprocess.py for why), one prompt at a time.
+
+`auto` picks logprob where the endpoint returns prompt log-probabilities, else chat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Sequence
+
+from explainer import ExplainError
+from explainer import config as C
+from explainer import simprompt as SP
+
+LOGPROBS = 20  # top log-probabilities asked per prompt token (vLLM's default cap is 20)
+
+
+class _Echo:
+    mode = "logprob"
+
+    def __init__(self, llm, workers: int):
+        self.llm, self.workers = llm, workers
+        self.examples = SP.load_examples()
+
+    async def predict(self, explanation: str, tokens: Sequence[str], key: str) -> SP.Parsed:
+        from explainer.llm import LLMError
+
+        prompt = SP.logprob_prompt(explanation, tokens, self.examples)
+
+        def parse(c) -> SP.Parsed:
+            return SP.parse_echo(prompt, c.tokens, c.top_logprobs, c.text_offset)
+
+        try:
+            # max_tokens=1: llama.cpp reads 0 as "no limit"; the one answer token is ignored.
+            c = await self.llm.complete(prompt.text, max_tokens=1, echo=True,
+                                        logprobs=LOGPROBS, key=key,
+                                        accept=lambda c: parse(c).predicted is not None)
+        except LLMError as err:
+            return SP.Parsed(None, str(err)[:300], self.mode)
+        return parse(c)
+
+    def summary(self) -> str:
+        return self.llm.summary()
+
+
+class _Chat:
+    mode = "chat"
+
+    def __init__(self, llm, workers: int):
+        self.llm, self.workers = llm, workers
+        self.examples = SP.load_examples()
+
+    async def predict(self, explanation: str, tokens: Sequence[str], key: str) -> SP.Parsed:
+        from explainer.llm import LLMError
+
+        msgs = SP.chat_messages(explanation, tokens, self.examples)
+
+        def parse(c) -> SP.Parsed:
+            return SP.parse_chat(c.text, len(tokens), c.chat_logprobs)
+
+        try:
+            # ~4 answer tokens a line ("12", TAB, "3", newline), plus slack for a preamble.
+            c = await self.llm.chat(msgs, max_tokens=5 * len(tokens) + 32, logprobs=True,
+                                    top_logprobs=len(SP.VALUES), key=key,
+                                    accept=lambda c: parse(c).predicted is not None)
+        except LLMError as err:
+            return SP.Parsed(None, str(err)[:300], self.mode)
+        return parse(c)
+
+    def summary(self) -> str:
+        return self.llm.summary()
+
+
+class _InProcess:
+    mode = "logprob"
+    workers = 1  # one model, evaluated one prompt at a time
+
+    def __init__(self, embedded):
+        self.embedded = embedded
+        self.examples = SP.load_examples()
+        self._lock = asyncio.Lock()
+
+    async def predict(self, explanation: str, tokens: Sequence[str], key: str) -> SP.Parsed:
+        prompt = SP.logprob_prompt(explanation, tokens, self.examples)
+        async with self._lock:  # off the event loop, so the progress bar keeps moving
+            return await asyncio.to_thread(self.embedded.predict, prompt)
+
+    def summary(self) -> str:
+        e = self.embedded
+        return (f"{e.calls:,} in-process evaluations (no server), {e.prompt_tokens:,} prompt "
+                f"tokens, {e.evaluated_tokens:,} evaluated (the shared few-shot prefix is "
+                "reused), $0")
+
+
+@contextlib.asynccontextmanager
+async def open_simulator(cfg: C.SimulateConfig, endpoint):
+    """The simulator for `cfg.mode` at `endpoint`, ready to `predict` (and closed afterwards)."""
+    from explainer import llm as L
+
+    if endpoint.embedded and cfg.mode in ("auto", "logprob"):
+        from explainer import inprocess, llm_server
+
+        yield _InProcess(inprocess.Embedded(llm_server.gguf_path()))
+        return
+    async with L.LLM(endpoint, cfg.run, stage="simulate", cfg=cfg.llm) as llm:
+        await llm.check(probe_echo=cfg.mode != "chat")
+        mode = cfg.mode
+        if mode == "auto":
+            mode = "logprob" if llm.supports_echo_logprobs else "chat"
+        elif mode == "logprob" and llm.supports_echo_logprobs is False:
+            raise ExplainError(f"--mode logprob: the endpoint at {endpoint.host} does not return "
+                               "prompt log-probabilities (legacy completions with echo and "
+                               "logprobs); use --mode chat")
+        # Each neuron sends ~10 excerpts at once; a few neurons in flight keep the semaphore full.
+        workers = max(1, cfg.llm.concurrency)
+        yield (_Echo if mode == "logprob" else _Chat)(llm, workers)

@@ -1,0 +1,353 @@
+"""The LLM layer against a scripted fake OpenAI server (real sockets, real `openai` client)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+
+import pytest
+
+from explainer import ExplainError
+from explainer import config as C
+from explainer import llm as L
+from tests.fake_openai import FakeOpenAI, Reply
+
+FAST = C.LLMConfig(concurrency=4, timeout_s=5.0, max_retries=3, backoff_s=0.05,
+                   retry_budget_s=20.0)
+MSG = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture
+def fake():
+    with FakeOpenAI() as server:
+        yield server
+
+
+def _llm(fake, tmp_path, cfg=FAST, model="fake-model", key="sk-test"):
+    ep = L.Endpoint(model=model, base_url=fake.base_url, api_key=key)
+    return L.LLM(ep, tmp_path, stage="test", cfg=cfg)
+
+
+def arun(coro):
+    return asyncio.run(coro)
+
+
+def _calls(tmp_path) -> list[tuple]:
+    db = sqlite3.connect(tmp_path / "llm.sqlite")
+    try:
+        return db.execute("SELECT status, cached, attempt, prompt_tokens, cost_usd FROM calls "
+                          "ORDER BY id").fetchall()
+    finally:
+        db.close()
+
+
+def test_chat_returns_text_and_tokens(fake, tmp_path):
+    fake.push(Reply.chat("boats and harbours", prompt_tokens=42, completion_tokens=5))
+
+    async def go():
+        async with _llm(fake, tmp_path) as llm:
+            return await llm.chat(MSG, max_tokens=20)
+
+    c = arun(go())
+    assert (c.text, c.prompt_tokens, c.completion_tokens, c.cached) == \
+        ("boats and harbours", 42, 5, False)
+    sent = fake.requests[-1]
+    assert sent.body["messages"] == MSG and sent.body["model"] == "fake-model"
+    assert sent.headers.get("authorization") == "Bearer sk-test"
+
+
+def test_429_honours_retry_after(fake, tmp_path):
+    fake.push(Reply.error(429, retry_after=0.6), Reply.chat("ok"))
+
+    async def go():
+        async with _llm(fake, tmp_path) as llm:
+            t0 = time.monotonic()
+            c = await llm.chat(MSG, max_tokens=5)
+            return c, time.monotonic() - t0, llm.summary()
+
+    c, elapsed, summary = arun(go())
+    assert c.text == "ok" and fake.completions() == 2
+    assert elapsed >= 0.6  # backoff_s alone would wait ~0.05 s
+    assert [r[0] for r in _calls(tmp_path)] == ["rate_limited", "ok"]
+    assert "1 retried" in summary
+
+
+def test_intermittent_500_and_malformed_are_retried(fake, tmp_path):
+    fake.push(Reply.error(500), Reply.malformed(), Reply.error(503), Reply.chat("fine"))
+
+    async def go():
+        async with _llm(fake, tmp_path) as llm:
+            return await llm.chat(MSG, max_tokens=5)
+
+    assert arun(go()).text == "fine"
+    assert [r[0] for r in _calls(tmp_path)] == ["server_error", "malformed", "server_error", "ok"]
+
+
+def test_400_is_not_retried(fake, tmp_path):
+    fake.push(Reply.error(400, message="bad field"), Reply.chat("never"))
+
+    async def go():
+        async with _llm(fake, tmp_path) as llm:
+            await llm.chat(MSG, max_tokens=5)
+
+    with pytest.raises(L.LLMError) as info:
+        arun(go())
+    assert info.value.status == "bad_request" and fake.completions() == 1
+
+
+def test_retries_are_bounded(fake, tmp_path):
+    fake.push(*[Reply.error(500) for _ in range(10)])
+    cfg = C.LLMConfig(timeout_s=5.0, max_retries=2, backoff_s=0.01)
+
+    async def go():
+        async with _llm(fake, tmp_path, cfg) as llm:
+            await llm.chat(MSG, max_tokens=5)
+
+    with pytest.raises(L.LLMError) as info:
+        arun(go())
+    assert info.value.status == "server_error" and fake.completions() == 3
+
+
+def test_timeout_then_success(fake, tmp_path):
+    fake.push(Reply.hang(3.0), Reply.chat("in time"))
+    cfg = C.LLMConfig(timeout_s=0.5, max_retries=2, backoff_s=0.01)
+
+    async def go():
+        async with _llm(fake, tmp_path, cfg) as llm:
+            return await llm.chat(MSG, max_tokens=5)
+
+    assert arun(go()).text == "in time"
+    assert [r[0] for r in _calls(tmp_path)] == ["timeout", "ok"]
+
+
+def test_server_dies_and_comes_back(fake, tmp_path):
+    fake.push(Reply.outage(0.8), Reply.chat("back again"))
+    cfg = C.LLMConfig(timeout_s=5.0, max_retries=8, backoff_s=0.1)
+
+    async def go():
+        async with _llm(fake, tmp_path, cfg) as llm:
+            return await llm.chat(MSG, max_tokens=5)
+
+    assert arun(go()).text == "back again"
+    statuses = [r[0] for r in _calls(tmp_path)]
+    assert statuses[-1] == "ok" and set(statuses[:-1]) == {"connection"}
+
+
+def test_cache_by_request_and_sample(fake, tmp_path):
+    async def go():
+        async with _llm(fake, tmp_path) as llm:
+            a = await llm.chat(MSG, max_tokens=5, temperature=1.0, sample=0)
+            b = await llm.chat(MSG, max_tokens=5, temperature=1.0, sample=1)
+            a2 = await llm.chat(MSG, max_tokens=5, temperature=1.0, sample=0)
+            return a, b, a2
+
+    a, b, a2 = arun(go())
+    assert a.text != b.text  # the fake answers by seed: samples differ the first time
+    assert a2.cached and a2.text == a.text and fake.completions() == 2
+    a3, b3, _ = arun(go())  # a new LLM on the same run: everything comes from the cache
+    assert (a3.text, b3.text) == (a.text, b.text) and fake.completions() == 2
+
+
+def test_unaccepted_answer_is_not_cached(fake, tmp_path):
+    fake.push(Reply.empty(), Reply.chat("usable"))
+
+    async def go():
+        async with _llm(fake, tmp_path) as llm:
+            first = await llm.chat(MSG, max_tokens=5, accept=lambda c: bool(c.text))
+            second = await llm.chat(MSG, max_tokens=5, accept=lambda c: bool(c.text))
+            return first, second
+
+    first, second = arun(go())
+    assert first.text == "" and second.text == "usable" and not second.cached
+    assert [r[0] for r in _calls(tmp_path)] == ["unusable", "ok"]
+
+
+def test_concurrency_limit_holds(tmp_path):
+    with FakeOpenAI(latency_s=0.2) as fake:
+        async def go():
+            async with _llm(fake, tmp_path, C.LLMConfig(concurrency=3)) as llm:
+                await asyncio.gather(*(llm.chat([{"role": "user", "content": str(i)}],
+                                                max_tokens=5) for i in range(9)))
+
+        arun(go())
+        assert fake.max_in_flight == 3
+
+
+def test_ledger_cost_and_summary(fake, tmp_path):
+    fake.models.append("gpt-4o-mini")
+    fake.push(Reply.chat("a", prompt_tokens=1_000_000, completion_tokens=1_000_000))
+
+    async def go():
+        async with _llm(fake, tmp_path, model="gpt-4o-mini") as llm:
+            await llm.chat(MSG, max_tokens=5)
+            await llm.chat(MSG, max_tokens=5)
+            return llm.summary()
+
+    summary = arun(go())
+    # prices.json: gpt-4o-mini costs 0.15 + 0.60 USD per million prompt/completion tokens
+    assert summary == ("2 calls (1 cached), 1,000,000 prompt + 1,000,000 completion tokens, "
+                       "est. $0.7500")
+    rows = _calls(tmp_path)
+    assert rows[0][4] == pytest.approx(0.75) and rows[1][1] == 1
+
+
+def test_unknown_price_shows_tokens_only(fake, tmp_path):
+    async def go():
+        async with _llm(fake, tmp_path) as llm:
+            await llm.chat(MSG, max_tokens=5)
+            return llm.summary()
+
+    assert "cost unknown" in arun(go()) and _calls(tmp_path)[0][4] is None
+
+
+def test_check_unknown_model_names_served(fake, tmp_path):
+    async def go():
+        async with _llm(fake, tmp_path, model="gpt-9") as llm:
+            await llm.check()
+
+    with pytest.raises(ExplainError, match=r"'gpt-9' is not served .*fake-model"):
+        arun(go())
+
+
+def test_check_unreachable(tmp_path):
+    fake = FakeOpenAI().start()
+    fake.stop()  # a port where nothing listens
+
+    async def go():
+        async with _llm(fake, tmp_path) as llm:
+            await llm.check()
+
+    with pytest.raises(ExplainError, match="cannot reach the LLM endpoint at 127.0.0.1"):
+        arun(go())
+
+
+def test_check_probes_echo_logprobs(fake, tmp_path):
+    async def go():
+        async with _llm(fake, tmp_path) as llm:
+            await llm.check()
+            c = await llm.complete("the cat sat", echo=True, logprobs=1)
+            return llm.supports_echo_logprobs, c
+
+    ok, c = arun(go())
+    assert ok is True and c.tokens == ["the", " cat", " sat"] and c.text_offset == [0, 3, 7]
+
+
+def test_key_never_on_disk(fake, tmp_path):
+    secret = "sk-test-SECRET-123"
+    fake.push(Reply.error(401, message=f"Incorrect API key provided: {secret}"))
+
+    async def go():
+        async with _llm(fake, tmp_path, key=secret) as llm:
+            assert secret not in repr(llm.endpoint)
+            await llm.chat(MSG, max_tokens=5)
+
+    with pytest.raises(L.LLMError) as info:
+        arun(go())
+    assert secret not in str(info.value)
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+
+
+def test_resolve(monkeypatch):
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert L.resolve(C.EMBEDDED_LLM, None).embedded
+    with pytest.raises(ExplainError, match="OPENAI_API_KEY"):
+        L.resolve("gpt-4o-mini", None)
+    ep = L.resolve("llama3", "http://localhost:11434/v1")
+    assert (ep.embedded, ep.host, ep.api_key) == (False, "localhost:11434", L.DUMMY_KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", "https://user:pw@openrouter.ai/api/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    ep = L.resolve("openai/gpt-4o-mini", None)
+    assert ep.host == "openrouter.ai" and ep.api_key == "sk-x"
+
+
+@pytest.mark.slow
+def test_embedded_server_answers_and_leaves_no_orphan(tmp_path):
+    psutil = pytest.importorskip("psutil")
+    ep = L.resolve(C.EMBEDDED_LLM, None)
+    seen = {}
+
+    async def ok():
+        async with L.LLM(ep, tmp_path, stage="test", cfg=C.LLMConfig(timeout_s=60)) as llm:
+            seen["ok"] = llm.server_pid
+            await llm.check()
+            c = await llm.chat(MSG, max_tokens=8)
+            e = await llm.complete("The cat sat on the", max_tokens=1, echo=True, logprobs=2)
+            return c, e, llm.supports_echo_logprobs
+
+    c, e, echo_ok = arun(ok())
+    assert c.text and c.prompt_tokens > 0 and echo_ok
+    assert e.tokens and len(e.tokens) == len(e.token_logprobs)
+
+    async def boom():
+        async with L.LLM(ep, tmp_path, stage="test", prompt_logprobs=False) as llm:
+            seen["boom"] = llm.server_pid
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        arun(boom())
+    assert seen["ok"] and seen["boom"]
+    for pid in seen.values():
+        assert not psutil.pid_exists(pid)  # stopped and reaped, not left running
+
+
+_HOLD_SERVER = """
+import asyncio, sys, time
+from explainer import config as C, llm as L
+
+async def main():
+    ep = L.resolve(C.EMBEDDED_LLM, None)
+    async with L.LLM(ep, sys.argv[1], stage="test", prompt_logprobs=False) as llm:
+        print(llm.server_pid, flush=True)
+        await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGKILL"])
+def test_no_orphan_after_ctrl_c_or_kill(tmp_path, sig):
+    """Ctrl-C runs the clean-up; SIGKILL skips it, and the kernel's parent-death signal acts."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    psutil = pytest.importorskip("psutil")
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_SERVER, str(tmp_path)], cwd=root,
+                            stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        pid = int(proc.stdout.readline())
+        assert psutil.pid_exists(pid)
+        proc.send_signal(getattr(signal, sig))
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while psutil.pid_exists(pid) and time.monotonic() < deadline:
+            try:
+                if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                    break  # dead; its parent is gone, so init reaps it
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.1)
+        alive = psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        assert not alive, f"embedded server {pid} outlived its parent after {sig}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_check_passes_when_server_has_no_model_list(tmp_path):
+    with FakeOpenAI(models=None) as fake:
+        async def go():
+            async with _llm(fake, tmp_path, model="anything") as llm:
+                await llm.check(probe_echo=False)
+                return (await llm.chat(MSG, max_tokens=5)).text
+
+        assert arun(go()) == "words about topic"
