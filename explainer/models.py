@@ -133,7 +133,7 @@ def format_table(rows: list[tuple[ModelSpec, bool]]) -> str:
     return "\n".join(lines)
 
 
-def _embedded_checkpoint() -> Path:
+def embedded_checkpoint() -> Path:
     """The embedded model as a safetensors checkpoint, dequantising the GGUF on first use."""
     folder = cache_dir() / "models" / EMBEDDED
     if (folder / "config.json").exists() and any(folder.glob("*.safetensors")):
@@ -233,7 +233,7 @@ def load(spec: ModelSpec, device: str = "cpu") -> Subject:
     except RuntimeError:
         raise ExplainError(f"--device {device}: not a torch device (cpu, cuda, cuda:1, mps)") from None
     if spec.source == "embedded":
-        path = str(_embedded_checkpoint())
+        path = str(embedded_checkpoint())
     elif spec.source == "hub" and not _hub_cached(spec.model_id):
         offline = [s.name for s, ok in list_models() if ok]
         raise ExplainError(f"--model {spec.name}: not in the Hugging Face cache and the hub is "

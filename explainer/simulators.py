@@ -5,7 +5,8 @@
 * `_Chat` (`chat` mode, chat-only APIs): the values by token index in a structured answer,
   expected values where the answer's top log-probabilities come back.
 * `_InProcess` (`logprob` mode on the embedded model): the same prompt as `_Echo`, evaluated in
-  this process (see inprocess.py for why), one prompt at a time.
+  this process by PyTorch on the dequantised weights (see inprocess.py for why), one prompt at
+  a time.
 
 `auto` picks logprob where the endpoint returns prompt log-probabilities, else chat.
 """
@@ -106,9 +107,11 @@ async def open_simulator(cfg: C.SimulateConfig, endpoint):
     from explainer import llm as L
 
     if endpoint.embedded and cfg.mode in ("auto", "logprob"):
-        from explainer import inprocess, llm_server
+        from explainer import inprocess, llm_server, models
 
-        yield _InProcess(inprocess.Embedded(llm_server.gguf_path()))
+        # PyTorch on llama.cpp's token ids: ~4x faster here than llama.cpp's AVX2 kernels.
+        yield _InProcess(inprocess.EmbeddedTorch(llm_server.gguf_path(),
+                                                 models.embedded_checkpoint()))
         return
     async with L.LLM(endpoint, cfg.run, stage="simulate", cfg=cfg.llm) as llm:
         await llm.check(probe_echo=cfg.mode != "chat")

@@ -222,7 +222,7 @@ def test_embedded_model_matches_hf(tmp_path):
                  "--ctx", "16", "--top-k", "2", "--random-k", "2", "--layers", "0,29")
     assert res.exit_code == 0, res.output
     ids, _ = _excerpts(run, "smollm2-135m")
-    ckpt = models._embedded_checkpoint()
+    ckpt = models.embedded_checkpoint()
     for layer in (0, 29):
         ref = _hf_acts(ckpt, ids, layer, gated=True)
         rec = store.read(run, "records", model="smollm2-135m", layer=layer)

@@ -262,13 +262,23 @@ def test_in_process_matches_the_server_protocol_path(tmp_path):
     assert remote.error is None
     assert remote.predicted == pytest.approx(local.predicted, abs=0.02)
     assert np.std(local.predicted) > 0  # not a constant that would match trivially
+    # The default embedded simulator: PyTorch on the same token ids. It multiplies float32
+    # activations where llama.cpp quantises them to 8 bits, so it agrees closely, not exactly.
+    from explainer import models
+
+    fast = inprocess.EmbeddedTorch(llm_server.gguf_path(), models.embedded_checkpoint())
+    torch_pred = fast.predict(prompt).predicted
+    assert torch_pred == pytest.approx(remote.predicted, abs=0.25)
+    assert np.corrcoef(torch_pred, remote.predicted)[0, 1] > 0.95
 
 
 @pytest.mark.slow
-def test_in_process_odd_tokens_and_prefix_reuse():
-    from explainer import inprocess, llm_server
+@pytest.mark.parametrize("backend", ["llama", "torch"])
+def test_in_process_odd_tokens_and_prefix_reuse(backend):
+    from explainer import inprocess, llm_server, models
 
-    e = inprocess.Embedded(llm_server.gguf_path())
+    e = inprocess.Embedded(llm_server.gguf_path()) if backend == "llama" else \
+        inprocess.EmbeddedTorch(llm_server.gguf_path(), models.embedded_checkpoint())
     odd = SP.logprob_prompt("odd tokens", ODD, SP.load_examples())
     first = e.predict(odd)
     assert first.error is None and len(first.predicted) == len(ODD)
