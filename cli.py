@@ -194,10 +194,11 @@ def run_all(
     run: RunOpt = Path("runs/demo"),
     model: Annotated[str, typer.Option(help="Subject model (see `explain models`).")] = "smollm2-135m",
     corpus: Annotated[str, typer.Option(help="Corpus spec (see `explain record`).")] = "embedded",
-    layers: Annotated[Optional[str], typer.Option("--layers", "--layer", help="Layers (default: 4 spread over the depth).")] = None,
+    layers: Annotated[Optional[str], typer.Option("--layers", "--layer", help="Layers (default: first, middle and last).")] = None,
     neurons: NeuronsOpt = "0-2",
     n_excerpts: Annotated[int, typer.Option(help="Excerpts to read from the corpus.")] = 256,
     explainer: Annotated[Optional[list[str]], typer.Option(help=f"Explainer(s); repeat the option for several (default: {C.BASELINE_EXPLAINER} and {C.EMBEDDED_LLM}).")] = None,
+    explain_excerpts: Annotated[int, typer.Option(help="Top excerpts shown to the explainer.")] = 5,
     simulator: Annotated[str, typer.Option(help="Simulator LLM at the endpoint.")] = C.EMBEDDED_LLM,
     base_url: BaseUrlOpt = None,
     mode: Annotated[str, typer.Option(help="Simulation mode: auto, logprob or chat.")] = "auto",
@@ -211,6 +212,7 @@ def run_all(
     explainers = tuple(explainer) if explainer else (C.BASELINE_EXPLAINER, C.EMBEDDED_LLM)
     cfg = C.RunConfig(run=run, model=model, corpus=corpus, layers=layers, neurons=neurons,
                       n_excerpts=n_excerpts, seed=seed, device=device, explainers=explainers,
+                      explain_excerpts=explain_excerpts,
                       simulator=simulator, mode=mode,
                       llm=C.LLMConfig(base_url=base_url, concurrency=concurrency))
     typer.echo(_call(pipeline.run, cfg))

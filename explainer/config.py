@@ -127,19 +127,20 @@ class RunConfig:
     """Settings of `explain run`: the whole pipeline, each stage resumable.
 
     The defaults finish in minutes on 2 cores with no network: the embedded model, corpus and
-    LLM, 4 layers spread over the depth, 3 neurons each, the baseline beside the LLM explainer.
+    LLM, 3 layers (first, middle, last), 3 neurons each, the baseline beside the LLM explainer.
     """
 
     run: Path
     model: str = "smollm2-135m"
     corpus: str = "embedded"
-    layers: str | None = None  # None: 4 layers spread evenly from first to last
+    layers: str | None = None  # None: 3 layers spread evenly from first to last
     neurons: str = "0-2"
     n_excerpts: int = 256
     ctx: int = 64
     seed: int = 0
     device: str = "cpu"
     explainers: tuple[str, ...] = (BASELINE_EXPLAINER, EMBEDDED_LLM)
+    explain_excerpts: int = 5  # as the paper explained; halves the embedded explainer's prompt
     simulator: str = EMBEDDED_LLM
     mode: str = "auto"
     llm: LLMConfig = LLMConfig()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 from pathlib import Path
 
 from explainer import simprompt as SP
@@ -161,7 +162,9 @@ class EmbeddedTorch(_Evaluator):
             # Keep the shared prefix's keys and values, drop the rest (a negative count).
             self._cache.crop(-(len(self._evaluated) - n))
         kept = {r: v for r, v in self._rows.items() if r < n}
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            # transformers 5.x renames past_key_values; the old name works across versions.
+            warnings.simplefilter("ignore", FutureWarning)
             out = self._model.model(input_ids=torch.tensor([ids[n:]]),
                                     past_key_values=self._cache, use_cache=True)
             hidden = out.last_hidden_state[0]  # (len(ids) - n, d_model)

@@ -18,7 +18,7 @@ def run(cfg: C.RunConfig) -> str:
 
     run_dir = Path(cfg.run)
     spec = models.resolve(cfg.model)
-    layers = cfg.layers or C.spread_layers(spec.n_layers)
+    layers = cfg.layers or C.spread_layers(spec.n_layers, 3)
     _say(f"[1/5] record {spec.name} layers {layers}")
     record.run(C.RecordConfig(run=run_dir, model=cfg.model, corpus=cfg.corpus, layers=layers,
                               n_excerpts=cfg.n_excerpts, ctx=cfg.ctx, seed=cfg.seed,
@@ -26,7 +26,8 @@ def run(cfg: C.RunConfig) -> str:
     for name in cfg.explainers:
         _say(f"[2/5] describe with {name}")
         describe.run(C.DescribeConfig(run=run_dir, layers=layers, neurons=cfg.neurons,
-                                      model=spec.name, explainer=name, llm=cfg.llm))
+                                      model=spec.name, explainer=name,
+                                      n_excerpts=cfg.explain_excerpts, llm=cfg.llm))
     _say(f"[3/5] simulate and score with {cfg.simulator}")
     simulate.run(C.SimulateConfig(run=run_dir, layers=layers, neurons=cfg.neurons,
                                   model=spec.name, simulator=cfg.simulator, mode=cfg.mode,
@@ -36,7 +37,7 @@ def run(cfg: C.RunConfig) -> str:
     table = report.run(C.ReportConfig(run=run_dir, plot=plot))
     _say("[5/5] viewer")
     index = view.run(C.ViewConfig(run=run_dir))
-    return f"{table}\nplot:   {plot}\nviewer: {index}"
+    return f"{table}\nviewer: {index}"  # the table ends with the plot's path
 
 
 def _say(text: str) -> None:
