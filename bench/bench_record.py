@@ -24,11 +24,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 
 def gpt2_small_shaped(folder: Path) -> Path:
-    """A random GPT-2 with GPT-2 small's shape (12 layers, d_model 768, d_mlp 3072)."""
+    """A random GPT-2 with GPT-2 small's shape (12 layers, d_model 768, d_mlp 3072, 50,257
+    vocabulary: the unembedding a bare forward pass pays and `record` skips is GPT-2's)."""
     from conftest import make_gpt2
 
     if not (folder / "config.json").exists():
-        make_gpt2(folder, n_layer=12, n_embd=768)
+        make_gpt2(folder, n_layer=12, n_embd=768, vocab_size=50257)
     return folder
 
 
@@ -81,7 +82,7 @@ def main() -> None:
     ap.add_argument("--mem-n", type=int, default=256, help="N for the N vs 4N memory run")
     ap.add_argument("--batch-size", type=int, default=32)
     args = ap.parse_args()
-    cache = ROOT / ".test-cache" / "gpt2-small-shaped"
+    cache = ROOT / ".test-cache" / "gpt2-small"
     for name in args.models.split(","):
         model = str(gpt2_small_shaped(cache)) if name == "gpt2-arch" else name
         res = throughput(model, args.n, args.batch_size)

@@ -10,6 +10,7 @@ finished layers or nothing, and a rerun redoes exactly the layers not marked don
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import itertools
 import logging
@@ -95,9 +96,24 @@ def _staging(run_dir: Path, name: str) -> Path:
     return run_dir / f".staging-{store.model_key(name)}"
 
 
+def _fixed_mmap_threshold() -> None:
+    """Serve large buffers from mmap and return them to the OS when freed.
+
+    glibc raises its mmap threshold each time a large block is freed; after that the per-batch
+    activation tensors come from the heap, fragment it, and peak RSS creeps up with the number
+    of batches (measured: +19% at 4x the corpus). A fixed threshold keeps it flat.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
 def _record(cfg: RecordConfig, subject, layers: list[int]) -> dict:
     """The streaming pass: returns per-layer samplers and the staged excerpt files."""
     import torch
+
+    _fixed_mmap_threshold()
     from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeRemainingColumn)

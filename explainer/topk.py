@@ -100,9 +100,11 @@ class Stats:
     def update(self, acts: torch.Tensor, bmax: torch.Tensor) -> None:
         """acts (B, ctx, N); bmax (B, N) the per-excerpt maxima TopK also uses."""
         flat = acts.reshape(-1, acts.shape[-1])  # (B*ctx, N)
-        self.sum += flat.sum(0, dtype=torch.float64)
-        self.sumsq += (flat * flat).sum(0).double()  # a batch sums fine in float32
-        self.pos += (flat > 0).sum(0)
+        # One batch sums exactly enough in float32 (a few thousand terms); the running totals
+        # are float64. These forms are ~4x faster than float64 or boolean reductions on CPU.
+        self.sum += flat.sum(0).double()
+        self.sumsq += (flat * flat).sum(0).double()
+        self.pos += flat.sign().clamp_(min=0).sum(0).long()  # tokens > 0
         self.max = torch.maximum(self.max, bmax.amax(0))  # (N,)
         self.min = torch.minimum(self.min, flat.amin(0))
         self.n += flat.shape[0]

@@ -43,15 +43,20 @@ def _tokenizer(folder: Path, vocab_size: int = 400):
     return fast
 
 
-def make_gpt2(folder: Path, n_layer: int = 2, n_embd: int = 32, seed: int = 0) -> Path:
-    """Write a random GPT-2 checkpoint (config, safetensors, tokenizer) into folder."""
+def make_gpt2(folder: Path, n_layer: int = 2, n_embd: int = 32, seed: int = 0,
+              vocab_size: int | None = None) -> Path:
+    """Write a random GPT-2 checkpoint (config, safetensors, tokenizer) into folder.
+
+    vocab_size defaults to the tokenizer's; the benchmark passes GPT-2's 50,257 so that the
+    unembedding costs what it costs in GPT-2 (ids above the tokenizer's are never used).
+    """
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     folder.mkdir(parents=True, exist_ok=True)
     tok = _tokenizer(folder)
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=n_embd, n_layer=n_layer,
+    cfg = GPT2Config(vocab_size=vocab_size or len(tok), n_positions=128, n_embd=n_embd, n_layer=n_layer,
                      n_head=2, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     model = GPT2LMHeadModel(cfg)
     with torch.no_grad():  # larger weights than the init, so neurons have varied activations
