@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python bench/bench_simulate.py [--neurons 2] [--threads 2] [--fake 32] [--latency 0.2]
 
-1. Embedded simulator (SmolLM2-135M, in-process llama.cpp), `--neurons` neurons of a run with
+1. Embedded simulator (SmolLM2-135M, in-process PyTorch), `--neurons` neurons of a run with
    64-token prose excerpts, each scored on its 5 valid top + 5 valid random excerpts (test split
    off, to time exactly the 10 excerpts): calls, prompt tokens, tokens actually evaluated and
    wall seconds per neuron, against the published budget (one ~818-token call per excerpt with
@@ -70,20 +70,23 @@ def make_run(root: Path, n_neurons: int, ctx: int = 64, n_excerpts: int = 40,
 
 
 def embedded(n_neurons: int, threads: int) -> None:
-    from explainer import inprocess, llm_server
+    import torch
 
+    from explainer import inprocess, llm_server, models
+
+    torch.set_num_threads(threads)
     made = []
-    orig = inprocess.Embedded.__init__
+    orig = inprocess.EmbeddedTorch.__init__
 
-    def init(self, path, n_threads=None, n_ctx=inprocess.N_CTX):
-        orig(self, path, n_threads=threads, n_ctx=n_ctx)
+    def init(self, path, checkpoint):
+        orig(self, path, checkpoint)
         made.append(self)
 
-    inprocess.Embedded.__init__ = init  # keep a handle on the counters; pin the thread count
+    inprocess.EmbeddedTorch.__init__ = init  # keep a handle on the counters
     with tempfile.TemporaryDirectory() as tmp:
         run = make_run(Path(tmp) / "run", n_neurons)
         t_load = time.perf_counter()
-        inprocess.Embedded(llm_server.gguf_path())  # load once, outside the timing
+        inprocess.EmbeddedTorch(llm_server.gguf_path(), models.embedded_checkpoint())  # warm
         t_load = time.perf_counter() - t_load
         made.clear()
         # time the valid split only: the test split's excerpts are a second, equal batch
@@ -99,7 +102,7 @@ def embedded(n_neurons: int, threads: int) -> None:
         per_neuron_valid = per_excerpt * n_valid / n_neurons
         sc = store.read(run, "scores")
         valid = sc[sc["split"] == "valid"]
-        print(f"embedded {C.EMBEDDED_LLM} in-process, {threads} threads, model load "
+        print(f"embedded {C.EMBEDDED_LLM} in-process (PyTorch), {threads} threads, model load "
               f"{t_load:.1f} s (once): {e.calls} calls for {n_neurons} neurons "
               f"({n_valid} valid + {n_test} test excerpts of 64 tokens)")
         print(f"  per neuron (10 valid excerpts): {per_neuron_valid:.1f} s "
@@ -109,7 +112,7 @@ def embedded(n_neurons: int, threads: int) -> None:
               f"(prefix reused); published budget {10 * PUBLISHED_PROMPT_TOKENS:,}")
         print(f"  scores: {valid['score'].notna().sum()}/{len(valid)} defined, mean "
               f"{valid['score'].mean():.3f}")
-    inprocess.Embedded.__init__ = orig
+    inprocess.EmbeddedTorch.__init__ = orig
 
 
 def _answer(req) -> Reply:
@@ -130,13 +133,35 @@ def _answer(req) -> Reply:
 
 
 def time_fake(n_neurons: int, latency_s: float, concurrency: int) -> tuple[float, int]:
-    with tempfile.TemporaryDirectory() as tmp, FakeOpenAI(_answer, latency_s=latency_s) as fake:
-        run = make_run(Path(tmp) / "run", n_neurons)
-        cfg = C.SimulateConfig(run=run, simulator="fake-model", mode="logprob",
-                               llm=C.LLMConfig(base_url=fake.base_url, concurrency=concurrency))
-        t0 = time.perf_counter()
-        simulate.run(cfg)
-        return time.perf_counter() - t0, fake.completions()
+    """Seconds and requests of `simulate` against the fake server, run in its own process so
+    that its JSON work does not compete with the client for this process's GIL."""
+    import sqlite3
+    import subprocess
+
+    server = subprocess.Popen([sys.executable, __file__, "--serve", str(latency_s)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(server.stdout.readline())
+        with tempfile.TemporaryDirectory() as tmp:
+            run = make_run(Path(tmp) / "run", n_neurons)
+            cfg = C.SimulateConfig(run=run, simulator="fake-model", mode="logprob",
+                                   llm=C.LLMConfig(base_url=f"http://127.0.0.1:{port}/v1",
+                                                   concurrency=concurrency))
+            t0 = time.perf_counter()
+            simulate.run(cfg)
+            elapsed = time.perf_counter() - t0
+            with sqlite3.connect(run / "llm.sqlite") as db:
+                sent = db.execute("SELECT count(*) FROM calls WHERE cached = 0").fetchone()[0]
+            return elapsed, sent
+    finally:
+        server.stdin.close()
+        server.wait(timeout=10)
+
+
+def _serve(latency_s: float) -> None:
+    with FakeOpenAI(_answer, latency_s=latency_s) as fake:
+        print(fake.port, flush=True)
+        sys.stdin.read()  # until the parent closes it
 
 
 def main() -> None:
@@ -145,7 +170,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--fake", type=int, default=32, help="neurons against the fake server (0: skip)")
     ap.add_argument("--latency", type=float, default=0.2)
+    ap.add_argument("--serve", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.serve is not None:
+        return _serve(args.serve)
     import openai  # noqa: F401 - imported once up front, so no timing pays for it
 
     if args.fake:

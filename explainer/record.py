@@ -15,7 +15,6 @@ import hashlib
 import itertools
 import logging
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
