@@ -24,12 +24,19 @@ from explainer import simprompt as SP
 LOGPROBS = 20  # top log-probabilities asked per prompt token (vLLM's default cap is 20)
 
 
-class _Echo:
-    mode = "logprob"
+class _Remote:
+    """A simulator behind the LLM layer (any endpoint): one request per excerpt."""
 
     def __init__(self, llm, workers: int):
         self.llm, self.workers = llm, workers
         self.examples = SP.load_examples()
+
+    def summary(self) -> str:
+        return self.llm.summary()
+
+
+class _Echo(_Remote):
+    mode = "logprob"
 
     async def predict(self, explanation: str, tokens: Sequence[str], key: str) -> SP.Parsed:
         from explainer.llm import LLMError
@@ -48,16 +55,9 @@ class _Echo:
             return SP.Parsed(None, str(err)[:300], self.mode)
         return parse(c)
 
-    def summary(self) -> str:
-        return self.llm.summary()
 
-
-class _Chat:
+class _Chat(_Remote):
     mode = "chat"
-
-    def __init__(self, llm, workers: int):
-        self.llm, self.workers = llm, workers
-        self.examples = SP.load_examples()
 
     async def predict(self, explanation: str, tokens: Sequence[str], key: str) -> SP.Parsed:
         from explainer.llm import LLMError
@@ -75,9 +75,6 @@ class _Chat:
         except LLMError as err:
             return SP.Parsed(None, str(err)[:300], self.mode)
         return parse(c)
-
-    def summary(self) -> str:
-        return self.llm.summary()
 
 
 class _InProcess:
