@@ -118,11 +118,12 @@ def show(
 def view(
     run: RunOpt,
     out: Annotated[Optional[Path], typer.Option(help="Folder of the site (default: RUN/view).")] = None,
+    scored_only: Annotated[bool, typer.Option("--scored-only", help="Pages only for scored neurons (faster on big runs).")] = False,
 ):
     """Write a static HTML neuron browser (opens from disk, no server); prints its index.html."""
     from explainer import view as stage
 
-    typer.echo(_call(stage.run, C.ViewConfig(run=run, out=out)))
+    typer.echo(_call(stage.run, C.ViewConfig(run=run, out=out, scored_only=scored_only)))
 
 
 @app.command()

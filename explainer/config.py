@@ -120,6 +120,7 @@ class ViewConfig:
 
     run: Path
     out: Path | None = None  # None: <run>/view
+    scored_only: bool = False  # pages only for scored neurons (every recorded one by default)
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ def run(cfg: C.RunConfig) -> str:
     _say("[4/5] report")
     table = report.run(C.ReportConfig(run=run_dir, plot=plot))
     _say("[5/5] viewer")
-    index = view.run(C.ViewConfig(run=run_dir))
+    # The demo scores a few neurons of thousands recorded: pages for those few, in seconds.
+    index = view.run(C.ViewConfig(run=run_dir, scored_only=True))
     return f"{table}\nviewer: {index}"  # the table ends with the plot's path
 
 

@@ -184,11 +184,15 @@ def _nav(neurons: list[int], i: int) -> str:
     return " · ".join([""] + links) if links else ""
 
 
-def _write_layer(run, out, mkey, name, layer, tokens) -> tuple[int, list[str]]:
+def _write_layer(run, out, mkey, name, layer, tokens,
+                 scored_only: bool = False) -> tuple[int, list[str]]:
     t = {n: store.read(run, n, mkey, layer)
          for n in ("records", "neurons", "scores", "simulations")}
     head = headline(t["scores"])
-    neurons = sorted(set(t["records"]["neuron"].astype(int)) | set(head["neuron"].astype(int)))
+    neurons = set(head["neuron"].astype(int))
+    if not scored_only:
+        neurons |= set(t["records"]["neuron"].astype(int))
+    neurons = sorted(neurons)
     rows = _index_rows(mkey, layer, neurons, head, t["neurons"])
     data = out / "data" / mkey / f"layer-{layer}.js"
     data.parent.mkdir(parents=True, exist_ok=True)
@@ -242,7 +246,8 @@ def run(cfg: ViewConfig) -> str:
             entry = {"key": mkey, "name": name, "params": format_params(meta.get("n_params"))
                      if meta.get("n_params") else None, "layers": [], "pairs": []}
             for layer in layers:
-                n, pairs = _write_layer(run_dir, out, mkey, name, layer, tokens)
+                n, pairs = _write_layer(run_dir, out, mkey, name, layer, tokens,
+                                        cfg.scored_only)
                 entry["layers"].append({"layer": layer, "n": n,
                                         "file": f"data/{mkey}/layer-{layer}.js"})
                 entry["pairs"] = sorted(set(entry["pairs"]) | set(pairs))

@@ -53,6 +53,8 @@ def test_killed_after_describe_then_resumed_matches_uninterrupted(
         assert "plot:" in whole.output and "viewer:" in whole.output
         assert (tmp_path / "a" / "report.png").stat().st_size > 10_000
         assert (tmp_path / "a" / "view" / "index.html").exists()
+        pages = sorted(p.name for p in (tmp_path / "a" / "view").rglob("N*.html"))
+        assert pages == ["N0.html", "N0.html", "N1.html", "N1.html", "N2.html", "N2.html"]
 
         def interrupted(cfg):
             raise KeyboardInterrupt
