@@ -23,6 +23,7 @@ from explainer import ExplainError, corpus, models, store
 from explainer.config import RANDOM_SPLITS, SPLITS, RecordConfig, parse_spec
 
 log = logging.getLogger(__name__)
+TRIM_EVERY = 8  # batches between heap trims: flat peak memory for a few % of throughput
 STAGE_ROWS = 1024  # excerpts per staged Parquet file: bounded memory, few files
 QUANTILE_PROBS = (0.001, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 0.999)
 # Settings that define what a model's recorded tables mean: a rerun must match them.
@@ -95,24 +96,26 @@ def _staging(run_dir: Path, name: str) -> Path:
     return run_dir / f".staging-{store.model_key(name)}"
 
 
-def _fixed_mmap_threshold() -> None:
-    """Serve large buffers from mmap and return them to the OS when freed.
+def _heap_trimmer():
+    """A function that returns freed heap pages to the OS (a no-op off glibc).
 
-    glibc raises its mmap threshold each time a large block is freed; after that the per-batch
-    activation tensors come from the heap, fragment it, and peak RSS creeps up with the number
-    of batches (measured: +19% at 4x the corpus). A fixed threshold keeps it flat.
+    glibc raises its mmap threshold as large blocks are freed; the per-batch activation
+    tensors then come from the heap, fragment it, and peak RSS crept up with the number of
+    batches (+19% at 4x the corpus). Trimming every few batches keeps it flat; forcing mmap
+    for every large block instead cost a third of the throughput in page faults.
     """
     try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # -3: M_MMAP_THRESHOLD
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    return lambda: trim(0)
 
 
 def _record(cfg: RecordConfig, subject, layers: list[int]) -> dict:
     """The streaming pass: returns per-layer samplers and the staged excerpt files."""
     import torch
 
-    _fixed_mmap_threshold()
+    trim = _heap_trimmer()
     from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeRemainingColumn)
@@ -156,6 +159,8 @@ def _record(cfg: RecordConfig, subject, layers: list[int]) -> dict:
                 _stage_excerpts(stage, subject, pending)
                 pending = []
             n_read += len(batch)
+            if n_read // len(batch) % TRIM_EVERY == 0:
+                trim()
             elapsed = bar.tasks[0].elapsed or 1e-9
             bar.update(task, advance=len(batch), tps=n_read * cfg.ctx / elapsed)
         bar.update(task, total=n_read)
