@@ -132,7 +132,7 @@ class SimulationRow:
     explainer: str
     candidate: int
     simulator: str
-    mode: str  # logprob | chat | chat-logprob | embedded
+    mode: str  # logprob | chat | chat-logprob (the in-process embedded path is logprob)
     excerpt_id: int
     kind: str  # top | random | quantile
     split: str  # calibrate | valid | test
