@@ -96,6 +96,36 @@ def test_exact_ties_break_to_earlier_excerpt():
     assert ids.tolist() == [[3, 9, 20]] * 3
 
 
+@pytest.mark.parametrize("n_neurons", [37, 300])  # one partial block; several blocks
+def test_samplers_equal_brute_force_with_ties(n_neurons):
+    """The compiled top-k merge and statistics against numpy over the whole corpus at once."""
+    import torch
+
+    from explainer.topk import Stats, TopK
+
+    rng = np.random.default_rng(0)
+    acts = rng.integers(-3, 6, (83, 5, n_neurons)).astype(np.float32)  # many exact ties
+    acts[:, :, 1] = rng.normal(size=(83, 5))  # and one neuron without any
+    top, st = TopK(9, n_neurons, 5), Stats(n_neurons)
+    for s in range(0, 83, 11):  # batches of 11, the last one short
+        a = torch.from_numpy(acts[s:s + 11])
+        top.update(a, torch.arange(s, min(s + 11, 83)), st.update(a))
+    ids, vals, got = top.ranked()
+    maxima = acts.max(axis=1)  # (83, N)
+    for n in range(n_neurons):
+        want = np.lexsort((np.arange(83), -maxima[:, n]))[:9]  # value desc, then earlier
+        assert ids[n].tolist() == want.tolist()
+        np.testing.assert_array_equal(vals[n], maxima[want, n])
+        np.testing.assert_array_equal(got[n], acts[want, :, n])
+    flat = acts.reshape(-1, n_neurons).astype(np.float64)
+    summary = st.summary()
+    np.testing.assert_allclose(summary["mean"], flat.mean(0), atol=1e-9)
+    np.testing.assert_allclose(summary["std"], flat.std(0), atol=1e-6)
+    np.testing.assert_array_equal(summary["min"], flat.min(0))
+    np.testing.assert_array_equal(summary["max"], flat.max(0))
+    np.testing.assert_array_equal(summary["density"], (flat > 0).mean(0))
+
+
 def test_neuron_stats_match_brute_force(tiny_run, tiny_gpt2):
     ids, _ = _excerpts(tiny_run, "tiny-gpt2")
     ref = _hf_acts(tiny_gpt2, ids, 0).reshape(-1, 128)
