@@ -177,20 +177,27 @@ class Subject:
         self.d_mlp = spec.d_mlp
         self._strings: dict[int, str] = {}
 
-    def activations(self, tokens, layers: list[int]) -> dict:
-        """tokens (B, ctx) -> {layer: (B, ctx, d_mlp) float32}, stopping after the last layer."""
-        got = {}
+    def stream(self, tokens, layers: list[int], consume) -> None:
+        """Run tokens (B, ctx), calling consume(layer, (B, ctx, d_mlp) float32 on the CPU) as
+        each selected layer's MLP fires, and stop right after the last one.
 
-        def keeper(layer):
-            def keep(x, hook):
-                got[layer] = x.detach().float().cpu()
+        Consuming inside the hook reads each activation while it is still in cache and frees
+        it before the next layer; stopping there skips the later blocks and the logits.
+        """
+        from transformer_lens.model_bridge.exceptions import StopAtLayerException
+
+        last = max(layers)
+
+        def hook_for(layer):
+            def hook(x, hook):
+                consume(layer, x.detach().float().cpu())
+                if layer == last:  # TransformerLens's own early-stop signal
+                    raise StopAtLayerException(x)
                 return x
-            return keep
+            return hook
 
-        hooks = [(HOOK.format(layer=la), keeper(la)) for la in layers]
-        self.bridge.run_with_hooks(tokens.to(self.device), fwd_hooks=hooks, return_type=None,
-                                   stop_at_layer=max(layers) + 1)
-        return got
+        hooks = [(HOOK.format(layer=la), hook_for(la)) for la in layers]
+        self.bridge.run_with_hooks(tokens.to(self.device), fwd_hooks=hooks, return_type=None)
 
     def forward(self, tokens) -> None:
         """A bare forward pass with no hooks (the benchmark's reference)."""

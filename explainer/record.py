@@ -1,8 +1,9 @@
 """`explain record`: run the hooked subject model over a corpus, keep each neuron's excerpts.
 
-One forward pass per batch hooks every selected layer. Per neuron it keeps the exact top-k
-excerpts by max activation (topk.TopK), a seeded uniform sample of excerpts shared by all neurons
-(topk.Reservoir) and running statistics over every token (topk.Stats). Nothing is written until
+One forward pass per batch hooks every selected layer and stops after the last one. Per neuron
+it keeps the exact top-k excerpts by max activation (topk.TopK), a seeded uniform sample of
+excerpts shared by all neurons (topk.Reservoir) and running statistics over every token
+(topk.Stats), all updated inside the hook while the layer's activations are still in cache. Nothing is written until
 the pass has finished: excerpts go to a hidden staging folder and move into place at the end, then
 each layer's tables are written and marked done in run.json. A killed run therefore leaves either
 finished layers or nothing, and a rerun redoes exactly the layers not marked done.
@@ -10,6 +11,7 @@ finished layers or nothing, and a rerun redoes exactly the layers not marked don
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import itertools
@@ -23,7 +25,7 @@ from explainer import ExplainError, corpus, models, store
 from explainer.config import RANDOM_SPLITS, SPLITS, RecordConfig, parse_spec
 
 log = logging.getLogger(__name__)
-TRIM_EVERY = 8  # batches between heap trims: flat peak memory for a few % of throughput
+TRIM_EVERY = 64  # batches between heap trims: a safety net against fragmentation on long runs
 STAGE_ROWS = 1024  # excerpts per staged Parquet file: bounded memory, few files
 QUANTILE_PROBS = (0.001, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 0.999)
 # Settings that define what a model's recorded tables mean: a rerun must match them.
@@ -96,31 +98,43 @@ def _staging(run_dir: Path, name: str) -> Path:
     return run_dir / f".staging-{store.model_key(name)}"
 
 
-def _heap_trimmer():
-    """A function that returns freed heap pages to the OS (a no-op off glibc).
+@contextlib.contextmanager
+def steady_heap(trim_every: int = TRIM_EVERY):
+    """Keep freed memory in glibc's heap for the pass; yields a per-batch callback that trims.
 
-    glibc raises its mmap threshold as large blocks are freed; the per-batch activation
-    tensors then come from the heap, fragment it, and peak RSS crept up with the number of
-    batches (+19% at 4x the corpus). Trimming every few batches keeps it flat; forcing mmap
-    for every large block instead cost a third of the throughput in page faults.
+    By default glibc hands the top of its heap back to the OS whenever enough of it is free,
+    and each batch's large temporaries then page-fault it in again: up to a GB of faults per
+    batch on GPT-2 small, depending on what else lives in the heap. Here large blocks come
+    from the heap and stay, and every trim_every batches malloc_trim bounds the peak; the
+    defaults come back afterwards. A no-op off glibc.
     """
     try:
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
     except (OSError, AttributeError):
-        return lambda: None
-    return lambda: trim(0)
+        yield lambda: None
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 32 << 20)  # the most glibc allows
+    mallopt(m_trim_threshold, (1 << 31) - 1)
+    batches = itertools.count(1)
+    try:
+        yield lambda: malloc_trim(0) if next(batches) % trim_every == 0 else None
+    finally:
+        mallopt(m_mmap_threshold, 128 << 10)  # glibc's defaults
+        mallopt(m_trim_threshold, 128 << 10)
+        malloc_trim(0)
 
 
 def _record(cfg: RecordConfig, subject, layers: list[int]) -> dict:
     """The streaming pass: returns per-layer samplers and the staged excerpt files."""
     import torch
 
-    trim = _heap_trimmer()
     from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeRemainingColumn)
 
-    from explainer.topk import Reservoir, Stats, TopK
+    from explainer.topk import Reservoir, Stats, TopK, zeros
 
     stage = _staging(Path(cfg.run), subject.name)
     shutil.rmtree(stage, ignore_errors=True)
@@ -128,7 +142,7 @@ def _record(cfg: RecordConfig, subject, layers: list[int]) -> dict:
     tops = {la: TopK(cfg.top_k, d_mlp, cfg.ctx) for la in layers}
     stats = {la: Stats(d_mlp) for la in layers}
     reservoir = Reservoir(cfg.random_k, cfg.seed)
-    rand_acts = {la: torch.zeros(cfg.random_k, cfg.ctx, d_mlp) for la in layers}
+    rand_acts = {la: torch.from_numpy(zeros((cfg.random_k, cfg.ctx, d_mlp))) for la in layers}
     digest = hashlib.sha256()
     n_read = 0
     pending: list = []  # excerpts staged in files of up to STAGE_ROWS rows
@@ -140,27 +154,28 @@ def _record(cfg: RecordConfig, subject, layers: list[int]) -> dict:
     source = itertools.chain([first], source)
     columns = [TextColumn("record {task.fields[model]}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("excerpts {task.fields[tps]:,.0f} tok/s"), TimeRemainingColumn()]
-    with Progress(*columns, console=Console(stderr=True)) as bar, torch.inference_mode():
+    with Progress(*columns, console=Console(stderr=True)) as bar, torch.inference_mode(), \
+            steady_heap() as trim:
         task = bar.add_task("record", total=cfg.n_excerpts, model=subject.name, tps=0.0)
         for batch in _batches(source, cfg.batch_size):
             ids = torch.tensor([e.excerpt_id for e in batch])
             tokens = torch.tensor([e.token_ids for e in batch])  # (B, ctx)
             digest.update(tokens.numpy().astype(np.int32).tobytes())
-            acts = subject.activations(tokens, layers)  # layer -> (B, ctx, d_mlp) float32
             picks = reservoir.offer(len(batch))
-            for la in layers:
-                bmax = acts[la].amax(dim=1)  # (B, d_mlp) each excerpt's max per neuron
-                tops[la].update(acts[la], ids, bmax)
-                stats[la].update(acts[la], bmax)
+
+            def consume(la, acts):  # acts (B, ctx, d_mlp), called as layer la's MLP fires
+                bmax = stats[la].update(acts)  # (B, d_mlp) each excerpt's max per neuron
+                tops[la].update(acts, ids, bmax)
                 for slot, i in picks:
-                    rand_acts[la][slot] = acts[la][i]
+                    rand_acts[la][slot] = acts[i]
+
+            subject.stream(tokens, layers, consume)
             pending.extend(batch)
             if len(pending) >= STAGE_ROWS:
                 _stage_excerpts(stage, subject, pending)
                 pending = []
             n_read += len(batch)
-            if n_read // len(batch) % TRIM_EVERY == 0:
-                trim()
+            trim()
             elapsed = bar.tasks[0].elapsed or 1e-9
             bar.update(task, advance=len(batch), tps=n_read * cfg.ctx / elapsed)
         bar.update(task, total=n_read)
@@ -170,7 +185,8 @@ def _record(cfg: RecordConfig, subject, layers: list[int]) -> dict:
         raise ExplainError(f"--top-k {cfg.top_k}: the corpus gave only {n_read} excerpts "
                            f"of {cfg.ctx} tokens")
     random_k = min(cfg.random_k, n_read)
-    quant = _quantile_pass(cfg, subject, layers, {la: stats[la].max for la in layers}) \
+    quant = _quantile_pass(cfg, subject, layers,
+                           {la: torch.from_numpy(stats[la].max) for la in layers}) \
         if cfg.quantile_k else {}
     return {"tops": tops, "stats": stats, "rand_ids": reservoir.ids[:random_k],
             "rand_acts": {la: a[:random_k].numpy() for la, a in rand_acts.items()},
@@ -193,17 +209,20 @@ def _quantile_pass(cfg: RecordConfig, subject, layers: list[int], maxima: dict) 
     bins = {la: [TopK(q, subject.d_mlp, cfg.ctx) for _ in range(n_bins)] for la in layers}
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     source = corpus.excerpts(cfg.corpus, subject.tokenizer, cfg.ctx, cfg.n_excerpts)
-    with torch.inference_mode():
+    with torch.inference_mode(), steady_heap() as trim:
         for batch in _batches(source, cfg.batch_size):
             ids = torch.tensor([e.excerpt_id for e in batch])
-            acts = subject.activations(torch.tensor([e.token_ids for e in batch]), layers)
             keys = -torch.rand(len(batch), subject.d_mlp, generator=gen)  # (B, N), higher wins
-            for la in layers:
-                frac = acts[la].amax(dim=1) / maxima[la].clamp(min=1e-12)  # (B, N)
+
+            def consume(la, acts):
+                frac = acts.amax(dim=1) / maxima[la].clamp(min=1e-12)  # (B, N)
                 which = torch.ceil(frac * n_bins).long() - 1  # bin index; < 0 when max <= 0
                 for b, top in enumerate(bins[la]):
                     in_bin = torch.where(which == b, keys, torch.tensor(float("-inf")))
-                    top.update(acts[la], ids, in_bin)
+                    top.update(acts, ids, in_bin)
+
+            subject.stream(torch.tensor([e.token_ids for e in batch]), layers, consume)
+            trim()
     return bins
 
 
