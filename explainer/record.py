@@ -3,10 +3,11 @@
 One forward pass per batch hooks every selected layer and stops after the last one. Per neuron
 it keeps the exact top-k excerpts by max activation (topk.TopK), a seeded uniform sample of
 excerpts shared by all neurons (topk.Reservoir) and running statistics over every token
-(topk.Stats), all updated inside the hook while the layer's activations are still in cache. Nothing is written until
-the pass has finished: excerpts go to a hidden staging folder and move into place at the end, then
-each layer's tables are written and marked done in run.json. A killed run therefore leaves either
-finished layers or nothing, and a rerun redoes exactly the layers not marked done.
+(topk.Stats), all updated inside the hook while the layer's activations are still in cache.
+Nothing is written until the pass has finished: excerpts go to a hidden staging folder and move
+into place at the end, then each layer's tables are written and marked done in run.json. A
+killed run therefore leaves either finished layers or nothing, and a rerun redoes exactly the
+layers not marked done.
 """
 
 from __future__ import annotations
@@ -129,12 +130,11 @@ def steady_heap(trim_every: int = TRIM_EVERY):
 def _record(cfg: RecordConfig, subject, layers: list[int]) -> dict:
     """The streaming pass: returns per-layer samplers and the staged excerpt files."""
     import torch
-
     from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeRemainingColumn)
 
-    from explainer.topk import Reservoir, Stats, TopK, zeros
+    from explainer.topk import Reservoir, Stats, TopK
 
     stage = _staging(Path(cfg.run), subject.name)
     shutil.rmtree(stage, ignore_errors=True)
@@ -142,7 +142,7 @@ def _record(cfg: RecordConfig, subject, layers: list[int]) -> dict:
     tops = {la: TopK(cfg.top_k, d_mlp, cfg.ctx) for la in layers}
     stats = {la: Stats(d_mlp) for la in layers}
     reservoir = Reservoir(cfg.random_k, cfg.seed)
-    rand_acts = {la: torch.from_numpy(zeros((cfg.random_k, cfg.ctx, d_mlp))) for la in layers}
+    rand_acts = {la: torch.zeros(cfg.random_k, cfg.ctx, d_mlp) for la in layers}
     digest = hashlib.sha256()
     n_read = 0
     pending: list = []  # excerpts staged in files of up to STAGE_ROWS rows

@@ -7,8 +7,6 @@ which is what a brute-force sort over all excerpts gives, so the result is exact
 
 from __future__ import annotations
 
-import mmap
-
 import numpy as np
 import torch
 
@@ -27,7 +25,7 @@ class TopK:
         self.vals = np.full((n_neurons, k), -np.inf, dtype=np.float32)  # (N, k) maxima, ranked
         self.ids = np.full((n_neurons, k), -1, dtype=np.int64)  # (N, k) excerpt ids
         self.slot = np.tile(np.arange(k, dtype=np.int64), (n_neurons, 1))  # (N, k) acts row
-        self.acts = zeros((n_neurons, k, ctx))  # (N, k, ctx) activations, by slot
+        self.acts = np.zeros((n_neurons, k, ctx), dtype=np.float32)  # (N, k, ctx) by slot
 
     def update(self, acts: torch.Tensor, excerpt_ids: torch.Tensor,
                keys: torch.Tensor | None = None) -> None:
@@ -42,18 +40,6 @@ class TopK:
         """(ids (N, k), maxima (N, k), acts (N, k, ctx)) in rank order."""
         acts = np.take_along_axis(self.acts, self.slot[:, :, None], axis=1)
         return self.ids.copy(), self.vals.copy(), acts
-
-
-def zeros(shape: tuple[int, ...]) -> np.ndarray:
-    """A float32 zero array in its own anonymous memory map, outside the malloc heap.
-
-    Long-lived buffers placed in the heap among the forward pass's short-lived tensors made
-    glibc give the heap top back and fault it in again every batch (over a GB of page faults
-    per batch for GPT-2 small); mapped on their own, they leave the heap as a bare pass has it.
-    """
-    size = int(np.prod(shape)) * 4
-    return np.frombuffer(mmap.mmap(-1, max(size, 1)), dtype=np.float32, count=size // 4
-                         ).reshape(shape)
 
 
 def _np(t, dtype=np.float32) -> np.ndarray:
