@@ -1,0 +1,3 @@
+"""Stage `puzzles`: known-answer neuron puzzles that measure a simulator against explanations
+whose truth is known.
+"""
