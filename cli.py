@@ -57,7 +57,7 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log de
 @app.command()
 def models():
     """List the subject models, their sizes, and whether each loads here right now."""
-    from explainer import models as M
+    from explainer.record import subject as M
 
     typer.echo(M.format_table(M.list_models()))
 
@@ -96,7 +96,7 @@ def report(
     plot: Annotated[Optional[Path], typer.Option(help="Also write a PNG: mean score by layer depth per model, and the score histogram.")] = None,
 ):
     """Summarise scores by layer, by model size and by explainer/simulator pair."""
-    from explainer import report as stage
+    from explainer.views import report as stage
 
     typer.echo(_call(stage.run, C.ReportConfig(run=run, by=by, format=format, plot=plot)))
 
@@ -109,7 +109,7 @@ def show(
     model: ModelSel = None,
 ):
     """Show one neuron: explanations, scores, statistics, and its excerpts shaded by activation."""
-    from explainer import show as stage
+    from explainer.views import terminal as stage
 
     typer.echo(_call(stage.run, C.ShowConfig(run=run, layer=layer, neuron=neuron, model=model)))
 
@@ -121,7 +121,7 @@ def view(
     scored_only: Annotated[bool, typer.Option("--scored-only", help="Pages only for scored neurons (faster on big runs).")] = False,
 ):
     """Write a static HTML neuron browser (opens from disk, no server); prints its index.html."""
-    from explainer import view as stage
+    from explainer.views import html as stage
 
     typer.echo(_call(stage.run, C.ViewConfig(run=run, out=out, scored_only=scored_only)))
 
@@ -157,9 +157,9 @@ def score(
     calibrate: Annotated[bool, typer.Option("--calibrate", help="Fit a linear calibration on the calibrate split (needs simulations of it).")] = False,
 ):
     """Recompute every score of a run from its stored simulations (no LLM call)."""
-    from explainer import simulate as stage
+    from explainer import score as stage
 
-    typer.echo(_call(stage.rescore, C.ScoreConfig(run=run, calibrate=calibrate)))
+    typer.echo(_call(stage.run, C.ScoreConfig(run=run, calibrate=calibrate)))
 
 
 @app.command()

@@ -23,7 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from explainer import config as C  # noqa: E402
-from explainer import describe, store  # noqa: E402
+from explainer.describe import stage as describe  # noqa: E402
+from explainer import run as rundir
 
 
 def make_realistic_run(root: Path, n_neurons: int, ctx: int = 64, n_excerpts: int = 48,
@@ -35,10 +36,10 @@ def make_realistic_run(root: Path, n_neurons: int, ctx: int = 64, n_excerpts: in
     rng = random.Random(seed)
     starts = [rng.randrange(len(words) - ctx) for _ in range(n_excerpts)]
     toks = [[" " + w for w in words[s:s + ctx]] for s in starts]
-    store.write_columns(root, "excerpts", {"excerpt_id": list(range(n_excerpts)),
+    rundir.write_columns(root, "excerpts", {"excerpt_id": list(range(n_excerpts)),
                                            "token_ids": [list(range(ctx))] * n_excerpts,
                                            "tokens": toks}, model="bench")
-    cols: dict[str, list] = {c: [] for c in store.table("records").schema.names}
+    cols: dict[str, list] = {c: [] for c in rundir.table("records").schema.names}
     vocab = sorted({t for ex in toks for t in ex})
     for neuron in range(n_neurons):
         likes = set(rng.sample(vocab, 12))  # each neuron fires on its own few words
@@ -51,8 +52,8 @@ def make_realistic_run(root: Path, n_neurons: int, ctx: int = 64, n_excerpts: in
                                    [neuron, i, "top", rank, C.SPLITS[rank % 4], acts[i],
                                     max(acts[i])]):
                 cols[name].append(value)
-    store.write_columns(root, "records", cols, model="bench", layer=0)
-    store.write_run_json(root, {"format": 1, "models": {"bench": {
+    rundir.write_columns(root, "records", cols, model="bench", layer=0)
+    rundir.write_run_json(root, {"format": 1, "models": {"bench": {
         "model": "bench", "n_layers": 1, "d_mlp": n_neurons, "layers_done": [0]}}})
     return root
 
@@ -72,7 +73,7 @@ def time_fake(n_neurons: int, latency_s: float, concurrency: int) -> float:
             t0 = time.perf_counter()
             describe.run(cfg)
             elapsed = time.perf_counter() - t0
-            df = store.read(run, "explanations")
+            df = rundir.read(run, "explanations")
             assert (df["status"] == "ok").sum() == n_neurons, "every neuron must be explained"
             return elapsed
     finally:
@@ -86,7 +87,7 @@ def embedded(n_neurons: int) -> None:
         t0 = time.perf_counter()
         describe.run(C.DescribeConfig(run=run, llm=C.LLMConfig(concurrency=1, timeout_s=600)))
         total = time.perf_counter() - t0
-        df = store.read(run, "explanations")
+        df = rundir.read(run, "explanations")
         ok = df[df["status"] == "ok"]
         print(f"embedded {C.EMBEDDED_LLM}: {len(ok)}/{len(df)} usable; "
               f"{df['prompt_tokens'].mean():.0f} prompt + {df['completion_tokens'].mean():.1f} "

@@ -38,7 +38,9 @@ def gpt2_small_shaped(folder: Path) -> Path:
 def throughput(model: str, n: int, batch_size: int, repeats: int = 3) -> dict:
     import torch
 
-    from explainer import corpus, models, record
+    from explainer.record import corpus
+    from explainer.record import subject as models
+    from explainer.record import stage as record
     from explainer.config import RecordConfig
 
     spec = models.resolve(model)

@@ -25,7 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from explainer import config as C  # noqa: E402
-from explainer import simulate, store  # noqa: E402
+from explainer.simulate import stage as simulate  # noqa: E402
+from explainer import run as rundir
 from tests.fake_openai import FakeOpenAI, Reply, default_handler  # noqa: E402
 
 PUBLISHED_PROMPT_TOKENS = 818  # one all-at-once simulation prompt of the published method
@@ -41,10 +42,10 @@ def make_run(root: Path, n_neurons: int, ctx: int = 64, n_excerpts: int = 40,
     rng = random.Random(seed)
     starts = [rng.randrange(len(words) - ctx) for _ in range(n_excerpts)]
     toks = [[" " + w for w in words[s:s + ctx]] for s in starts]
-    store.write_columns(root, "excerpts", {"excerpt_id": list(range(n_excerpts)),
+    rundir.write_columns(root, "excerpts", {"excerpt_id": list(range(n_excerpts)),
                                            "token_ids": [list(range(ctx))] * n_excerpts,
                                            "tokens": toks}, model="bench")
-    cols: dict[str, list] = {c: [] for c in store.table("records").schema.names}
+    cols: dict[str, list] = {c: [] for c in rundir.table("records").schema.names}
     vocab = sorted({t for ex in toks for t in ex})
     expl = []
     for neuron in range(n_neurons):
@@ -60,11 +61,11 @@ def make_run(root: Path, n_neurons: int, ctx: int = 64, n_excerpts: int = 40,
                                    [neuron, i, kind, rank, split, acts[i], max(acts[i])]):
                 cols[name].append(value)
         words_liked = ", ".join(w.strip() for w in likes[:3])
-        expl.append(store.ExplanationRow("bench", 0, neuron, "bench-explainer", "0" * 12, 0,
+        expl.append(rundir.ExplanationRow("bench", 0, neuron, "bench-explainer", "0" * 12, 0,
                                          f"the words {words_liked}", 0, 0, "ok", None))
-    store.write_columns(root, "records", cols, model="bench", layer=0)
-    store.write_rows(root, "explanations", expl)
-    store.write_run_json(root, {"format": 1, "models": {"bench": {
+    rundir.write_columns(root, "records", cols, model="bench", layer=0)
+    rundir.write_rows(root, "explanations", expl)
+    rundir.write_run_json(root, {"format": 1, "models": {"bench": {
         "model": "bench", "n_layers": 1, "d_mlp": n_neurons, "layers_done": [0]}}})
     return root
 
@@ -72,7 +73,8 @@ def make_run(root: Path, n_neurons: int, ctx: int = 64, n_excerpts: int = 40,
 def embedded(n_neurons: int, threads: int) -> None:
     import torch
 
-    from explainer import inprocess, llm_server, models
+    from explainer.simulate import inprocess
+    from explainer.llm import embedded as emb
 
     torch.set_num_threads(threads)
     made = []
@@ -86,7 +88,7 @@ def embedded(n_neurons: int, threads: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run = make_run(Path(tmp) / "run", n_neurons)
         t_load = time.perf_counter()
-        inprocess.EmbeddedTorch(llm_server.gguf_path(), models.embedded_checkpoint())  # warm
+        inprocess.EmbeddedTorch(emb.gguf_path(), emb.embedded_checkpoint())  # warm
         t_load = time.perf_counter() - t_load
         made.clear()
         # time the valid split only: the test split's excerpts are a second, equal batch
@@ -95,12 +97,12 @@ def embedded(n_neurons: int, threads: int) -> None:
         simulate.run(cfg)
         total = time.perf_counter() - t0
         e = made[0]
-        sims = store.read(run, "simulations")
+        sims = rundir.read(run, "simulations")
         n_valid = int((sims["split"] == "valid").sum())
         n_test = int((sims["split"] == "test").sum())
         per_excerpt = total / max(1, n_valid + n_test)
         per_neuron_valid = per_excerpt * n_valid / n_neurons
-        sc = store.read(run, "scores")
+        sc = rundir.read(run, "scores")
         valid = sc[sc["split"] == "valid"]
         print(f"embedded {C.EMBEDDED_LLM} in-process (PyTorch), {threads} threads, model load "
               f"{t_load:.1f} s (once): {e.calls} calls for {n_neurons} neurons "

@@ -14,7 +14,10 @@ from explainer import config as C
 
 def run(cfg: C.RunConfig) -> str:
     """Run every stage on cfg.run; returns the report table with the plot and viewer paths."""
-    from explainer import describe, models, record, report, simulate, view
+    from explainer import describe, record, simulate
+    from explainer.record import subject as models
+    from explainer.views import html as view
+    from explainer.views import report
 
     run_dir = Path(cfg.run)
     spec = models.resolve(cfg.model)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from explainer import store
+from explainer import run as rundir
 
 SIM = "smollm2-135m"
 EXPLAINERS = ("smollm2-135m", "baseline-tokens")
@@ -65,7 +65,7 @@ def _score_rows(model, layer, n_neurons, rng, truth: Truth):
                 # The decoy candidate scores higher but is not the chosen one.
                 val = s if cand == 0 else min(1.0, s + 0.5)
                 for split, v in (("valid", val), ("test", test if cand == 0 else 0.0)):
-                    rows.append(store.ScoreRow(
+                    rows.append(rundir.ScoreRow(
                         model=model, layer=layer, neuron=neuron, explainer=explainer,
                         candidate=cand, simulator=SIM, split=split,
                         explanation=text if cand == 0 else "decoy",
@@ -80,16 +80,16 @@ def _score_rows(model, layer, n_neurons, rng, truth: Truth):
 def _excerpts(run: Path, model: str, rng):
     ids = list(range(100, 100 + N_EXCERPTS))
     tokens = [[WORDS[(e + i) % len(WORDS)] for i in range(CTX)] for e in ids]
-    store.write_columns(run, "excerpts", {
+    rundir.write_columns(run, "excerpts", {
         "excerpt_id": ids, "token_ids": [[(e + i) % len(WORDS) for i in range(CTX)] for e in ids],
         "tokens": tokens}, model=model)
     return ids
 
 
 def _neuron_tables(run, model, layer, n_neurons, ids, rng):
-    recs = {k: [] for k in store.table("records").schema.names}
+    recs = {k: [] for k in rundir.table("records").schema.names}
     sims = []
-    stats = {k: [] for k in store.table("neurons").schema.names}
+    stats = {k: [] for k in rundir.table("neurons").schema.names}
     splits = ("explain", "calibrate", "valid", "test")
     for neuron in range(n_neurons):
         acts_all = []
@@ -106,7 +106,7 @@ def _neuron_tables(run, model, layer, n_neurons, ids, rng):
                     for explainer in EXPLAINERS:
                         pred = None if _status(neuron) == "failed" else \
                             np.round(10 * a / a.max()).tolist()
-                        sims.append(store.SimulationRow(
+                        sims.append(rundir.SimulationRow(
                             model=model, layer=layer, neuron=neuron, explainer=explainer,
                             candidate=0, simulator=SIM, mode="logprob", excerpt_id=eid, kind=kind,
                             split=split, predicted=pred,
@@ -117,9 +117,9 @@ def _neuron_tables(run, model, layer, n_neurons, ids, rng):
                      ("density", float((flat > 0).mean())), ("n_tokens", int(flat.size)),
                      ("quantiles", np.quantile(flat, [0.5, 0.9, 0.99]).astype(float).tolist())):
             stats[k].append(v)
-    store.write_columns(run, "records", recs, model=model, layer=layer)
-    store.write_columns(run, "neurons", stats, model=model, layer=layer)
-    store.write_rows(run, "simulations", sims)
+    rundir.write_columns(run, "records", recs, model=model, layer=layer)
+    rundir.write_columns(run, "neurons", stats, model=model, layer=layer)
+    rundir.write_rows(run, "simulations", sims)
 
 
 def make_run(run: Path, n_neurons: int = 10, seed: int = 0, full: bool = True) -> Truth:
@@ -128,19 +128,19 @@ def make_run(run: Path, n_neurons: int = 10, seed: int = 0, full: bool = True) -
     truth = Truth()
     meta = {"format": 1, "models": {}}
     for model, spec in MODELS.items():
-        meta["models"][store.model_key(model)] = {
+        meta["models"][rundir.model_key(model)] = {
             "model": model, "n_layers": spec["n_layers"], "d_mlp": spec["d_mlp"],
             "n_params": spec["n_params"]}
         ids = _excerpts(run, model, rng) if full else None
         for layer in spec["layers"]:
-            store.write_rows(run, "scores", _score_rows(model, layer, n_neurons, rng, truth))
-            expl = [store.ExplanationRow(
+            rundir.write_rows(run, "scores", _score_rows(model, layer, n_neurons, rng, truth))
+            expl = [rundir.ExplanationRow(
                 model=model, layer=layer, neuron=n, explainer=ex, prompt_hash="abc123abc123",
                 candidate=0, explanation=truth.explanations[(model, layer, n, ex)],
                 prompt_tokens=400, completion_tokens=20, status="ok", error=None)
                 for n in range(n_neurons) for ex in EXPLAINERS]
-            store.write_rows(run, "explanations", expl)
+            rundir.write_rows(run, "explanations", expl)
             if full:
                 _neuron_tables(run, model, layer, n_neurons, ids, rng)
-    store.write_run_json(run, meta)
+    rundir.write_run_json(run, meta)
     return truth

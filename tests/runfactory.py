@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from explainer import store
+from explainer import run as rundir
 
 MODEL = "tiny"
 VOCAB = [" cat", " dog", " red", " blue", " run", " jump", " one", " two", " sea", " sky"]
@@ -41,11 +41,11 @@ def make_run(root: Path, *, n_layers: int = 2, d_mlp: int = 8, n_excerpts: int =
     ids = list(range(n_excerpts))
     toks = [excerpt_tokens(i, ctx) for i in ids]
     vocab_ids = {t: i for i, t in enumerate(VOCAB)}
-    store.write_columns(run, "excerpts", {
+    rundir.write_columns(run, "excerpts", {
         "excerpt_id": ids, "token_ids": [[vocab_ids[t] for t in ts] for ts in toks],
         "tokens": toks}, model=MODEL)
     for layer in layers:
-        cols: dict[str, list] = {c: [] for c in store.table("records").schema.names}
+        cols: dict[str, list] = {c: [] for c in rundir.table("records").schema.names}
         for neuron in range(d_mlp):
             acts = {i: activations(layer, neuron, i, ctx) for i in ids}
             ranked = sorted(ids, key=lambda i: (-max(acts[i]), i))
@@ -59,8 +59,8 @@ def make_run(root: Path, *, n_layers: int = 2, d_mlp: int = 8, n_excerpts: int =
                 cols["split"].append(split)
                 cols["activations"].append(acts[i])
                 cols["max_activation"].append(max(acts[i]))
-        store.write_columns(run, "records", cols, model=MODEL, layer=layer)
-    store.write_run_json(run, {"format": 1, "models": {MODEL: {
+        rundir.write_columns(run, "records", cols, model=MODEL, layer=layer)
+    rundir.write_run_json(run, {"format": 1, "models": {MODEL: {
         "model": MODEL, "n_layers": n_layers, "d_mlp": d_mlp, "n_params": 0, "ctx": ctx,
         "layers_done": list(layers)}}})
     return run

@@ -9,10 +9,12 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from explainer import ExplainError, store
+from explainer import ExplainError
+from explainer import run as rundir
 from explainer import config as C
-from explainer import describe
-from explainer import describe_prompt as P
+from explainer.describe import stage as describe
+from explainer.describe import baseline
+from explainer.describe import prompt as P
 from tests import runfactory as RF
 from tests.fake_openai import FakeOpenAI, Reply
 
@@ -37,7 +39,7 @@ def _cfg(run, fake, **kw):
 
 
 def _rows(run):
-    return store.read(run, "explanations").sort_values(["layer", "neuron", "candidate"])
+    return rundir.read(run, "explanations").sort_values(["layer", "neuron", "candidate"])
 
 
 # --- pure parts -----------------------------------------------------------------------------
@@ -82,8 +84,8 @@ def test_baseline_matches_mean_activation():
     excerpts = [[(" cat", 3.0), (" dog", 1.0), ("cat", 1.0), (" sky", -1.0)],
                 [(" dog", 1.0), (" sea", 2.5), (" sky", 0.5)]]
     # means: cat 2.0, dog 1.0, sea 2.5, sky -0.25 -> sea, cat, dog
-    assert P.baseline_explanation(excerpts) == 'the tokens "sea", "cat" and "dog"'
-    assert P.baseline_explanation([[(" a", -1.0)]]) is None
+    assert baseline.explanation(excerpts) == 'the tokens "sea", "cat" and "dog"'
+    assert baseline.explanation([[(" a", -1.0)]]) is None
 
 
 # --- whole runs -------------------------------------------------------------------------------

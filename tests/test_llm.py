@@ -12,6 +12,7 @@ import pytest
 from explainer import ExplainError
 from explainer import config as C
 from explainer import llm as L
+from explainer.llm import server
 from tests.fake_openai import FakeOpenAI, Reply
 
 FAST = C.LLMConfig(concurrency=4, timeout_s=5.0, max_retries=3, backoff_s=0.05,
@@ -205,7 +206,7 @@ def test_unknown_price_shows_tokens_only(fake, tmp_path):
 def test_check_unknown_model_names_served(fake, tmp_path):
     async def go():
         async with _llm(fake, tmp_path, model="gpt-9") as llm:
-            await llm.check()
+            await L.probe(llm)
 
     with pytest.raises(ExplainError, match=r"'gpt-9' is not served .*fake-model"):
         arun(go())
@@ -217,7 +218,7 @@ def test_check_unreachable(tmp_path):
 
     async def go():
         async with _llm(fake, tmp_path) as llm:
-            await llm.check()
+            await L.probe(llm)
 
     with pytest.raises(ExplainError, match="cannot reach the LLM endpoint at 127.0.0.1"):
         arun(go())
@@ -226,9 +227,9 @@ def test_check_unreachable(tmp_path):
 def test_check_probes_echo_logprobs(fake, tmp_path):
     async def go():
         async with _llm(fake, tmp_path) as llm:
-            await llm.check()
+            caps = await L.probe(llm)
             c = await llm.complete("the cat sat", echo=True, logprobs=1)
-            return llm.supports_echo_logprobs, c
+            return caps.echo_logprobs, c
 
     ok, c = arun(go())
     assert ok is True and c.tokens == ["the", " cat", " sat"] and c.text_offset == [0, 3, 7]
@@ -273,11 +274,11 @@ def test_embedded_server_answers_and_leaves_no_orphan(tmp_path):
 
     async def ok():
         async with L.LLM(ep, tmp_path, stage="test", cfg=C.LLMConfig(timeout_s=60)) as llm:
-            seen["ok"] = llm.server_pid
-            await llm.check()
+            seen["ok"] = server.live_pids()
+            caps = await L.probe(llm)
             c = await llm.chat(MSG, max_tokens=8)
             e = await llm.complete("The cat sat on the", max_tokens=1, echo=True, logprobs=2)
-            return c, e, llm.supports_echo_logprobs
+            return c, e, caps.echo_logprobs
 
     c, e, echo_ok = arun(ok())
     assert c.text and c.prompt_tokens > 0 and echo_ok
@@ -285,24 +286,25 @@ def test_embedded_server_answers_and_leaves_no_orphan(tmp_path):
 
     async def boom():
         async with L.LLM(ep, tmp_path, stage="test", prompt_logprobs=False) as llm:
-            seen["boom"] = llm.server_pid
+            seen["boom"] = server.live_pids()
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
         arun(boom())
-    assert seen["ok"] and seen["boom"]
-    for pid in seen.values():
-        assert not psutil.pid_exists(pid)  # stopped and reaped, not left running
+    assert len(seen["ok"]) == 1 and len(seen["boom"]) == 1 and not server.live_pids()
+    for pids in seen.values():
+        assert not psutil.pid_exists(pids[0])  # stopped and reaped, not left running
 
 
 _HOLD_SERVER = """
 import asyncio, sys, time
 from explainer import config as C, llm as L
+from explainer.llm import server
 
 async def main():
     ep = L.resolve(C.EMBEDDED_LLM, None)
     async with L.LLM(ep, sys.argv[1], stage="test", prompt_logprobs=False) as llm:
-        print(llm.server_pid, flush=True)
+        print(server.live_pids()[0], flush=True)
         await asyncio.sleep(600)
 
 asyncio.run(main())
@@ -347,7 +349,7 @@ def test_check_passes_when_server_has_no_model_list(tmp_path):
     with FakeOpenAI(models=None) as fake:
         async def go():
             async with _llm(fake, tmp_path, model="anything") as llm:
-                await llm.check(probe_echo=False)
+                await L.probe(llm, echo=False)
                 return (await llm.chat(MSG, max_tokens=5)).text
 
         assert arun(go()) == "words about topic"

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from explainer import store
+from explainer import run as rundir
 from tests.fake_openai import FakeOpenAI, Reply
 
 runner = CliRunner()
@@ -38,14 +38,14 @@ def _run(run_dir, model, corpus, url, *extra):
 
 
 def _scores(run_dir):
-    df = store.read(run_dir, "scores").sort_values(
+    df = rundir.read(run_dir, "scores").sort_values(
         ["layer", "neuron", "explainer", "candidate", "split"]).reset_index(drop=True)
     return df[["layer", "neuron", "explainer", "split", "score", "status"]]
 
 
 def test_killed_after_describe_then_resumed_matches_uninterrupted(
         tmp_path, tiny_gpt2, tiny_corpus, monkeypatch):
-    from explainer import simulate
+    from explainer.simulate import stage as simulate
 
     with FakeOpenAI(handler) as fake:
         whole = _run(tmp_path / "a", tiny_gpt2, tiny_corpus, fake.base_url)
@@ -63,7 +63,7 @@ def test_killed_after_describe_then_resumed_matches_uninterrupted(
         killed = _run(tmp_path / "b", tiny_gpt2, tiny_corpus, fake.base_url)
         assert killed.exit_code == 130
         assert not (tmp_path / "b" / "scores").exists()
-        explained = store.read(tmp_path / "b", "explanations")
+        explained = rundir.read(tmp_path / "b", "explanations")
         assert len(explained) == 2 * 3 * 2  # 2 layers x 3 neurons x 2 explainers
         monkeypatch.undo()
 
@@ -86,7 +86,7 @@ def test_two_models_in_one_run_compared_by_size(tmp_path, tiny_gpt2, tiny_corpus
         for model in (bigger, tiny_gpt2):
             res = _run(run_dir, model, tiny_corpus, fake.base_url)
             assert res.exit_code == 0, res.output
-    meta = store.read_run_json(run_dir)["models"]
+    meta = rundir.read_run_json(run_dir)["models"]
     assert meta["wide-gpt2"]["n_params"] > meta["tiny-gpt2"]["n_params"]
     res = runner.invoke(app, ["report", "--run", str(run_dir), "--by", "model",
                               "--format", "json"])

@@ -6,7 +6,7 @@ import struct
 
 import numpy as np
 
-from explainer import report
+from explainer.views import report
 from explainer.config import ReportConfig
 from tests.reportfactory import make_run
 
@@ -51,7 +51,7 @@ def test_plot_labels(tmp_path, monkeypatch):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from explainer import plot
+    from explainer.views import plot
 
     seen = {}
     real_savefig = matplotlib.figure.Figure.savefig

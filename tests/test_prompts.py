@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from explainer import ExplainError, prompts
-from explainer import describe_prompt as P
+from explainer.describe import prompt as P
 
 
 @pytest.fixture

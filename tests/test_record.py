@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from explainer import store
+from explainer import run as rundir
 
 runner = CliRunner()
 
@@ -49,7 +49,7 @@ def tiny_run(tmp_path_factory, tiny_gpt2, tiny_corpus):
 
 
 def _excerpts(run, model):
-    ex = store.read(run, "excerpts", model=model).sort_values("excerpt_id")
+    ex = rundir.read(run, "excerpts", model=model).sort_values("excerpt_id")
     return np.stack(ex.token_ids.to_numpy()), ex
 
 
@@ -57,7 +57,7 @@ def test_activations_match_hf(tiny_run, tiny_gpt2):
     ids, _ = _excerpts(tiny_run, "tiny-gpt2")
     for layer in (0, 1):
         ref = _hf_acts(tiny_gpt2, ids, layer)
-        rec = store.read(tiny_run, "records", model="tiny-gpt2", layer=layer)
+        rec = rundir.read(tiny_run, "records", model="tiny-gpt2", layer=layer)
         got = np.stack(rec.activations.to_numpy())
         want = ref[rec.excerpt_id.to_numpy(), :, rec.neuron.to_numpy()]
         assert got.shape == want.shape
@@ -69,7 +69,7 @@ def test_topk_equals_brute_force(tiny_run, tiny_gpt2):
     ids, _ = _excerpts(tiny_run, "tiny-gpt2")
     assert len(ids) == 120
     ref = _hf_acts(tiny_gpt2, ids, 1).max(axis=1)  # (n_excerpts, d_mlp)
-    rec = store.read(tiny_run, "records", model="tiny-gpt2", layer=1)
+    rec = rundir.read(tiny_run, "records", model="tiny-gpt2", layer=1)
     top = rec[rec.kind == "top"].sort_values(["neuron", "rank"])
     for neuron, group in top.groupby("neuron"):
         # Rank by max activation, ties to the earlier excerpt; compare ranks, allowing
@@ -85,7 +85,7 @@ def test_topk_equals_brute_force(tiny_run, tiny_gpt2):
 def test_exact_ties_break_to_earlier_excerpt():
     import torch
 
-    from explainer.topk import TopK
+    from explainer.record.samplers import TopK
 
     acts = torch.zeros(50, 4, 3)
     acts[[3, 9, 20, 41], 1, :] = 2.0  # four excerpts tie on every neuron
@@ -101,7 +101,7 @@ def test_samplers_equal_brute_force_with_ties(n_neurons):
     """The compiled top-k merge and statistics against numpy over the whole corpus at once."""
     import torch
 
-    from explainer.topk import Stats, TopK
+    from explainer.record.samplers import Stats, TopK
 
     rng = np.random.default_rng(0)
     acts = rng.integers(-3, 6, (83, 5, n_neurons)).astype(np.float32)  # many exact ties
@@ -129,7 +129,7 @@ def test_samplers_equal_brute_force_with_ties(n_neurons):
 def test_neuron_stats_match_brute_force(tiny_run, tiny_gpt2):
     ids, _ = _excerpts(tiny_run, "tiny-gpt2")
     ref = _hf_acts(tiny_gpt2, ids, 0).reshape(-1, 128)
-    st = store.read(tiny_run, "neurons", model="tiny-gpt2", layer=0).sort_values("neuron")
+    st = rundir.read(tiny_run, "neurons", model="tiny-gpt2", layer=0).sort_values("neuron")
     np.testing.assert_allclose(st["mean"], ref.mean(0), atol=1e-5)
     np.testing.assert_allclose(st["std"], ref.std(0), atol=1e-4)
     np.testing.assert_allclose(st["max"], ref.max(0), atol=1e-5)
@@ -154,7 +154,7 @@ def _random_ids(tmp_path, tiny_gpt2, tiny_corpus, seed, name):
                  "--n-excerpts", "80", "--ctx", "16", "--top-k", "4", "--random-k", "10",
                  "--layers", "0", "--seed", str(seed))
     assert res.exit_code == 0, res.output
-    rec = store.read(run, "records", model="tiny-gpt2", layer=0)
+    rec = rundir.read(run, "records", model="tiny-gpt2", layer=0)
     return sorted(set(rec[rec.kind == "random"].excerpt_id))
 
 
@@ -170,13 +170,13 @@ def test_rerun_and_resume(tmp_path, tiny_gpt2, tiny_corpus):
     common = ["--model", str(tiny_gpt2), "--corpus", str(tiny_corpus), "--run", str(run),
               "--n-excerpts", "40", "--ctx", "16", "--top-k", "4", "--random-k", "3"]
     assert record(*common, "--layers", "0").exit_code == 0
-    layer0 = store.files(run, "records", "tiny-gpt2", 0)
-    ex = store.files(run, "excerpts", "tiny-gpt2")
+    layer0 = rundir.files(run, "records", "tiny-gpt2", 0)
+    ex = rundir.files(run, "excerpts", "tiny-gpt2")
     res = record(*common, "--layers", "0-1")  # as if a killed run had finished only layer 0
     assert res.exit_code == 0, res.output
-    assert store.files(run, "records", "tiny-gpt2", 0) == layer0  # layer 0 not redone
-    assert store.files(run, "excerpts", "tiny-gpt2") == ex
-    assert store.layers_in(run, "records", "tiny-gpt2") == [0, 1]
+    assert rundir.files(run, "records", "tiny-gpt2", 0) == layer0  # layer 0 not redone
+    assert rundir.files(run, "excerpts", "tiny-gpt2") == ex
+    assert rundir.layers_in(run, "records", "tiny-gpt2") == [0, 1]
     res = record(*common, "--layers", "all")
     assert res.exit_code == 0 and "nothing to do" in res.output
     # A killed pass leaves only a hidden staging folder, which a rerun discards.
@@ -245,7 +245,7 @@ def test_different_settings_named(tmp_path, tiny_gpt2, tiny_corpus):
 
 @pytest.mark.slow
 def test_embedded_model_matches_hf(tmp_path):
-    from explainer import models
+    from explainer.record import subject as models
 
     run = tmp_path / "r"
     res = record("--model", "smollm2-135m", "--run", str(run), "--n-excerpts", "6",
@@ -255,7 +255,7 @@ def test_embedded_model_matches_hf(tmp_path):
     ckpt = models.embedded_checkpoint()
     for layer in (0, 29):
         ref = _hf_acts(ckpt, ids, layer, gated=True)
-        rec = store.read(run, "records", model="smollm2-135m", layer=layer)
+        rec = rundir.read(run, "records", model="smollm2-135m", layer=layer)
         got = np.stack(rec.activations.to_numpy())
         want = ref[rec.excerpt_id.to_numpy(), :, rec.neuron.to_numpy()]
         np.testing.assert_allclose(got, want, atol=1e-4)
@@ -269,7 +269,7 @@ def test_quantile_samples_fall_in_their_bins(tmp_path, tiny_gpt2, tiny_corpus):
     assert res.exit_code == 0, res.output
     ids, _ = _excerpts(run, "tiny-gpt2")
     ref = _hf_acts(tiny_gpt2, ids, 1).max(axis=1)  # (n_excerpts, d_mlp)
-    rec = store.read(run, "records", model="tiny-gpt2", layer=1)
+    rec = rundir.read(run, "records", model="tiny-gpt2", layer=1)
     quant = rec[rec.kind == "quantile"]
     assert len(quant) > 0
     for row in quant.itertuples():

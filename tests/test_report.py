@@ -7,7 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from explainer import ExplainError, report, store
+from explainer import ExplainError
+from explainer.views import report
+from explainer import run as rundir
 from explainer.config import ReportConfig
 from tests.reportfactory import EXPLAINERS, MODELS, make_run
 
@@ -46,7 +48,7 @@ def test_layer_rows_match_known_scores(scored):
 
 def test_decoy_candidates_are_not_counted(scored):
     run, _ = scored
-    scores = store.read(run, "scores")
+    scores = rundir.read(run, "scores")
     head = report.headline(scores)
     assert (head["candidate"] == 0).all()
     assert len(head) == len(scores) // 4  # 2 candidates x 2 splits per neuron and pair

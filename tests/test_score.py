@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from explainer import score as S
+from explainer.score import metrics as S
 
 
 def test_correlation_hand_computed():

@@ -7,7 +7,10 @@ import re
 import numpy as np
 import pytest
 
-from explainer import ExplainError, show, store
+from explainer import ExplainError
+from explainer.views import formats, neuron
+from explainer.views import terminal as show
+from explainer import run as rundir
 from explainer.config import ShowConfig
 from tests.reportfactory import CTX, make_run
 
@@ -27,7 +30,7 @@ def test_show_text(run, monkeypatch):
         assert truth.explanations[("a-big-gpt2", 2, 4, ex)] in flat
     want = dict((n, s) for n, s, *_ in truth.scores[("a-big-gpt2", 2, "smollm2-135m")])
     assert f"{want[4]:.3f}" in out
-    stats = store.read(path, "neurons", "a-big-gpt2", 2)
+    stats = rundir.read(path, "neurons", "a-big-gpt2", 2)
     assert f"max {stats[stats['neuron'] == 4]['max'].iloc[0]:.4g}" in out
     assert "top excerpts" in out and "random excerpts" in out
     assert "↵" in out and "<b>mat</b>" in out  # tokens shown, newline made visible
@@ -36,8 +39,8 @@ def test_show_text(run, monkeypatch):
 
 def test_simulated_values_beside_tokens(run):
     path, _ = run
-    view = show.load_neuron(path, "a-big-gpt2", 2, 4)
-    sims = store.read(path, "simulations", "a-big-gpt2", 2)
+    view = neuron.load_neuron(path, "a-big-gpt2", 2, 4)
+    sims = rundir.read(path, "simulations", "a-big-gpt2", 2)
     head = view.headline
     shown = [e for e in view.excerpts if e.simulated is not None]
     assert shown and view.excerpts[0].simulated is not None  # simulated excerpts come first
@@ -46,14 +49,14 @@ def test_simulated_values_beside_tokens(run):
                    & (sims["explainer"] == head["explainer"])]
         np.testing.assert_allclose(e.simulated, row["predicted"].iloc[0])
         text = show.excerpt_text(e, 10.0).plain
-        expect = "".join(show.token_text(t) + show.superscript(v)
+        expect = "".join(formats.token_text(t) + show.superscript(v)
                          for t, v in zip(e.tokens, e.simulated))
         assert text == expect
     assert all(len(e.tokens) == len(e.real) == CTX for e in view.excerpts)
 
 
 def test_shading_follows_real_activation():
-    ex = show.Excerpt("top", 0, "valid", 1, ["a", "b", "c"], [0.0, 0.5, 2.0], None)
+    ex = neuron.Excerpt("top", 0, "valid", 1, ["a", "b", "c"], [0.0, 0.5, 2.0], None)
     spans = show.excerpt_text(ex, 2.0).spans
     styles = {ex.tokens[s.start]: str(s.style) for s in spans}  # one-letter tokens
     assert "a" not in styles or styles["a"] == ""

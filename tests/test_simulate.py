@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from explainer import ExplainError, store
+from explainer import ExplainError
+from explainer import run as rundir
 from explainer import config as C
-from explainer import simprompt as SP
-from explainer import simulate
+from explainer import prompts
+from explainer.simulate import prompt as SP
+from explainer.simulate import stage as simulate
 from tests import runfactory as RF
 from tests import simfake
 from tests.fake_openai import FakeOpenAI
@@ -20,11 +22,11 @@ CTX, N_EXCERPTS = 16, 20  # excerpt token lists are all different below 20 excer
 def _run(tmp_path, neurons=range(4), layers=(0,), candidates=1):
     run = RF.make_run(tmp_path / "run", n_layers=2, d_mlp=8, n_excerpts=N_EXCERPTS, ctx=CTX,
                       layers=layers, n_random=12)
-    rows = [store.ExplanationRow(RF.MODEL, lay, n, "fake-explainer", "p" * 12, c,
+    rows = [rundir.ExplanationRow(RF.MODEL, lay, n, "fake-explainer", "p" * 12, c,
                                  simfake.explanation(lay, n) + ("" if c == 0 else " maybe"),
                                  10, 5, "ok", None)
             for lay in layers for n in neurons for c in range(candidates)]
-    store.write_rows(run, "explanations", rows)
+    rundir.write_rows(run, "explanations", rows)
     return run
 
 
@@ -35,7 +37,7 @@ def _cfg(run, fake, **kw):
 
 
 def _scores(run):
-    sc = store.read(run, "scores")
+    sc = rundir.read(run, "scores")
     return sc[sc["split"] == "valid"].sort_values(["neuron", "candidate"])
 
 
@@ -48,7 +50,7 @@ def test_true_activations_score_near_one(tmp_path, mode, shift):
     sc = _scores(run)
     assert len(sc) == 4 and (sc["status"] == "ok").all()
     assert (sc["score"] >= 0.99).all(), sc[["neuron", "score"]]
-    sims = store.read(run, "simulations")
+    sims = rundir.read(run, "simulations")
     assert set(sims["mode"]) == {"chat-logprob" if mode == "chat" else "logprob"}
     # 5 valid top + 4 valid random excerpts per neuron, plus the same for the test split
     assert (sims["split"] == "valid").sum() == 4 * 9 and (sims["split"] == "test").sum() == 4 * 9
@@ -59,7 +61,7 @@ def test_chat_without_logprobs_uses_stated_values(tmp_path):
     run = _run(tmp_path, neurons=[0])
     with FakeOpenAI(simfake.Handler("truth", CTX, N_EXCERPTS, chat_logprobs=False)) as fake:
         simulate.run(_cfg(run, fake, mode="chat"))
-    assert set(store.read(run, "simulations")["mode"]) == {"chat"}
+    assert set(rundir.read(run, "simulations")["mode"]) == {"chat"}
     assert _scores(run)["score"].iloc[0] > 0.9
 
 
@@ -78,7 +80,7 @@ def test_garbage_is_recorded_as_failed_and_retried(tmp_path, mode):
     with FakeOpenAI(simfake.Handler("garbage", CTX, N_EXCERPTS)) as fake:
         simulate.run(_cfg(run, fake, mode=mode))
         n_first = fake.completions()
-    sims, sc = store.read(run, "simulations"), _scores(run)
+    sims, sc = rundir.read(run, "simulations"), _scores(run)
     assert (sims["status"] == "failed").all() and sims["predicted"].isna().all()
     assert sims["error"].str.len().min() > 10
     assert (sc["status"] == "failed").all() and sc["score"].isna().all()
@@ -93,20 +95,20 @@ def test_auto_mode_and_resume(tmp_path):
     run = _run(tmp_path, neurons=[0, 1])
     with FakeOpenAI(simfake.Handler("truth", CTX, N_EXCERPTS)) as fake:
         simulate.run(_cfg(run, fake))
-        assert set(store.read(run, "simulations")["mode"]) == {"logprob"}
+        assert set(rundir.read(run, "simulations")["mode"]) == {"logprob"}
         n = fake.completions()
         simulate.run(_cfg(run, fake))  # everything done: no request at all, not even a probe
         assert fake.completions() == n
-    first = store.read(run, "scores")
-    store.write_rows(run, "explanations", [store.ExplanationRow(
+    first = rundir.read(run, "scores")
+    rundir.write_rows(run, "explanations", [rundir.ExplanationRow(
         RF.MODEL, 0, 2, "fake-explainer", "p" * 12, 0, simfake.explanation(0, 2), 1, 1, "ok", None)])
     with FakeOpenAI(simfake.Handler("truth", CTX, N_EXCERPTS)) as fake:
         simulate.run(_cfg(run, fake, neurons="0-2"))  # neuron 2 is new; 0 and 1 are skipped
         asked = [r for r in fake.requests if "Neuron: " in str((r.body or {}).get("prompt"))]
         assert asked and all("L0N2" in r.body["prompt"] for r in asked)  # none for 0 and 1
-    sims = store.read(run, "simulations")
+    sims = rundir.read(run, "simulations")
     assert (sims["neuron"] == 2).sum() == 18  # 9 valid + 9 test excerpts
-    assert len(store.read(run, "scores")) == len(first) + 2
+    assert len(rundir.read(run, "scores")) == len(first) + 2
 
 
 def test_candidates_best_and_test_split(tmp_path):
@@ -119,13 +121,13 @@ def test_candidates_best_and_test_split(tmp_path):
 
     with FakeOpenAI(Worse("truth", CTX, N_EXCERPTS)) as fake:
         simulate.run(_cfg(run, fake, mode="logprob"))
-    sc = store.read(run, "scores")
+    sc = rundir.read(run, "scores")
     valid = sc[sc["split"] == "valid"]
     assert len(valid) == 6 and valid.groupby("neuron")["best"].sum().tolist() == [1, 1]
     assert (valid[valid["best"]]["candidate"] == 0).all()
     test = sc[sc["split"] == "test"]
     assert len(test) == 2 and (test["candidate"] == 0).all() and test["best"].all()
-    sims = store.read(run, "simulations")
+    sims = rundir.read(run, "simulations")
     assert set(sims[sims["split"] == "test"]["candidate"]) == {0}
 
 
@@ -133,20 +135,20 @@ def test_score_command_recomputes_without_llm(tmp_path):
     run = _run(tmp_path, neurons=[0, 1])
     with FakeOpenAI(simfake.Handler("truth", CTX, N_EXCERPTS)) as fake:
         simulate.run(_cfg(run, fake, mode="logprob", calibrate=True))
-    before = store.read(run, "scores").sort_values(["neuron", "split"]).reset_index(drop=True)
-    old_files = store.files(run, "scores")
+    before = rundir.read(run, "scores").sort_values(["neuron", "split"]).reset_index(drop=True)
+    old_files = rundir.files(run, "scores")
     from cli import app
 
     res = CliRunner().invoke(app, ["score", "--run", str(run), "--calibrate"])
     assert res.exit_code == 0, res.output
-    after = store.read(run, "scores").sort_values(["neuron", "split"]).reset_index(drop=True)
-    assert not set(old_files) & set(store.files(run, "scores"))  # superseded files removed
+    after = rundir.read(run, "scores").sort_values(["neuron", "split"]).reset_index(drop=True)
+    assert not set(old_files) & set(rundir.files(run, "scores"))  # superseded files removed
     cols = ["neuron", "split", "candidate", "best", "status", "n_tokens"]
     assert after[cols].equals(before[cols])
     assert np.allclose(after["score"], before["score"]) and after["rsquared"].gt(0.9).all()
     # an independent check of one headline score from the stored rows
-    sims = store.read(run, "simulations")
-    rec = store.read(run, "records", layer=0)
+    sims = rundir.read(run, "simulations")
+    rec = rundir.read(run, "records", layer=0)
     v = sims[(sims["neuron"] == 0) & (sims["split"] == "valid")]
     real, pred = [], []
     for e, k, p in zip(v["excerpt_id"], v["kind"], v["predicted"]):
@@ -164,7 +166,7 @@ def test_bad_input_exits_2(tmp_path):
     runner = CliRunner()
     res = runner.invoke(app, ["simulate", "--run", str(run), "--layer", "0"])
     assert res.exit_code == 2 and "explain describe" in res.output
-    store.write_rows(run, "explanations", [store.ExplanationRow(
+    rundir.write_rows(run, "explanations", [rundir.ExplanationRow(
         RF.MODEL, 0, 0, "x", "p", 0, "words", 1, 1, "ok", None)])
     res = runner.invoke(app, ["simulate", "--run", str(run), "--mode", "fast"])
     assert res.exit_code == 2 and "--mode 'fast'" in res.output
@@ -190,7 +192,7 @@ def test_logprob_prompt_gives_every_token_its_own_slot():
     for k, off in enumerate(p.offsets):
         assert p.text[off:off + len(SP.PLACEHOLDER) + 1] == SP.PLACEHOLDER + "\n"
         line_start = p.text.rindex("\n", 0, off) + 1
-        assert p.text[line_start:off - 1] == SP.display_token(ODD[k])  # one line per token
+        assert p.text[line_start:off - 1] == prompts.show_token(ODD[k])  # one line per token
     assert "x" * 300 not in p.text
 
 
@@ -221,7 +223,7 @@ def test_chat_round_trip_with_odd_tokens():
     msgs = SP.chat_messages("odd tokens", ODD, SP.load_examples())
     listing = msgs[-1]["content"].rstrip("\n").split("\n")[2:]
     assert len(listing) == len(ODD)
-    assert [ln.split("\t", 1)[1] for ln in listing] == [SP.display_token(t) for t in ODD]
+    assert [ln.split("\t", 1)[1] for ln in listing] == [prompts.show_token(t) for t in ODD]
     answer = "\n".join(f"{k}\t{k % 10}" for k in reversed(range(len(ODD))))  # any order
     got = SP.parse_chat(answer, len(ODD))
     assert got.predicted == pytest.approx([SP.TO_DISPLAY * (k % 10) for k in range(len(ODD))])
@@ -243,12 +245,13 @@ def test_chat_answers_that_cannot_be_aligned_fail(answer, why):
 def test_in_process_matches_the_server_protocol_path(tmp_path):
     import asyncio
 
-    from explainer import inprocess, llm_server
+    from explainer.simulate import inprocess
+    from explainer.llm import embedded
     from explainer import llm as L
 
     tokens = [" The", " cat", "\t", " sat", "\n", " 10", " on", "\ufffd", " apples", "."]
     prompt = SP.logprob_prompt("fruit, especially apples", tokens, SP.load_examples())
-    local = inprocess.Embedded(llm_server.gguf_path()).predict(prompt)
+    local = inprocess.Embedded(embedded.gguf_path()).predict(prompt)
     assert local.error is None and len(local.predicted) == len(tokens)
 
     async def served():
@@ -264,9 +267,8 @@ def test_in_process_matches_the_server_protocol_path(tmp_path):
     assert np.std(local.predicted) > 0  # not a constant that would match trivially
     # The default embedded simulator: PyTorch on the same token ids. It multiplies float32
     # activations where llama.cpp quantises them to 8 bits, so it agrees closely, not exactly.
-    from explainer import models
 
-    fast = inprocess.EmbeddedTorch(llm_server.gguf_path(), models.embedded_checkpoint())
+    fast = inprocess.EmbeddedTorch(embedded.gguf_path(), embedded.embedded_checkpoint())
     torch_pred = fast.predict(prompt).predicted
     assert torch_pred == pytest.approx(remote.predicted, abs=0.25)
     assert np.corrcoef(torch_pred, remote.predicted)[0, 1] > 0.95
@@ -275,10 +277,11 @@ def test_in_process_matches_the_server_protocol_path(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["llama", "torch"])
 def test_in_process_odd_tokens_and_prefix_reuse(backend):
-    from explainer import inprocess, llm_server, models
+    from explainer.simulate import inprocess
+    from explainer.llm import embedded
 
-    e = inprocess.Embedded(llm_server.gguf_path()) if backend == "llama" else \
-        inprocess.EmbeddedTorch(llm_server.gguf_path(), models.embedded_checkpoint())
+    e = inprocess.Embedded(embedded.gguf_path()) if backend == "llama" else \
+        inprocess.EmbeddedTorch(embedded.gguf_path(), embedded.embedded_checkpoint())
     odd = SP.logprob_prompt("odd tokens", ODD, SP.load_examples())
     first = e.predict(odd)
     assert first.error is None and len(first.predicted) == len(ODD)
@@ -292,19 +295,19 @@ def test_in_process_odd_tokens_and_prefix_reuse(backend):
 @pytest.mark.slow
 def test_embedded_end_to_end_every_valid_token_predicted(tmp_path):
     from cli import app
-    from explainer import describe
+    from explainer.describe import stage as describe
 
     run = RF.make_run(tmp_path / "run", n_layers=1, d_mlp=3, n_excerpts=12, ctx=8, n_random=6)
     describe.run(C.DescribeConfig(run=run, explainer=C.BASELINE_EXPLAINER))
     res = CliRunner().invoke(app, ["simulate", "--run", str(run), "--layer", "0"])
     assert res.exit_code == 0, res.output
-    sims = store.read(run, "simulations")
+    sims = rundir.read(run, "simulations")
     valid = sims[sims["split"] == "valid"]
     assert len(valid) == 3 * (3 + 2)  # 3 valid top (ranks 2, 6, 10) + 2 valid random each
     assert (valid["status"] == "ok").all() and set(valid["mode"]) == {"logprob"}
     assert all(len(p) == 8 and all(0 <= v <= 10 for v in p) for p in valid["predicted"])
     res = CliRunner().invoke(app, ["score", "--run", str(run)])
     assert res.exit_code == 0, res.output
-    sc = store.read(run, "scores")
+    sc = rundir.read(run, "scores")
     assert set(sc["split"]) == {"valid", "test"} and len(sc) == 6
     assert sc["status"].isin(["ok", "constant_prediction", "constant_activation"]).all()

@@ -9,7 +9,8 @@ import struct
 import numpy as np
 import pytest
 
-from explainer import ExplainError, view
+from explainer import ExplainError
+from explainer.views import html as view
 from explainer.config import ViewConfig
 from tests.cdp import Browser, find_chromium
 from tests.reportfactory import MODELS, make_run

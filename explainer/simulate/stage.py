@@ -18,9 +18,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from explainer import ExplainError, store
+from explainer import ExplainError
+from explainer import run as rundir
 from explainer import config as C
-from explainer import simscore as SS
+from explainer.score import rows as SS
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def run(cfg: C.SimulateConfig) -> Path:
 
 
 def _select(run_dir: Path, cfg: C.SimulateConfig) -> tuple[str, list[int]]:
-    models = store.models_in(run_dir, "explanations")
+    models = rundir.models_in(run_dir, "explanations")
     if not models:
         raise ExplainError(f"--run {run_dir}: no explanations yet; run `explain describe` first")
     if cfg.model is None:
@@ -83,14 +84,14 @@ def _select(run_dir: Path, cfg: C.SimulateConfig) -> tuple[str, list[int]]:
                                f"({', '.join(models)}); pick one with --model")
         model = models[0]
     else:
-        model = store.model_key(cfg.model)
+        model = rundir.model_key(cfg.model)
         if model not in models:
             raise ExplainError(f"--model {cfg.model}: no explanations of it in this run "
                                f"(have: {', '.join(models)})")
-    have = store.layers_in(run_dir, "explanations", model)
+    have = rundir.layers_in(run_dir, "explanations", model)
     if str(cfg.layers).strip() == "all":
         return model, have
-    n_layers = int((store.model_meta(run_dir, model) or {}).get("n_layers") or max(have) + 1)
+    n_layers = int((rundir.model_meta(run_dir, model) or {}).get("n_layers") or max(have) + 1)
     layers = C.parse_spec(cfg.layers, n_layers, "layer", model)
     missing = [lay for lay in layers if lay not in have]
     if missing:
@@ -101,7 +102,7 @@ def _select(run_dir: Path, cfg: C.SimulateConfig) -> tuple[str, list[int]]:
 
 
 def _jobs(run_dir: Path, model: str, layer: int, cfg: C.SimulateConfig) -> list[_Job]:
-    ex = store.read(run_dir, "explanations", model=model, layer=layer)
+    ex = rundir.read(run_dir, "explanations", model=model, layer=layer)
     ex = ex[ex["status"] == "ok"]
     if cfg.explainer is not None:
         if not (ex["explainer"] == cfg.explainer).any():
@@ -110,7 +111,7 @@ def _jobs(run_dir: Path, model: str, layer: int, cfg: C.SimulateConfig) -> list[
                                f"{layer} (have: {have})")
         ex = ex[ex["explainer"] == cfg.explainer]
     if str(cfg.neurons).strip() != "all":
-        d_mlp = int((store.model_meta(run_dir, model) or {}).get("d_mlp") or ex["neuron"].max() + 1)
+        d_mlp = int((rundir.model_meta(run_dir, model) or {}).get("d_mlp") or ex["neuron"].max() + 1)
         ex = ex[ex["neuron"].isin(C.parse_spec(cfg.neurons, d_mlp, "neuron", f"{model} layer"))]
     if ex.empty:
         return []
@@ -126,7 +127,7 @@ def _jobs(run_dir: Path, model: str, layer: int, cfg: C.SimulateConfig) -> list[
 def _excerpts(run_dir: Path, model: str, layer: int, neurons: set[int], splits: tuple,
               cfg: C.SimulateConfig) -> dict[int, tuple[_Excerpt, ...]]:
     """Per neuron, the first n_top top and n_random random excerpts (by rank) of each split."""
-    rec = store.read(run_dir, "records", model=model, layer=layer,
+    rec = rundir.read(run_dir, "records", model=model, layer=layer,
                      columns=["neuron", "excerpt_id", "kind", "rank", "split", "activations"])
     rec = rec[rec["neuron"].isin(neurons) & rec["split"].isin(splits)
               & rec["kind"].isin(["top", "random"])].sort_values(["neuron", "split", "kind", "rank"])
@@ -134,7 +135,7 @@ def _excerpts(run_dir: Path, model: str, layer: int, neurons: set[int], splits: 
     rec = rec[rec.groupby(["neuron", "split", "kind"]).cumcount()
               < rec["kind"].map(need).astype(int)]
     ids = set(int(e) for e in rec["excerpt_id"])
-    toks = store.read(run_dir, "excerpts", model=model, columns=["excerpt_id", "tokens"])
+    toks = rundir.read(run_dir, "excerpts", model=model, columns=["excerpt_id", "tokens"])
     toks = {int(e): tuple(t) for e, t in zip(toks["excerpt_id"], toks["tokens"]) if int(e) in ids}
     out: dict[int, list[_Excerpt]] = {}
     for n, e, k, s, a in zip(rec["neuron"], rec["excerpt_id"], rec["kind"], rec["split"],
@@ -154,7 +155,7 @@ class _Done:
     """Stored predictions that can be reused, and the neurons whose scores are complete."""
 
     def __init__(self, run_dir: Path, model: str, layer: int, simulator: str, mode: str | None):
-        sims = store.read(run_dir, "simulations", model=model, layer=layer)
+        sims = rundir.read(run_dir, "simulations", model=model, layer=layer)
         sims = sims[(sims["simulator"] == simulator) & (sims["status"] == "ok")]
         if mode is not None:  # predictions of another mode are not reused (chat-logprob is chat)
             sims = sims[sims["mode"].str.split("-").str[0] == mode.split("-")[0]]
@@ -162,7 +163,7 @@ class _Done:
                      for n, e, c, k, x, p in zip(sims["neuron"], sims["explainer"],
                                                  sims["candidate"], sims["kind"],
                                                  sims["excerpt_id"], sims["predicted"])}
-        sc = store.read(run_dir, "scores", model=model, layer=layer)
+        sc = rundir.read(run_dir, "scores", model=model, layer=layer)
         sc = sc[sc["simulator"] == simulator]
         self.text = {(int(n), e, int(c)): t for n, e, c, t, s in
                      zip(sc["neuron"], sc["explainer"], sc["candidate"], sc["explanation"],
@@ -196,7 +197,7 @@ class _Done:
 
 
 async def _run(cfg: C.SimulateConfig, endpoint, model: str, jobs: list[_Job]) -> None:
-    from explainer import simulators
+    from explainer.simulate import simulators
 
     layers = sorted({j.layer for j in jobs})
     splits = ("calibrate", "valid") if cfg.calibrate else ("valid",)
@@ -239,7 +240,7 @@ async def _run(cfg: C.SimulateConfig, endpoint, model: str, jobs: list[_Job]) ->
 async def _neuron(sim, job: _Job, model: str, simulator: str, done: _Done, splits: tuple,
                   calibrate: bool) -> tuple[list, list]:
     """Simulate and score one job; returns (simulation rows, score rows)."""
-    sims: list[store.SimulationRow] = []
+    sims: list[rundir.SimulationRow] = []
 
     async def one(cand: int, text: str, ex: _Excerpt) -> SS.Item:
         pred = done.reusable(job, cand, text, ex)
@@ -249,7 +250,7 @@ async def _neuron(sim, job: _Job, model: str, simulator: str, done: _Done, split
         parsed = await sim.predict(text, ex.tokens, key)
         ok = parsed.predicted is not None and len(parsed.predicted) == len(ex.tokens)
         err = None if ok else (parsed.error or "wrong number of predictions")
-        sims.append(store.SimulationRow(
+        sims.append(rundir.SimulationRow(
             model=model, layer=job.layer, neuron=job.neuron, explainer=job.explainer,
             candidate=cand, simulator=simulator, mode=parsed.mode, excerpt_id=ex.excerpt_id,
             kind=ex.kind, split=ex.split, predicted=list(parsed.predicted) if ok else None,
@@ -294,21 +295,13 @@ class _Writer:
 
     def flush(self) -> None:
         if self.sims:
-            store.write_rows(self.run_dir, "simulations", self.sims, prefix="simulate")
+            rundir.write_rows(self.run_dir, "simulations", self.sims, prefix="simulate")
         if self.scores:
-            store.write_rows(self.run_dir, "scores", self.scores, prefix="simulate")
+            rundir.write_rows(self.run_dir, "scores", self.scores, prefix="simulate")
         self.sims, self.scores = [], []
 
 
 def _progress():
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
-        TimeRemainingColumn
+    from explainer import progress
 
-    return Progress(TextColumn("simulate"), BarColumn(), MofNCompleteColumn(),
-                    TimeRemainingColumn(), console=Console(stderr=True), transient=False)
-
-
-def rescore(cfg: C.ScoreConfig) -> Path:
-    """`explain score`: recompute every score from simulations/ (no LLM call)."""
-    return SS.rescore(cfg)
+    return progress.bar("simulate")

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from explainer import ExplainError, store
+from explainer import ExplainError
+from explainer import run as rundir
 from explainer.config import ReportConfig
+from explainer.views.formats import format_params, num as _num
 
 BYS = ("layer", "model")
 FORMATS = ("table", "csv", "json")
@@ -156,10 +158,10 @@ def load(run: Path):
     run = Path(run)
     if not run.is_dir():
         raise ExplainError(f"--run {run}: no such run directory (create it with `explain record`)")
-    scores = store.read(run, "scores")
+    scores = rundir.read(run, "scores")
     if scores.empty:
         raise ExplainError(f"--run {run}: has no scores yet (run `explain score` first)")
-    models_meta = store.read_run_json(run).get("models", {})
+    models_meta = rundir.read_run_json(run).get("models", {})
     return scores, models_meta
 
 
@@ -176,7 +178,7 @@ def run(cfg: ReportConfig) -> str:
     per_model = aggregate(scores, models_meta, "model") if cfg.by == "layer" else rows
     pairs = aggregate(scores, models_meta, "pair")
     if cfg.plot is not None:
-        from explainer import plot
+        from explainer.views import plot
 
         layer_rows = rows if cfg.by == "layer" else aggregate(scores, models_meta, "layer")
         plot.write(Path(cfg.plot), layer_rows, headline(scores), models_meta)
@@ -204,20 +206,6 @@ def to_csv(rows: list[ReportRow]) -> str:
         writer.writerow(["" if v is None else v for v in (getattr(r, f.name)
                                                          for f in fields(ReportRow))])
     return buf.getvalue().rstrip("\n")
-
-
-def _num(x, fmt: str = "{:.3f}") -> str:
-    return "—" if x is None else fmt.format(x)
-
-
-def format_params(n) -> str:
-    """A parameter count in K/M/B, as model sizes are usually quoted."""
-    if n is None:
-        return "?"
-    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= div:
-            return f"{n / div:.{0 if n / div >= 100 else 1}f}{unit}"
-    return str(n)
 
 
 def _table(title: str, rows: list[ReportRow], first: list[tuple[str, callable]]):

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 from typing import Sequence
 
 from explainer import ExplainError
 from explainer import config as C
-from explainer import simprompt as SP
+from explainer.simulate import prompt as SP
 
 LOGPROBS = 20  # top log-probabilities asked per prompt token (vLLM's default cap is 20)
 
@@ -104,18 +105,21 @@ async def open_simulator(cfg: C.SimulateConfig, endpoint):
     from explainer import llm as L
 
     if endpoint.embedded and cfg.mode in ("auto", "logprob"):
-        from explainer import inprocess, llm_server, models
+        from explainer.simulate import inprocess
+
+        from explainer.llm import embedded
 
         # PyTorch on llama.cpp's token ids: ~4x faster here than llama.cpp's AVX2 kernels.
-        yield _InProcess(inprocess.EmbeddedTorch(llm_server.gguf_path(),
-                                                 models.embedded_checkpoint()))
+        log = Path(cfg.run) / "llm_embedded.log"  # llama.cpp's own messages, not the terminal
+        yield _InProcess(inprocess.EmbeddedTorch(embedded.gguf_path(),
+                                                 embedded.embedded_checkpoint(), log))
         return
     async with L.LLM(endpoint, cfg.run, stage="simulate", cfg=cfg.llm) as llm:
-        await llm.check(probe_echo=cfg.mode != "chat")
+        caps = await L.probe(llm, echo=cfg.mode != "chat")
         mode = cfg.mode
         if mode == "auto":
-            mode = "logprob" if llm.supports_echo_logprobs else "chat"
-        elif mode == "logprob" and llm.supports_echo_logprobs is False:
+            mode = "logprob" if caps.echo_logprobs else "chat"
+        elif mode == "logprob" and caps.echo_logprobs is False:
             raise ExplainError(f"--mode logprob: the endpoint at {endpoint.host} does not return "
                                "prompt log-probabilities (legacy completions with echo and "
                                "logprobs); use --mode chat")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from explainer import kernels
+from explainer.record import kernels
 
 
 class TopK:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from explainer.report import format_params
+from explainer.views.formats import format_params
 
 GOOD = 0.8
 _STYLES = ("-", "--", ":", "-.")

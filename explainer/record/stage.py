@@ -22,7 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from explainer import ExplainError, corpus, models, store
+from explainer import ExplainError
+from explainer.record import corpus
+from explainer.record import subject as models
+from explainer import run as rundir
 from explainer.config import RANDOM_SPLITS, SPLITS, RecordConfig, parse_spec
 
 log = logging.getLogger(__name__)
@@ -55,7 +58,7 @@ def _settings(cfg: RecordConfig, model_id: str) -> dict:
 
 def _check_existing(run: Path, key: str, settings: dict) -> list[int]:
     """Layers already recorded with these settings; an ExplainError if the settings differ."""
-    meta = store.model_meta(run, key)
+    meta = rundir.model_meta(run, key)
     if meta is None:
         return []
     for name in SETTINGS:
@@ -96,7 +99,7 @@ def run(cfg: RecordConfig) -> Path:
 
 
 def _staging(run_dir: Path, name: str) -> Path:
-    return run_dir / f".staging-{store.model_key(name)}"
+    return run_dir / f".staging-{rundir.model_key(name)}"
 
 
 @contextlib.contextmanager
@@ -130,11 +133,11 @@ def steady_heap(trim_every: int = TRIM_EVERY):
 def _record(cfg: RecordConfig, subject, layers: list[int]) -> dict:
     """The streaming pass: returns per-layer samplers and the staged excerpt files."""
     import torch
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeRemainingColumn)
+    from rich.progress import TextColumn
 
-    from explainer.topk import Reservoir, Stats, TopK
+    from explainer import progress
+
+    from explainer.record.samplers import Reservoir, Stats, TopK
 
     stage = _staging(Path(cfg.run), subject.name)
     shutil.rmtree(stage, ignore_errors=True)
@@ -152,9 +155,8 @@ def _record(cfg: RecordConfig, subject, layers: list[int]) -> dict:
         raise ExplainError(f"--corpus {cfg.corpus}: holds fewer than {cfg.ctx} tokens "
                            f"for {subject.name}'s tokenizer")
     source = itertools.chain([first], source)
-    columns = [TextColumn("record {task.fields[model]}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("excerpts {task.fields[tps]:,.0f} tok/s"), TimeRemainingColumn()]
-    with Progress(*columns, console=Console(stderr=True)) as bar, torch.inference_mode(), \
+    tps = TextColumn("{task.fields[tps]:,.0f} tok/s")
+    with progress.bar(f"record {subject.name}", tps) as bar, torch.inference_mode(), \
             steady_heap() as trim:
         task = bar.add_task("record", total=cfg.n_excerpts, model=subject.name, tps=0.0)
         for batch in _batches(source, cfg.batch_size):
@@ -203,7 +205,7 @@ def _quantile_pass(cfg: RecordConfig, subject, layers: list[int], maxima: dict) 
     """
     import torch
 
-    from explainer.topk import TopK
+    from explainer.record.samplers import TopK
 
     n_bins, q = cfg.quantile_bins, cfg.quantile_k
     bins = {la: [TopK(q, subject.d_mlp, cfg.ctx) for _ in range(n_bins)] for la in layers}
@@ -241,18 +243,18 @@ def _stage_excerpts(stage: Path, subject, batch) -> None:
     cols = {"excerpt_id": [e.excerpt_id for e in batch],
             "token_ids": [e.token_ids for e in batch],
             "tokens": [subject.token_strings(e.token_ids) for e in batch]}
-    store.write_columns(stage, "excerpts", cols, model=subject.name,
+    rundir.write_columns(stage, "excerpts", cols, model=subject.name,
                         prefix=f"{batch[0].excerpt_id:09d}")
 
 
 def _write(run_dir: Path, cfg: RecordConfig, subject, settings: dict, layers: list[int],
            res: dict) -> None:
-    key = store.model_key(subject.name)
-    meta = store.read_run_json(run_dir)
+    key = rundir.model_key(subject.name)
+    meta = rundir.read_run_json(run_dir)
     entry = meta["models"].get(key)
-    if entry is None or not store.files(run_dir, "excerpts", key):
-        store.remove_partition(run_dir, "excerpts", key)
-        target = store.partition_dir(run_dir, "excerpts", key)
+    if entry is None or not rundir.files(run_dir, "excerpts", key):
+        rundir.remove_partition(run_dir, "excerpts", key)
+        target = rundir.partition_dir(run_dir, "excerpts", key)
         target.parent.mkdir(parents=True, exist_ok=True)
         (res["stage"] / "excerpts" / f"model={key}").rename(target)
     shutil.rmtree(res["stage"], ignore_errors=True)
@@ -263,12 +265,12 @@ def _write(run_dir: Path, cfg: RecordConfig, subject, settings: dict, layers: li
                       "quantiles_from": "tokens of the random sample"}
     entry["packages"] = models.package_versions()
     for la in layers:
-        store.remove_partition(run_dir, "records", key, la)
-        store.remove_partition(run_dir, "neurons", key, la)
+        rundir.remove_partition(run_dir, "records", key, la)
+        rundir.remove_partition(run_dir, "neurons", key, la)
         _write_layer(run_dir, key, la, res)
         entry["layers_done"] = sorted(set(entry["layers_done"]) | {la})
         meta["models"][key] = entry
-        store.write_run_json(run_dir, meta)
+        rundir.write_run_json(run_dir, meta)
 
 
 def _write_layer(run_dir: Path, key: str, layer: int, res: dict) -> None:
@@ -285,18 +287,18 @@ def _write_layer(run_dir: Path, key: str, layer: int, res: dict) -> None:
     excerpt = np.concatenate([ids, np.broadcast_to(rand_ids, (n_neurons, r))], axis=1)
     all_acts = np.concatenate([acts, rand_acts.transpose(2, 0, 1)], axis=1)  # (N, k + r, ctx)
     all_max = np.concatenate([vals, rand_acts.max(axis=1).T], axis=1)
-    store.write_columns(run_dir, "records", {
+    rundir.write_columns(run_dir, "records", {
         "neuron": neuron, "excerpt_id": excerpt.ravel(), "kind": kind, "rank": rank,
-        "split": split, "activations": store.list_array(all_acts.reshape(-1, all_acts.shape[-1])),
+        "split": split, "activations": rundir.list_array(all_acts.reshape(-1, all_acts.shape[-1])),
         "max_activation": all_max.ravel()}, model=key, layer=layer)
     if res["quantiles"]:
         _write_quantiles(run_dir, key, layer, res["quantiles"][layer])
     st = res["stats"][layer].summary()
     tokens = rand_acts.reshape(-1, n_neurons)  # (R*ctx, N) uniform sample of tokens
     quant = np.quantile(tokens, QUANTILE_PROBS, axis=0).T.astype(np.float32)  # (N, Q)
-    store.write_columns(run_dir, "neurons", {
+    rundir.write_columns(run_dir, "neurons", {
         "neuron": np.arange(n_neurons, dtype=np.int32), **st,
-        "quantiles": store.list_array(quant)}, model=key, layer=layer)
+        "quantiles": rundir.list_array(quant)}, model=key, layer=layer)
 
 
 def _write_quantiles(run_dir: Path, key: str, layer: int, bins: list) -> None:
@@ -312,10 +314,10 @@ def _write_quantiles(run_dir: Path, key: str, layer: int, bins: list) -> None:
         rows["acts"].append(acts[n, j])
         rows["max"].append(acts[n, j].max(axis=1))
     rank = np.concatenate(rows["rank"]).astype(np.int32)
-    store.write_columns(run_dir, "records", {
+    rundir.write_columns(run_dir, "records", {
         "neuron": np.concatenate(rows["neuron"]).astype(np.int32),
         "excerpt_id": np.concatenate(rows["excerpt_id"]), "kind": ["quantile"] * len(rank),
         "rank": rank, "split": [SPLITS[i % len(SPLITS)] for i in rank],
-        "activations": store.list_array(np.concatenate(rows["acts"])),
+        "activations": rundir.list_array(np.concatenate(rows["acts"])),
         "max_activation": np.concatenate(rows["max"])}, model=key, layer=layer,
         prefix="quantile")

@@ -1,8 +1,10 @@
-"""Prompt files: load them from `prompts/`, fill their `$name` slots, hash what was used.
+"""Every prompt and few-shot file of `explain`, and the few functions that read them.
 
-Prompts are plain files in our own words so they can be read, edited and versioned; the hash of
-the files a result was built from is stored with it, so results made with different prompts are
-never mixed up silently.
+This folder is the package `explainer.prompts` (mapped in pyproject.toml), so the files people
+edit here are the ones an installed wheel reads. Prompts are plain files in our own words with
+`$name` slots; the hash of the files a result was built from is stored with it, so results made
+with different prompts are never mixed up silently. `show_token` is the one way every prompt
+writes a subject token, so the explainer and the simulator see a token identically.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from string import Template
 
 from explainer import ExplainError
 
-# The repository's prompts/ folder (beside the package), where every prompt file lives.
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+# This package's own folder: the repository's prompts/, or its copy inside an installed wheel.
+PROMPTS_DIR = Path(__file__).resolve().parent
+MAX_TOKEN_CHARS = 40  # longer subject tokens are cut, so a token stays one short line
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
 def path(name: str) -> Path:
@@ -31,9 +35,16 @@ def load(name: str) -> str:
     try:
         return p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        have = sorted(f.name for f in PROMPTS_DIR.glob("*")) if PROMPTS_DIR.is_dir() else []
+        have = sorted(f.name for f in PROMPTS_DIR.glob("*.txt"))
         raise ExplainError(f"prompt {name!r} not found in {PROMPTS_DIR} "
                            f"(have: {', '.join(have) or 'nothing'})") from None
+
+
+def show_token(token: str) -> str:
+    """A subject token as one line of a listing: backslash, line breaks, tabs and other control
+    characters escaped (so a token never breaks the `token<TAB>value` format), long ones cut."""
+    out = "".join(_ESCAPES.get(ch, f"\\x{ord(ch):02x}" if ord(ch) < 32 else ch) for ch in token)
+    return out if len(out) <= MAX_TOKEN_CHARS else out[: MAX_TOKEN_CHARS - 1] + "…"
 
 
 def slots(text: str) -> set[str]:

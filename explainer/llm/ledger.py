@@ -14,7 +14,7 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-PRICES = Path(__file__).resolve().parent / "prices.json"
+PRICES = Path(__file__).resolve().parent / "prices.json"  # ships in the wheel; users may edit it
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cache (
@@ -87,3 +87,14 @@ def price(model: str) -> tuple[float, float] | None:
     # OpenRouter-style names carry the provider: "openai/gpt-4o-mini".
     short = model.rsplit("/", 1)[-1]
     return table.get(short)
+
+
+def cost_usd(model: str, prompt_tokens: int, completion_tokens: int,
+             free: bool = False) -> float | None:
+    """Estimated dollars of one answer (0 for a `free` local model; None with no known price)."""
+    if free:
+        return 0.0
+    p = price(model)
+    if p is None:
+        return None
+    return (prompt_tokens * p[0] + completion_tokens * p[1]) / 1e6

@@ -25,10 +25,8 @@ from explainer import prompts
 VALUES = tuple(str(v) for v in range(10))  # the value tokens, in value order
 TO_DISPLAY = 10.0 / 9.0  # prompt scale 0-9 -> stored scale 0-10
 PLACEHOLDER = "unknown"  # the value slot of a token whose activation the simulator predicts
-MAX_TOKEN_CHARS = 40  # longer subject tokens are cut (the slot stays on its own line)
 FILES = ("simulate_logprob", "simulate_logprob_shot", "simulate_chat_system",
          "simulate_chat_user", "simulate_examples")
-_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
 @dataclass(frozen=True)
@@ -62,12 +60,6 @@ def prompt_hash() -> str:
     return prompts.prompt_hash(*FILES)
 
 
-def display_token(token: str) -> str:
-    """A subject token as one line of the prompt: line breaks and tabs escaped, long ones cut."""
-    out = "".join(_ESCAPES.get(ch, f"\\x{ord(ch):02x}" if ord(ch) < 32 else ch) for ch in token)
-    return out if len(out) <= MAX_TOKEN_CHARS else out[: MAX_TOKEN_CHARS - 1] + "…"
-
-
 def load_examples() -> list[Example]:
     """The few-shot examples of prompts/simulate_examples.txt."""
     text = prompts.load("simulate_examples")
@@ -91,7 +83,7 @@ def logprob_prompt(explanation: str, tokens: Sequence[str],
     head = prompts.render("simulate_logprob", examples=shots, explanation=explanation.strip())
     parts, offsets, pos = [head], [], len(head)
     for tok in tokens:
-        line = f"{display_token(tok)}\t"
+        line = f"{prompts.show_token(tok)}\t"
         offsets.append(pos + len(line))
         line += f"{PLACEHOLDER}\n"
         parts.append(line)
@@ -155,7 +147,7 @@ def parse_echo(prompt: LogprobPrompt, tokens: Sequence[str] | None,
 
 def chat_listing(tokens: Sequence[str]) -> str:
     """Tokens numbered from 0, one per line, for the chat simulator."""
-    return "\n".join(f"{k}\t{display_token(t)}" for k, t in enumerate(tokens))
+    return "\n".join(f"{k}\t{prompts.show_token(t)}" for k, t in enumerate(tokens))
 
 
 def chat_messages(explanation: str, tokens: Sequence[str],

@@ -41,13 +41,8 @@ def scale(excerpts: list[list[float]]) -> list[list[int]]:
     return [[min(10, max(0, math.floor(10 * max(a, 0.0) / m))) for a in acts] for acts in excerpts]
 
 
-def show_token(tok: str) -> str:
-    """A token as one line of the listing: tabs and newlines would break the format."""
-    return tok.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-
-
 def _listing(tokens: list[str], values: list[int], nonzero_only: bool = False) -> str:
-    lines = [f"{show_token(t)}\t{v}" for t, v in zip(tokens, values) if v > 0 or not nonzero_only]
+    lines = [f"{prompts.show_token(t)}\t{v}" for t, v in zip(tokens, values) if v > 0 or not nonzero_only]
     return "\n".join(["<start>", *lines, "<end>"])
 
 
@@ -147,29 +142,3 @@ def parse_explanation(text: str) -> str | None:
             or _REFUSAL.match(line)):
         return None
     return line
-
-
-def baseline_explanation(excerpts: list[Excerpt], k: int = 3) -> str | None:
-    """The token-lookup floor: the k tokens with the highest mean activation, or None if none fire.
-
-    Tokens are grouped by their text without surrounding spaces, so " the" and "the" count as one.
-    """
-    sums: dict[str, list[float]] = {}
-    for ex in excerpts:
-        for tok, a in ex:
-            key = tok.strip() or tok
-            s = sums.setdefault(key, [0.0, 0])
-            s[0] += a
-            s[1] += 1
-    means = sorted(((s / n, tok) for tok, (s, n) in sums.items()), key=lambda x: (-x[0], x[1]))
-    top = [tok for mean, tok in means[:k] if mean > 0]
-    if not top:
-        return None
-    quoted = [_quote(t) for t in top]
-    if len(quoted) == 1:
-        return f"the token {quoted[0]}"
-    return f"the tokens {', '.join(quoted[:-1])} and {quoted[-1]}"
-
-
-def _quote(tok: str) -> str:
-    return '"' + show_token(tok).replace('"', '\\"') + '"'

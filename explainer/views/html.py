@@ -18,12 +18,14 @@ from string import Template
 
 import numpy as np
 
-from explainer import ExplainError, store
+from explainer import ExplainError
+from explainer import run as rundir
 from explainer.config import ViewConfig
-from explainer.report import format_params, headline
-from explainer.show import Excerpt, NeuronView, neuron_view, rows_by_neuron, token_text
+from explainer.views.formats import format_params, token_text
+from explainer.views.neuron import Excerpt, NeuronView, neuron_view, rows_by_neuron
+from explainer.views.report import headline
 
-ASSETS = Path(__file__).with_name("view_assets")
+ASSETS = Path(__file__).with_name("assets")
 N_TOP = 10  # excerpts per kind on a neuron page; simulated ones first
 N_RANDOM = 10
 
@@ -186,7 +188,7 @@ def _nav(neurons: list[int], i: int) -> str:
 
 def _write_layer(run, out, mkey, name, layer, tokens,
                  scored_only: bool = False) -> tuple[int, list[str]]:
-    t = {n: store.read(run, n, mkey, layer)
+    t = {n: rundir.read(run, n, mkey, layer)
          for n in ("records", "neurons", "scores", "simulations")}
     head = headline(t["scores"])
     neurons = set(head["neuron"].astype(int))
@@ -218,13 +220,13 @@ def run(cfg: ViewConfig) -> str:
     run_dir = Path(cfg.run)
     if not run_dir.is_dir():
         raise ExplainError(f"--run {run_dir}: no such run directory")
-    mkeys = sorted(set(store.models_in(run_dir, "records")) | set(store.models_in(run_dir, "scores")))
+    mkeys = sorted(set(rundir.models_in(run_dir, "records")) | set(rundir.models_in(run_dir, "scores")))
     if not mkeys:
         raise ExplainError(f"--run {run_dir}: holds no recorded model yet (run `explain record`)")
     out = Path(cfg.out) if cfg.out is not None else run_dir / "view"
     if out.exists() and not out.is_dir():
         raise ExplainError(f"--out {out}: exists and is not a folder")
-    meta_all = store.read_run_json(run_dir).get("models", {})
+    meta_all = rundir.read_run_json(run_dir).get("models", {})
     mkeys.sort(key=lambda k: (meta_all.get(k, {}).get("n_params") is None,
                               meta_all.get(k, {}).get("n_params") or 0, k))
     (out / "assets").mkdir(parents=True, exist_ok=True)
@@ -238,10 +240,10 @@ def run(cfg: ViewConfig) -> str:
         for mkey in mkeys:
             meta = meta_all.get(mkey, {})
             name = meta.get("model", mkey)
-            layers = sorted(set(store.layers_in(run_dir, "records", mkey))
-                            | set(store.layers_in(run_dir, "scores", mkey)))
+            layers = sorted(set(rundir.layers_in(run_dir, "records", mkey))
+                            | set(rundir.layers_in(run_dir, "scores", mkey)))
             task = bar.add_task(f"view {name}", total=len(layers))
-            ex = store.read(run_dir, "excerpts", mkey)
+            ex = rundir.read(run_dir, "excerpts", mkey)
             tokens = dict(zip(ex["excerpt_id"].astype(int), ex["tokens"]))
             entry = {"key": mkey, "name": name, "params": format_params(meta.get("n_params"))
                      if meta.get("n_params") else None, "layers": [], "pairs": []}

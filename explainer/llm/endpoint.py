@@ -1,0 +1,51 @@
+"""Where LLM requests go: the embedded model, a `--base-url`, $OPENAI_BASE_URL, or OpenAI."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+from explainer import ExplainError
+from explainer import config as C
+
+# Local servers ignore the key but the openai client insists on having one.
+DUMMY_KEY = "sk-no-key-needed"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where requests go; the key is never printed (repr=False) and never written to disk."""
+
+    model: str  # the model's name at the endpoint (stored in explainer/simulator columns)
+    base_url: str | None  # None: OpenAI itself (or the embedded server, once started)
+    api_key: str | None = field(default=None, repr=False)
+    embedded: bool = False  # True: start llama_cpp.server with the embedded GGUF ourselves
+
+    @property
+    def host(self) -> str:
+        """The endpoint's host:port (never user:password), or a stable name for the embedded one."""
+        if self.embedded:
+            return f"embedded:{self.model}"  # its port changes every run; the cache must not
+        if not self.base_url:
+            return "api.openai.com"
+        parts = urlparse(self.base_url)
+        return parts.hostname + (f":{parts.port}" if parts.port else "") if parts.hostname \
+            else self.base_url
+
+
+def resolve(name: str, base_url: str | None) -> Endpoint:
+    """The endpoint for model `name`: the embedded one, `base_url`, $OPENAI_BASE_URL or OpenAI."""
+    name = (name or "").strip()
+    if not name:
+        raise ExplainError("the LLM name is empty; name a model served at the endpoint, "
+                           f"or {C.EMBEDDED_LLM} for the embedded one")
+    if name == C.EMBEDDED_LLM and not base_url:
+        return Endpoint(model=name, base_url=None, api_key=DUMMY_KEY, embedded=True)
+    url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+    key = os.environ.get("OPENAI_API_KEY") or None
+    if url is None and key is None:
+        raise ExplainError(f"LLM {name!r} would go to OpenAI but OPENAI_API_KEY is not set; "
+                           "set it, "
+                           f"or name another endpoint with --base-url, or use {C.EMBEDDED_LLM}")
+    return Endpoint(model=name, base_url=url, api_key=key or DUMMY_KEY)

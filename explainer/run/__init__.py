@@ -1,0 +1,21 @@
+"""The run directory: the contract every stage reads and writes, and nothing else.
+
+`schema` names the tables, their columns, keys and `model=/layer=` partitions; `rows` holds the
+typed rows stages build; `parquet` does the atomic writes and newest-row-per-key reads; `meta`
+keeps `run.json`. No other module writes Parquet. Imports only pyarrow (never a stage).
+
+The names below are the package's interface: `from explainer import run as rundir`, then
+`rundir.read(run_dir, "scores")`, `rundir.ScoreRow(...)`.
+"""
+
+from explainer.run.meta import clean_tmp, model_meta, read_run_json, write_run_json
+from explainer.run.parquet import (files, layers_in, list_array, models_in, read, read_arrow,
+                                   remove_files, remove_partition, write_columns, write_rows)
+from explainer.run.rows import ExplanationRow, ScoreRow, SimulationRow
+from explainer.run.schema import (LIST_F32, RUN_JSON, TABLES, Table, model_key,
+                                  partition_dir, table)
+
+__all__ = ["ExplanationRow", "LIST_F32", "RUN_JSON", "ScoreRow", "SimulationRow", "TABLES",
+           "Table", "clean_tmp", "files", "layers_in", "list_array", "model_key", "model_meta",
+           "models_in", "partition_dir", "read", "read_arrow", "read_run_json", "remove_files",
+           "remove_partition", "table", "write_columns", "write_rows", "write_run_json"]

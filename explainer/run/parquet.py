@@ -1,0 +1,177 @@
+"""Parquet I/O of the run directory: atomic writes, newest-row-per-key reads, partition listing.
+
+Files are written under a hidden temporary name and renamed into place, so a killed process never
+leaves a half file that a reader would take. A table may hold several files per partition (stages
+append as they go); `read` keeps the newest row for each key, so rewriting a row is appending it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import astuple, fields
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from explainer.run.schema import UNSAFE_CHARS, TABLES, model_key, partition_dir
+
+
+def _atomic_write_table(data: pa.Table, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        pq.write_table(data, tmp, compression="zstd")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _as_arrow(values: Any, typ: pa.DataType) -> pa.Array:
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values.cast(typ) if values.type != typ else values
+    return pa.array(values, type=typ)
+
+
+def list_array(rows) -> pa.Array:
+    """A 2-D numpy array as a list<float32> column, one row per list, without a Python loop."""
+    import numpy as np
+
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    n, width = rows.shape
+    offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(rows.ravel()))
+
+
+def write_columns(run: Path, name: str, columns: dict[str, Any], *, model: str,
+                  layer: int | None = None, prefix: str = "part") -> Path:
+    """Write one new file into a partition from column arrays (atomic; returns its path)."""
+    t = TABLES[name]
+    missing = set(t.schema.names) - set(columns)
+    extra = set(columns) - set(t.schema.names)
+    if missing or extra:
+        raise ValueError(f"{name}: missing columns {sorted(missing)}, unknown {sorted(extra)}")
+    data = pa.table({c: _as_arrow(columns[c], t.schema.field(c).type)
+                     for c in t.schema.names}, schema=t.schema)
+    # The time prefix orders files by write time, which `read` uses to keep the newest row.
+    fname = f"{time.time_ns():020d}-{UNSAFE_CHARS.sub('_', prefix)}.parquet"
+    return _atomic_write_table(data, partition_dir(run, name, model, layer) / fname)
+
+
+def write_rows(run: Path, name: str, rows: Sequence[Any], prefix: str = "part") -> list[Path]:
+    """Write dataclass rows (fields in column order, `model` and `layer` first) by partition."""
+    t = TABLES[name]
+    groups: dict[tuple, list[tuple]] = {}
+    for row in rows:
+        values = astuple(row)
+        groups.setdefault(values[: 2 if t.by_layer else 1], []).append(values)
+    names = [f.name for f in fields(rows[0])] if rows else []
+    if rows and names != t.columns:
+        raise ValueError(f"{type(rows[0]).__name__} fields {names} != {name} columns {t.columns}")
+    paths = []
+    for part, vals in groups.items():
+        cols = {c: [v[i] for v in vals] for i, c in enumerate(t.columns) if c in t.schema.names}
+        layer = part[1] if t.by_layer else None
+        paths.append(write_columns(run, name, cols, model=part[0], layer=layer, prefix=prefix))
+    return paths
+
+
+def remove_partition(run: Path, name: str, model: str, layer: int | None = None) -> None:
+    """Delete every file of one partition (used before redoing it from scratch)."""
+    folder = partition_dir(run, name, model, layer)
+    if folder.is_dir():
+        for f in folder.iterdir():
+            f.unlink()
+        folder.rmdir()
+
+
+def remove_files(paths: Iterable[Path]) -> None:
+    """Delete superseded files once their replacement is in place."""
+    for p in paths:
+        Path(p).unlink(missing_ok=True)
+
+
+def _partitions(run: Path, name: str, model: str | None, layer: int | None):
+    root = Path(run) / name
+    if not root.is_dir():
+        return
+    mkey = model_key(model) if model is not None else None
+    for mdir in sorted(root.glob("model=*")):
+        m = mdir.name.split("=", 1)[1]
+        if mkey is not None and m != mkey:
+            continue
+        if not TABLES[name].by_layer:
+            yield m, None, mdir
+            continue
+        for ldir in sorted(mdir.glob("layer=*"), key=lambda p: int(p.name.split("=", 1)[1])):
+            lay = int(ldir.name.split("=", 1)[1])
+            if layer is None or lay == int(layer):
+                yield m, lay, ldir
+
+
+def files(run: Path, name: str, model: str | None = None, layer: int | None = None) -> list[Path]:
+    """Finished Parquet files of a table (temporary files are never listed)."""
+    return [f for _, _, d in _partitions(run, name, model, layer)
+            for f in sorted(d.glob("*.parquet")) if not f.name.startswith(".")]
+
+
+def read_arrow(run: Path, name: str, model: str | None = None, layer: int | None = None,
+               columns: list[str] | None = None) -> pa.Table:
+    """A table (or one model/layer of it) as Arrow, newest row per key, partition columns first."""
+    t = TABLES[name]
+    want = [c for c in (columns or t.schema.names) if c in t.schema.names]
+    key_cols = [c for c in t.key if c in t.schema.names]
+    read_cols = list(dict.fromkeys(want + key_cols))
+    pieces = []
+    for m, lay, folder in _partitions(run, name, model, layer):
+        for f in sorted(folder.glob("*.parquet")):
+            if f.name.startswith("."):
+                continue
+            piece = pq.read_table(f, columns=read_cols)
+            n = piece.num_rows
+            if t.by_layer:
+                piece = piece.add_column(0, "layer", pa.array([lay] * n, pa.int64()))
+            piece = piece.add_column(0, "model", pa.array([m] * n, pa.string()))
+            pieces.append(piece)
+    part = ["model", "layer"] if t.by_layer else ["model"]
+    if not pieces:
+        schema = pa.schema([pa.field("model", pa.string())]
+                           + ([pa.field("layer", pa.int64())] if t.by_layer else [])
+                           + [t.schema.field(c) for c in read_cols])
+        return schema.empty_table().select(part + want)
+    data = pa.concat_tables(pieces)
+    if len(pieces) > 1:
+        data = _keep_newest(data, list(t.key))
+    return data.select(part + want)
+
+
+def _keep_newest(data: pa.Table, key: list[str]) -> pa.Table:
+    # Rows arrive in file-write order; the last occurrence of each key wins.
+    import pyarrow.compute as pc
+
+    idx = pa.array(range(data.num_rows), pa.int64())
+    grouped = data.select(key).append_column("_i", idx).group_by(key).aggregate([("_i", "max")])
+    keep = pc.sort_indices(grouped.column("_i_max"))
+    return data.take(pc.take(grouped.column("_i_max"), keep))
+
+
+def read(run: Path, name: str, model: str | None = None, layer: int | None = None,
+         columns: list[str] | None = None):
+    """A table as a pandas DataFrame (see `read_arrow`)."""
+    return read_arrow(run, name, model, layer, columns).to_pandas()
+
+
+def models_in(run: Path, name: str) -> list[str]:
+    """Model keys that have a partition in a table."""
+    root = Path(run) / name
+    return sorted(p.name.split("=", 1)[1] for p in root.glob("model=*")) if root.is_dir() else []
+
+
+def layers_in(run: Path, name: str, model: str) -> list[int]:
+    """Layers of one model that have files in a table."""
+    return sorted({lay for _, lay, d in _partitions(run, name, model, None)
+                   if any(d.glob("*.parquet"))})

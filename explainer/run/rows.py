@@ -1,0 +1,64 @@
+"""Typed rows: one frozen dataclass per table that stages build, fields in column order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ExplanationRow:
+    """One explanation of a neuron (status 'ok'), or a failed attempt (explanation None)."""
+
+    model: str
+    layer: int
+    neuron: int
+    explainer: str  # the explainer LLM's name at its endpoint, or 'baseline-tokens'
+    prompt_hash: str  # 12 hex of the prompt files used, so results stay comparable
+    candidate: int  # 0..N-1 with --candidates N
+    explanation: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    status: str  # ok | failed
+    error: str | None
+
+
+@dataclass(frozen=True)
+class SimulationRow:
+    """A simulator's predicted activations for one (explanation, excerpt)."""
+
+    model: str
+    layer: int
+    neuron: int
+    explainer: str
+    candidate: int
+    simulator: str
+    mode: str  # logprob | chat | chat-logprob (the in-process embedded path is logprob)
+    excerpt_id: int
+    kind: str  # top | random | quantile
+    split: str  # calibrate | valid | test
+    predicted: list[float] | None  # one value per subject token, None when failed
+    status: str  # ok | failed
+    error: str | None
+
+
+@dataclass(frozen=True)
+class ScoreRow:
+    """Scores of one explanation on one split (REFERENCE.md, Scores)."""
+
+    model: str
+    layer: int
+    neuron: int
+    explainer: str
+    candidate: int
+    simulator: str
+    split: str  # valid (headline) | test (held back, reported for the chosen candidate)
+    explanation: str
+    score: float | None  # correlation over top + random; None when undefined (see status)
+    score_top: float | None
+    score_random: float | None
+    rsquared: float | None
+    abs_dev_explained: float | None
+    n_tokens: int
+    best: bool  # the candidate chosen on the valid split
+    status: str  # ok | constant_prediction | constant_activation | failed
+    error: str | None

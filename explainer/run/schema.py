@@ -1,0 +1,111 @@
+"""Table names, schemas, keys and partition paths of the run directory.
+
+Every table is Parquet, partitioned `model=…/` (and `layer=…/` where it has a layer), so pandas,
+pyarrow.dataset and DuckDB read a whole run or one layer with a filter. Partition columns live in
+the path only (the Hive rule), so readers get them from there.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+RUN_JSON = "run.json"
+F32 = pa.float32()
+LIST_F32 = pa.list_(pa.float32())
+
+
+@dataclass(frozen=True)
+class Table:
+    """One table of the run directory."""
+
+    name: str
+    schema: pa.Schema  # in-file columns; `model` and `layer` come from the path
+    key: tuple[str, ...]  # a row's identity, partition columns included
+    by_layer: bool = True
+
+    @property
+    def columns(self) -> list[str]:
+        part = ["model", "layer"] if self.by_layer else ["model"]
+        return part + self.schema.names
+
+
+TABLES: dict[str, Table] = {
+    t.name: t
+    for t in [
+        Table(
+            "excerpts",
+            pa.schema([("excerpt_id", pa.int64()), ("token_ids", pa.list_(pa.int32())),
+                       ("tokens", pa.list_(pa.string()))]),
+            ("model", "excerpt_id"),
+            by_layer=False,
+        ),
+        Table(
+            "records",
+            pa.schema([("neuron", pa.int32()), ("excerpt_id", pa.int64()), ("kind", pa.string()),
+                       ("rank", pa.int32()), ("split", pa.string()),
+                       ("activations", LIST_F32), ("max_activation", F32)]),
+            ("model", "layer", "neuron", "kind", "excerpt_id"),
+        ),
+        Table(
+            "neurons",
+            pa.schema([("neuron", pa.int32()), ("mean", pa.float64()), ("std", pa.float64()),
+                       ("max", F32), ("min", F32), ("density", pa.float64()),
+                       ("n_tokens", pa.int64()), ("quantiles", LIST_F32)]),
+            ("model", "layer", "neuron"),
+        ),
+        Table(
+            "explanations",
+            pa.schema([("neuron", pa.int32()), ("explainer", pa.string()),
+                       ("prompt_hash", pa.string()), ("candidate", pa.int32()),
+                       ("explanation", pa.string()), ("prompt_tokens", pa.int64()),
+                       ("completion_tokens", pa.int64()), ("status", pa.string()),
+                       ("error", pa.string())]),
+            ("model", "layer", "neuron", "explainer", "prompt_hash", "candidate"),
+        ),
+        Table(
+            "simulations",
+            pa.schema([("neuron", pa.int32()), ("explainer", pa.string()),
+                       ("candidate", pa.int32()), ("simulator", pa.string()),
+                       ("mode", pa.string()), ("excerpt_id", pa.int64()), ("kind", pa.string()),
+                       ("split", pa.string()), ("predicted", LIST_F32),
+                       ("status", pa.string()), ("error", pa.string())]),
+            ("model", "layer", "neuron", "explainer", "candidate", "simulator", "kind",
+             "excerpt_id"),
+        ),
+        Table(
+            "scores",
+            pa.schema([("neuron", pa.int32()), ("explainer", pa.string()),
+                       ("candidate", pa.int32()), ("simulator", pa.string()),
+                       ("split", pa.string()), ("explanation", pa.string()),
+                       ("score", pa.float64()), ("score_top", pa.float64()),
+                       ("score_random", pa.float64()), ("rsquared", pa.float64()),
+                       ("abs_dev_explained", pa.float64()), ("n_tokens", pa.int64()),
+                       ("best", pa.bool_()), ("status", pa.string()), ("error", pa.string())]),
+            ("model", "layer", "neuron", "explainer", "candidate", "simulator", "split"),
+        ),
+    ]
+}
+
+
+def table(name: str) -> Table:
+    """The table called `name` (a KeyError names a bug, not bad input)."""
+    return TABLES[name]
+
+
+# Characters not kept in a partition or file name.
+UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def model_key(name: str) -> str:
+    """A model name as it appears in a partition path (`model=<key>`)."""
+    return UNSAFE_CHARS.sub("_", name).strip("_") or "model"
+
+
+def partition_dir(run: Path, name: str, model: str, layer: int | None = None) -> Path:
+    """Folder of one partition of a table."""
+    path = Path(run) / name / f"model={model_key(model)}"
+    return path / f"layer={int(layer)}" if TABLES[name].by_layer else path

@@ -1,0 +1,89 @@
+"""`explain score`: recompute every score of a run from its stored simulations (no LLM).
+
+Reads `simulations/`, `records/` and `explanations/`; rewrites `scores/`, removing the old files
+of a layer only once the new ones are in place.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from explainer import ExplainError
+from explainer import config as C
+from explainer import run as rundir
+from explainer.score.rows import Candidate, Item, mark_best, score_row
+
+
+def run(cfg: C.ScoreConfig) -> Path:
+    """Recompute all scores of a run from its stored simulations; returns the scores/ folder."""
+    run_dir = Path(cfg.run)
+    models = rundir.models_in(run_dir, "simulations")
+    if not models:
+        raise ExplainError(f"--run {run_dir}: has no simulations yet; run `explain simulate` first")
+    n_rows = n_ok = 0
+    for model in models:
+        for layer in rundir.layers_in(run_dir, "simulations", model):
+            old = rundir.files(run_dir, "scores", model, layer)
+            rows = _rescore_layer(run_dir, model, layer, cfg.calibrate)
+            if rows:
+                rundir.write_rows(run_dir, "scores", rows, prefix="score")
+            rundir.remove_files(old)  # only once the replacement is in place
+            n_rows += len(rows)
+            n_ok += sum(r.status == "ok" for r in rows)
+    print(f"score: {n_rows} score rows from stored simulations ({n_ok} defined, "
+          f"{n_rows - n_ok} undefined or failed; no LLM calls)", file=sys.stderr)
+    return run_dir / "scores"
+
+
+def real_activations(run_dir: Path, model: str, layer: int) -> dict[tuple, tuple[float, ...]]:
+    """(neuron, kind, excerpt_id) -> the recorded activations, for the scored splits."""
+    rec = rundir.read(run_dir, "records", model=model, layer=layer,
+                     columns=["neuron", "excerpt_id", "kind", "split", "activations"])
+    rec = rec[rec["split"].isin(["calibrate", "valid", "test"])]
+    return {(int(n), k, int(e)): tuple(float(x) for x in a)
+            for n, k, e, a in zip(rec["neuron"], rec["kind"], rec["excerpt_id"],
+                                  rec["activations"])}
+
+
+def _rescore_layer(run_dir: Path, model: str, layer: int, calibrate: bool) -> list:
+    sims = rundir.read(run_dir, "simulations", model=model, layer=layer)
+    real = real_activations(run_dir, model, layer)
+    texts = _explanation_texts(run_dir, model, layer)
+    groups: dict[tuple, list[Item]] = {}
+    for r in sims.itertuples(index=False):
+        key = (int(r.neuron), r.explainer, r.simulator, int(r.candidate))
+        acts = real.get((int(r.neuron), r.kind, int(r.excerpt_id)))
+        if acts is None:
+            continue  # the records were re-made without this excerpt; it no longer counts
+        pred = tuple(float(x) for x in r.predicted) if r.status == "ok" else None
+        groups.setdefault(key, []).append(Item(r.kind, r.split, acts, pred, r.error))
+    by_neuron: dict[tuple, list] = {}
+    for (neuron, explainer, simulator, cand), items in sorted(groups.items()):
+        text = texts.get((neuron, explainer, cand), "")
+        c = Candidate(model, layer, neuron, explainer, cand, simulator, text)
+        by_neuron.setdefault((neuron, explainer, simulator), []).append((c, items))
+    out = []
+    for cands in by_neuron.values():
+        valid, best = mark_best([score_row(c, "valid", items, calibrate) for c, items in cands])
+        out += valid
+        for c, items in cands:
+            if any(it.split == "test" for it in items):
+                out.append(score_row(c, "test", items, calibrate, best=c.candidate == best))
+    return out
+
+
+def _explanation_texts(run_dir: Path, model: str, layer: int) -> dict[tuple, str]:
+    # The text that was simulated: the old score rows hold it; explanations/ is the fallback.
+    out = {}
+    ex = rundir.read(run_dir, "explanations", model=model, layer=layer,
+                    columns=["neuron", "explainer", "candidate", "explanation", "status"])
+    for n, e, c, t, s in zip(ex["neuron"], ex["explainer"], ex["candidate"], ex["explanation"],
+                             ex["status"]):
+        if s == "ok":
+            out[(int(n), e, int(c))] = t
+    sc = rundir.read(run_dir, "scores", model=model, layer=layer,
+                    columns=["neuron", "explainer", "candidate", "explanation"])
+    for n, e, c, t in zip(sc["neuron"], sc["explainer"], sc["candidate"], sc["explanation"]):
+        out[(int(n), e, int(c))] = t
+    return out

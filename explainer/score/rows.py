@@ -1,0 +1,102 @@
+"""Score rows from simulated excerpts: shared by `explain simulate` and `explain score`.
+
+Pure: no I/O, no LLM. The metrics are the functions of `metrics.py`; this module only gathers a
+candidate's excerpts per split, applies the failure policy and picks the best candidate. An
+excerpt whose simulation failed makes the whole split's score `failed` (with the first reason):
+scoring the rest would silently compare neurons on different excerpts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from explainer.run.rows import ScoreRow
+from explainer.score import metrics as S
+
+
+@dataclass(frozen=True)
+class Item:
+    """One simulated excerpt of one candidate: its real activations and the prediction."""
+
+    kind: str  # top | random
+    split: str  # calibrate | valid | test
+    real: tuple[float, ...]
+    predicted: tuple[float, ...] | None  # None when the simulation failed
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What identifies one explanation being scored."""
+
+    model: str
+    layer: int
+    neuron: int
+    explainer: str
+    candidate: int
+    simulator: str
+    explanation: str
+
+
+def _failure(items: Sequence[Item]) -> str | None:
+    bad = [it for it in items if it.predicted is None]
+    if bad:
+        return f"{len(bad)} of {len(items)} excerpts failed to simulate: {bad[0].error}"
+    for it in items:
+        if len(it.predicted) != len(it.real):
+            return f"{len(it.predicted)} predictions for {len(it.real)} tokens"
+    return None
+
+
+def calibration(items: Sequence[Item]) -> tuple[S.Calibration | None, str | None]:
+    """The linear calibration fitted on a candidate's calibrate-split items (or why none)."""
+    cal = [it for it in items if it.split == "calibrate"]
+    if not cal:
+        return None, "no calibrate-split simulations to fit the calibration on"
+    why = _failure(cal)
+    if why:
+        return None, f"calibration split: {why}"
+    real = np.concatenate([np.asarray(it.real, np.float64) for it in cal])
+    pred = np.concatenate([np.asarray(it.predicted, np.float64) for it in cal])
+    return S.fit_calibration(real, pred), None
+
+
+def score_row(cand: Candidate, split: str, items: Sequence[Item], calibrate: bool,
+              best: bool = False) -> ScoreRow:
+    """The score row of one candidate on one split (`items` may hold other splits too)."""
+    mine = [it for it in items if it.split == split]
+    why = _failure(mine) if mine else f"no {split}-split excerpts recorded for this neuron"
+    cal = S.IDENTITY
+    if why is None and calibrate:
+        fitted, why = calibration(items)
+        cal = fitted or cal
+    if why is not None:
+        return _row(cand, split, None, sum(len(it.real) for it in mine), best, "failed", why)
+    top = [(it.real, it.predicted) for it in mine if it.kind == "top"]
+    rand = [(it.real, it.predicted) for it in mine if it.kind == "random"]
+    return _row(cand, split, S.score_excerpts(top, rand, cal), 0, best, None, None)
+
+
+def _row(cand: Candidate, split: str, s: S.Scores | None, n_tokens: int, best: bool,
+         status: str | None, error: str | None) -> ScoreRow:
+    return ScoreRow(
+        model=cand.model, layer=cand.layer, neuron=cand.neuron, explainer=cand.explainer,
+        candidate=cand.candidate, simulator=cand.simulator, split=split,
+        explanation=cand.explanation,
+        score=s.score if s else None, score_top=s.score_top if s else None,
+        score_random=s.score_random if s else None, rsquared=s.rsquared if s else None,
+        abs_dev_explained=s.abs_dev_explained if s else None,
+        n_tokens=s.n_tokens if s else n_tokens, best=best,
+        status=s.status if s else status, error=error)
+
+
+def mark_best(rows: Sequence[ScoreRow]) -> tuple[list[ScoreRow], int | None]:
+    """Valid-split rows of one neuron's candidates with `best` set; also the best candidate."""
+    from dataclasses import replace
+
+    i = S.choose_best([r.score for r in rows])
+    return [replace(r, best=(k == i)) for k, r in enumerate(rows)], \
+        (rows[i].candidate if i is not None else None)

@@ -1,0 +1,105 @@
+"""`explain show`: one neuron in the terminal: explanations and scores, statistics, excerpts.
+
+Each excerpt token is shaded by its real activation (relative to the neuron's largest shown
+activation) and followed by the simulated value (0–10) from the best-scoring explanation, so
+where the simulator and the neuron disagree is visible at a glance.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import sys
+from pathlib import Path
+
+from explainer import ExplainError
+from explainer import run as rundir
+from explainer.config import ShowConfig
+from explainer.views.formats import num as _num, token_text
+from explainer.views.neuron import Excerpt, NeuronView, load_neuron, resolve_model
+
+_SUP = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
+
+
+def superscript(value: float) -> str:
+    """A simulated value (0–10) rounded and raised, so it sits beside its token compactly."""
+    return str(int(round(value))).translate(_SUP)
+
+
+def _shade(value: float, top: float) -> str:
+    # Orange background whose strength follows the activation, like the paper's viewer.
+    frac = 0.0 if top <= 0 else min(1.0, max(0.0, value) / top)
+    r, g, b = 255, int(255 - 115 * frac), int(255 - 255 * frac)
+    return f"black on rgb({r},{g},{b})" if frac > 0.02 else ""
+
+
+def excerpt_text(ex: Excerpt, top: float):
+    """A rich Text: tokens shaded by real activation, each followed by the simulated value."""
+    from rich.text import Text
+
+    text = Text()
+    for i, (word, a) in enumerate(zip(ex.tokens, ex.real)):
+        text.append(token_text(word), style=_shade(a, top))
+        if ex.simulated is not None and i < len(ex.simulated):
+            text.append(superscript(ex.simulated[i]), style="cyan")
+    return text
+
+
+def renderables(view: NeuronView) -> list:
+    """The rich renderables of one neuron, top to bottom."""
+    from rich.panel import Panel
+    from rich.table import Table
+
+    out = [Panel.fit(f"[bold]{view.model}[/]  layer {view.layer}  neuron {view.neuron}")]
+    expl = Table(title="Explanations (valid split)", title_justify="left", header_style="bold")
+    for col in ("", "explainer", "cand", "simulator", "score", "top", "random", "status",
+                "explanation"):
+        expl.add_column(col, overflow="fold", ratio=4 if col == "explanation" else None,
+                        justify="right" if col in ("cand", "score", "top", "random") else "left")
+    for r in view.scores:
+        mark = "★" if r is view.headline else ("best" if r["best"] else "")
+        expl.add_row(mark, r["explainer"], str(r["candidate"]), r["simulator"],
+                     _num(r["score"]), _num(r["score_top"]), _num(r["score_random"]),
+                     r["status"], r["explanation"] or (r["error"] or ""))
+    out.append(expl)
+    if view.stats:
+        s = view.stats
+        q = ", ".join(f"{v:.3g}" for v in (s.get("quantiles") or []))
+        out.append(f"[bold]stats[/] mean {s['mean']:.4g}  std {s['std']:.4g}  max {s['max']:.4g}"
+                   f"  min {s['min']:.4g}  density {s['density']:.1%}  tokens {s['n_tokens']}"
+                   f"  quantiles [{q}]")
+    top = max([max(e.real) for e in view.excerpts if e.real] or [0.0])
+    if view.headline is not None:
+        out.append(f"[dim]simulated values (cyan superscripts, 0–10) from {view.headline['explainer']} "
+                   f"candidate {view.headline['candidate']} via {view.headline['simulator']}; "
+                   f"shading = real activation (max shown {top:.3g})[/]")
+    for kind in ("top", "random", "quantile"):
+        shown = [e for e in view.excerpts if e.kind == kind]
+        if not shown:
+            continue
+        out.append(f"[bold]{kind} excerpts[/]")
+        for e in shown:
+            from rich.text import Text
+
+            line = Text(f"#{e.rank:<3} {e.split:<9} max {max(e.real, default=0):6.3g}  ",
+                        style="dim")
+            out.append(line + excerpt_text(e, top))
+    return out
+
+
+def run(cfg: ShowConfig) -> str:
+    """Render one neuron; colours only when stdout is a terminal."""
+    from rich.console import Console
+
+    mkey = resolve_model(cfg.run, cfg.model)
+    layers = rundir.layers_in(cfg.run, "records", mkey) or rundir.layers_in(cfg.run, "scores", mkey)
+    if cfg.layer not in layers:
+        raise ExplainError(f"--layer {cfg.layer}: the run holds layers "
+                           f"{', '.join(map(str, layers)) or 'none'} of {mkey}")
+    view = load_neuron(Path(cfg.run), mkey, cfg.layer, cfg.neuron)
+    tty = sys.stdout.isatty()
+    console = Console(file=io.StringIO(), force_terminal=tty, color_system="truecolor" if tty
+                      else None, width=shutil.get_terminal_size((120, 40)).columns)
+    for r in renderables(view):
+        console.print(r)
+    return console.file.getvalue().rstrip("\n")
