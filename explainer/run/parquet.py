@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from explainer.run.schema import UNSAFE_CHARS, TABLES, model_key, partition_dir
+from explainer.run.schema import DEFAULTS, TABLES, UNSAFE_CHARS, model_key, partition_dir
 
 
 def _atomic_write_table(data: pa.Table, path: Path) -> Path:
@@ -131,7 +131,7 @@ def read_arrow(run: Path, name: str, model: str | None = None, layer: int | None
         for f in sorted(folder.glob("*.parquet")):
             if f.name.startswith("."):
                 continue
-            piece = pq.read_table(f, columns=read_cols)
+            piece = _read_file(f, read_cols, t)
             n = piece.num_rows
             if t.by_layer:
                 piece = piece.add_column(0, "layer", pa.array([lay] * n, pa.int64()))
@@ -147,6 +147,21 @@ def read_arrow(run: Path, name: str, model: str | None = None, layer: int | None
     if len(pieces) > 1:
         data = _keep_newest(data, list(t.key))
     return data.select(part + want)
+
+
+def _read_file(path: Path, columns: list[str], t) -> pa.Table:
+    """One file's columns; a column added to the contract after the file was written reads as
+    its default (see schema.DEFAULTS), so runs made by an older version stay readable."""
+    have = set(pq.read_schema(path).names)
+    piece = pq.read_table(path, columns=[c for c in columns if c in have])
+    for c in columns:
+        if c not in have:
+            typ = t.schema.field(c).type
+            value = DEFAULTS.get(c)
+            col = pa.nulls(piece.num_rows, typ) if value is None else \
+                pa.array([value] * piece.num_rows, typ)
+            piece = piece.append_column(c, col)
+    return piece.select(columns)
 
 
 def _keep_newest(data: pa.Table, key: list[str]) -> pa.Table:

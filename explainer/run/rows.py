@@ -20,6 +20,8 @@ class ExplanationRow:
     completion_tokens: int
     status: str  # ok | failed
     error: str | None
+    side: str = "pos"  # pos: what makes the neuron fire; neg: what drives it most negative
+    evidence: str = "inputs"  # what the explainer saw: inputs (excerpts) | outputs | both
 
 
 @dataclass(frozen=True)
@@ -34,11 +36,16 @@ class SimulationRow:
     simulator: str
     mode: str  # logprob | chat | chat-logprob (the in-process embedded path is logprob)
     excerpt_id: int
-    kind: str  # top | random | quantile
+    kind: str  # top | bottom | random | quantile
     split: str  # calibrate | valid | test
     predicted: list[float] | None  # one value per subject token, None when failed
     status: str  # ok | failed
     error: str | None
+    side: str = "pos"
+    control: str = "none"  # none | shuffled (another neuron's explanation, a specificity control)
+    source_neuron: int | None = None  # the neuron the explanation was written for
+    sim_prompt_hash: str = ""  # 12 hex of the simulator prompt files used
+    explanation_hash: str = ""  # 12 hex of the explanation text simulated
 
 
 @dataclass(frozen=True)
@@ -62,3 +69,10 @@ class ScoreRow:
     best: bool  # the candidate chosen on the valid split
     status: str  # ok | constant_prediction | constant_activation | failed
     error: str | None
+    side: str = "pos"
+    mode: str = ""  # the simulator's mode (logprob | chat | chat-logprob | lexical ...)
+    method: str = "simulation"  # simulation | detection | fuzzing
+    control: str = "none"  # none | shuffled
+    source_neuron: int | None = None
+    sim_prompt_hash: str = ""
+    explanation_hash: str = ""

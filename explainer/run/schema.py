@@ -45,6 +45,8 @@ TABLES: dict[str, Table] = {
         ),
         Table(
             "records",
+            # kind: top (ranked by max) | bottom (ranked by min: a gated neuron's negative side)
+            #       | random | quantile
             pa.schema([("neuron", pa.int32()), ("excerpt_id", pa.int64()), ("kind", pa.string()),
                        ("rank", pa.int32()), ("split", pa.string()),
                        ("activations", LIST_F32), ("max_activation", F32)]),
@@ -63,8 +65,8 @@ TABLES: dict[str, Table] = {
                        ("prompt_hash", pa.string()), ("candidate", pa.int32()),
                        ("explanation", pa.string()), ("prompt_tokens", pa.int64()),
                        ("completion_tokens", pa.int64()), ("status", pa.string()),
-                       ("error", pa.string())]),
-            ("model", "layer", "neuron", "explainer", "prompt_hash", "candidate"),
+                       ("error", pa.string()), ("side", pa.string()), ("evidence", pa.string())]),
+            ("model", "layer", "neuron", "side", "explainer", "prompt_hash", "candidate"),
         ),
         Table(
             "simulations",
@@ -72,9 +74,11 @@ TABLES: dict[str, Table] = {
                        ("candidate", pa.int32()), ("simulator", pa.string()),
                        ("mode", pa.string()), ("excerpt_id", pa.int64()), ("kind", pa.string()),
                        ("split", pa.string()), ("predicted", LIST_F32),
-                       ("status", pa.string()), ("error", pa.string())]),
-            ("model", "layer", "neuron", "explainer", "candidate", "simulator", "kind",
-             "excerpt_id"),
+                       ("status", pa.string()), ("error", pa.string()), ("side", pa.string()),
+                       ("control", pa.string()), ("source_neuron", pa.int32()),
+                       ("sim_prompt_hash", pa.string()), ("explanation_hash", pa.string())]),
+            ("model", "layer", "neuron", "side", "explainer", "candidate", "simulator", "mode",
+             "control", "kind", "excerpt_id"),
         ),
         Table(
             "scores",
@@ -84,11 +88,19 @@ TABLES: dict[str, Table] = {
                        ("score", pa.float64()), ("score_top", pa.float64()),
                        ("score_random", pa.float64()), ("rsquared", pa.float64()),
                        ("abs_dev_explained", pa.float64()), ("n_tokens", pa.int64()),
-                       ("best", pa.bool_()), ("status", pa.string()), ("error", pa.string())]),
-            ("model", "layer", "neuron", "explainer", "candidate", "simulator", "split"),
+                       ("best", pa.bool_()), ("status", pa.string()), ("error", pa.string()),
+                       ("side", pa.string()), ("mode", pa.string()), ("method", pa.string()),
+                       ("control", pa.string()), ("source_neuron", pa.int32()),
+                       ("sim_prompt_hash", pa.string()), ("explanation_hash", pa.string())]),
+            ("model", "layer", "neuron", "side", "explainer", "candidate", "simulator", "mode",
+             "method", "control", "split"),
         ),
     ]
 }
+
+
+# Values of columns added to the contract later, for files written before them.
+DEFAULTS = {"side": "pos", "evidence": "inputs", "control": "none", "method": "simulation"}
 
 
 def table(name: str) -> Table:
