@@ -1,11 +1,21 @@
-"""`run.json`: the run's metadata (subject models, settings, layers done), replaced atomically."""
+"""`run.json`: the run's metadata (subject models, settings, layers done), replaced atomically.
+
+Writers on several processes or machines (the Ray engine's workers, two stages at once) change
+it only through `update_run_json`: read, modify and replace under an exclusive `fcntl` lock on
+`.run.json.lock` beside it, so no update is lost to another's read-modify-write. Readers take no
+lock: the file is always replaced whole (`os.replace`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
 from pathlib import Path
+from typing import Callable, Iterator
+
+LOCK = ".run.json.lock"
 
 from explainer.run.schema import RUN_JSON, model_key
 
@@ -18,13 +28,36 @@ def read_run_json(run: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def write_run_json(run: Path, meta: dict) -> None:
-    """Replace run.json atomically."""
+@contextlib.contextmanager
+def _locked(run: Path) -> Iterator[None]:
+    import fcntl
+
+    Path(run).mkdir(parents=True, exist_ok=True)
+    with open(Path(run) / LOCK, "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def _replace(run: Path, meta: dict) -> None:
     path = Path(run) / RUN_JSON
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{RUN_JSON}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.write_text(json.dumps(meta, indent=2, sort_keys=False, default=str) + "\n")
     os.replace(tmp, path)
+
+
+def write_run_json(run: Path, meta: dict) -> None:
+    """Replace run.json atomically (under the lock; prefer `update_run_json` to change it)."""
+    with _locked(run):
+        _replace(run, meta)
+
+
+def update_run_json(run: Path, change: Callable[[dict], dict | None]) -> dict:
+    """Read, `change` (in place, or return a new dict) and replace run.json, all under the lock."""
+    with _locked(run):
+        meta = read_run_json(run)
+        meta = change(meta) or meta
+        _replace(run, meta)
+        return meta
 
 
 def model_meta(run: Path, model: str) -> dict | None:

@@ -3,12 +3,21 @@
 Files are written under a hidden temporary name and renamed into place, so a killed process never
 leaves a half file that a reader would take. A table may hold several files per partition (stages
 append as they go); `read` keeps the newest row for each key, so rewriting a row is appending it.
+
+A file is named `{sequence:020d}-{writer}-{prefix}.parquet`, never by wall clock (clocks of the
+machines of a cluster disagree): `writer` names the process that wrote it (unique among
+concurrent writers), and `sequence` is one more than the largest sequence in the partition when
+it was written, so it rises with every write of one writer and a later writer's rows win over an
+earlier writer's. Files are read in (sequence, writer) order. Concurrent writers may share a
+sequence; they write disjoint keys (the engines give each worker its own neurons), and the
+writer id breaks the tie deterministically. A file of an older version (`{time_ns}-{prefix}`)
+reads as sequence = its time prefix, so new files still sort after it.
 """
 
 from __future__ import annotations
 
 import os
-import time
+import socket
 import uuid
 from dataclasses import astuple, fields
 from pathlib import Path
@@ -18,6 +27,38 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from explainer.run.schema import DEFAULTS, TABLES, UNSAFE_CHARS, model_key, partition_dir
+
+
+_WRITER: list[str] = []  # this process's writer id, made on first use (see `writer_id`)
+
+
+def writer_id() -> str:
+    """This process's writer id: host and pid (unique among the processes of a cluster)."""
+    if not _WRITER:
+        _WRITER.append(UNSAFE_CHARS.sub("_", f"{socket.gethostname()}.{os.getpid()}"))
+    return _WRITER[0]
+
+
+def _sequence(path: Path) -> int:
+    head = path.name.split("-", 1)[0]
+    return int(head) if head.isdigit() else -1
+
+
+def file_order(path: Path) -> tuple[int, str]:
+    """(sequence, writer, ...) sort key of a table file: the order in which `read` applies rows."""
+    seq = _sequence(path)
+    return seq, path.name.split("-", 1)[1] if "-" in path.name else path.name
+
+
+def next_file_name(folder: Path, writer: str, prefix: str = "part") -> str:
+    """The name of a writer's next file in a partition: sequence = largest there + 1."""
+    top = -1
+    if folder.is_dir():
+        for entry in os.scandir(folder):
+            if entry.name.endswith(".parquet") and not entry.name.startswith("."):
+                top = max(top, _sequence(Path(entry.name)))
+    return (f"{top + 1:020d}-{UNSAFE_CHARS.sub('_', writer)}-"
+            f"{UNSAFE_CHARS.sub('_', prefix)}.parquet")
 
 
 def _atomic_write_table(data: pa.Table, path: Path) -> Path:
@@ -48,8 +89,11 @@ def list_array(rows) -> pa.Array:
 
 
 def write_columns(run: Path, name: str, columns: dict[str, Any], *, model: str,
-                  layer: int | None = None, prefix: str = "part") -> Path:
-    """Write one new file into a partition from column arrays (atomic; returns its path)."""
+                  layer: int | None = None, prefix: str = "part",
+                  writer: str | None = None) -> Path:
+    """Write one new file into a partition from column arrays (atomic; returns its path).
+
+    `writer` defaults to this process's `writer_id()`."""
     t = TABLES[name]
     missing = set(t.schema.names) - set(columns)
     extra = set(columns) - set(t.schema.names)
@@ -57,12 +101,13 @@ def write_columns(run: Path, name: str, columns: dict[str, Any], *, model: str,
         raise ValueError(f"{name}: missing columns {sorted(missing)}, unknown {sorted(extra)}")
     data = pa.table({c: _as_arrow(columns[c], t.schema.field(c).type)
                      for c in t.schema.names}, schema=t.schema)
-    # The time prefix orders files by write time, which `read` uses to keep the newest row.
-    fname = f"{time.time_ns():020d}-{UNSAFE_CHARS.sub('_', prefix)}.parquet"
-    return _atomic_write_table(data, partition_dir(run, name, model, layer) / fname)
+    folder = partition_dir(run, name, model, layer)
+    fname = next_file_name(folder, writer or writer_id(), prefix)
+    return _atomic_write_table(data, folder / fname)
 
 
-def write_rows(run: Path, name: str, rows: Sequence[Any], prefix: str = "part") -> list[Path]:
+def write_rows(run: Path, name: str, rows: Sequence[Any], prefix: str = "part",
+               writer: str | None = None) -> list[Path]:
     """Write dataclass rows (fields in column order, `model` and `layer` first) by partition."""
     t = TABLES[name]
     groups: dict[tuple, list[tuple]] = {}
@@ -76,7 +121,8 @@ def write_rows(run: Path, name: str, rows: Sequence[Any], prefix: str = "part") 
     for part, vals in groups.items():
         cols = {c: [v[i] for v in vals] for i, c in enumerate(t.columns) if c in t.schema.names}
         layer = part[1] if t.by_layer else None
-        paths.append(write_columns(run, name, cols, model=part[0], layer=layer, prefix=prefix))
+        paths.append(write_columns(run, name, cols, model=part[0], layer=layer, prefix=prefix,
+                                   writer=writer))
     return paths
 
 
@@ -116,7 +162,7 @@ def _partitions(run: Path, name: str, model: str | None, layer: int | None):
 def files(run: Path, name: str, model: str | None = None, layer: int | None = None) -> list[Path]:
     """Finished Parquet files of a table (temporary files are never listed)."""
     return [f for _, _, d in _partitions(run, name, model, layer)
-            for f in sorted(d.glob("*.parquet")) if not f.name.startswith(".")]
+            for f in sorted(d.glob("*.parquet"), key=file_order) if not f.name.startswith(".")]
 
 
 def read_arrow(run: Path, name: str, model: str | None = None, layer: int | None = None,
@@ -128,7 +174,7 @@ def read_arrow(run: Path, name: str, model: str | None = None, layer: int | None
     read_cols = list(dict.fromkeys(want + key_cols))
     pieces = []
     for m, lay, folder in _partitions(run, name, model, layer):
-        for f in sorted(folder.glob("*.parquet")):
+        for f in sorted(folder.glob("*.parquet"), key=file_order):
             if f.name.startswith("."):
                 continue
             piece = _read_file(f, read_cols, t)
