@@ -76,3 +76,24 @@ class ScoreRow:
     source_neuron: int | None = None
     sim_prompt_hash: str = ""
     explanation_hash: str = ""
+
+
+@dataclass(frozen=True)
+class PuzzleRow:
+    """One explanation of a known-answer puzzle, simulated on its passages and scored."""
+
+    model: str  # the puzzle set (partition): `puzzles` for the shipped file, else the file's stem
+    puzzle: str
+    category: str  # lexical | contextual | positional | predictive
+    simulator: str
+    mode: str  # the simulator's mode (logprob | chat | lexical ...)
+    role: str  # true | false | explained
+    explainer: str  # `puzzle` for the file's own explanations, else the explainer's name
+    index: int  # position among the false explanations (0 for true and explained)
+    explanation: str | None  # None when the explainer gave nothing usable
+    score: float | None  # correlation over the puzzle's passages concatenated; None if undefined
+    n_tokens: int
+    status: str  # ok | constant_prediction | constant_activation | failed
+    error: str | None
+    sim_prompt_hash: str  # 12 hex of the simulator prompt files ('none' for baseline-lexical)
+    puzzle_hash: str  # 12 hex of the puzzle's explanations and passages: edits are redone

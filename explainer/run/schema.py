@@ -95,6 +95,20 @@ TABLES: dict[str, Table] = {
             ("model", "layer", "neuron", "side", "explainer", "candidate", "simulator", "mode",
              "method", "control", "split"),
         ),
+        Table(
+            "puzzles",
+            # `explain puzzles`: one row per (puzzle, explanation) scored by one simulator; the
+            # `model` partition names the puzzle set (`puzzles` for the shipped file).
+            # role: true | false | explained (written by `explainer` from the passages)
+            pa.schema([("puzzle", pa.string()), ("category", pa.string()),
+                       ("simulator", pa.string()), ("mode", pa.string()), ("role", pa.string()),
+                       ("explainer", pa.string()), ("index", pa.int32()),
+                       ("explanation", pa.string()), ("score", pa.float64()),
+                       ("n_tokens", pa.int64()), ("status", pa.string()), ("error", pa.string()),
+                       ("sim_prompt_hash", pa.string()), ("puzzle_hash", pa.string())]),
+            ("model", "puzzle", "simulator", "mode", "role", "explainer", "index"),
+            by_layer=False,
+        ),
     ]
 }
 
