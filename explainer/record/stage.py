@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from explainer import ExplainError
-from explainer.record import corpus
+from explainer.record import corpus, logits
 from explainer.record import subject as models
 from explainer import run as rundir
 from explainer.config import RANDOM_SPLITS, SPLITS, RecordConfig, parse_spec
@@ -267,13 +267,13 @@ def _write(run_dir: Path, cfg: RecordConfig, subject, settings: dict, layers: li
     for la in layers:
         rundir.remove_partition(run_dir, "records", key, la)
         rundir.remove_partition(run_dir, "neurons", key, la)
-        _write_layer(run_dir, key, la, res)
+        _write_layer(run_dir, key, la, res, logits.layer_columns(subject, la))
         entry["layers_done"] = sorted(set(entry["layers_done"]) | {la})
         meta["models"][key] = entry
         rundir.write_run_json(run_dir, meta)
 
 
-def _write_layer(run_dir: Path, key: str, layer: int, res: dict) -> None:
+def _write_layer(run_dir: Path, key: str, layer: int, res: dict, outputs: dict) -> None:
     ids, vals, acts = res["tops"][layer].ranked()  # (N, k), (N, k), (N, k, ctx)
     n_neurons, k = ids.shape
     rand_ids, rand_acts = res["rand_ids"], res["rand_acts"][layer]  # (R,), (R, ctx, N)
@@ -298,7 +298,7 @@ def _write_layer(run_dir: Path, key: str, layer: int, res: dict) -> None:
     quant = np.quantile(tokens, QUANTILE_PROBS, axis=0).T.astype(np.float32)  # (N, Q)
     rundir.write_columns(run_dir, "neurons", {
         "neuron": np.arange(n_neurons, dtype=np.int32), **st,
-        "quantiles": rundir.list_array(quant)}, model=key, layer=layer)
+        "quantiles": rundir.list_array(quant), **outputs}, model=key, layer=layer)
 
 
 def _write_quantiles(run_dir: Path, key: str, layer: int, bins: list) -> None:

@@ -149,6 +149,20 @@ class Subject:
         """A bare forward pass with no hooks (the benchmark's reference)."""
         self.bridge(tokens.to(self.device), return_type=None)
 
+    def output_weights(self, layer: int):
+        """What layer's neurons write and how it reaches the logits (see record/logits.py):
+        (W_out rows (d_mlp, d_model), the final norm's linear part, W_U (d_model, d_vocab),
+        the number of ids the tokenizer decodes)."""
+        from explainer.record.logits import Norm
+
+        ln = self.bridge.ln_final  # a NormalizationBridge: it says which norm it wraps
+        weight = ln.w.detach()
+        if ln.uses_weight_offset:  # stored as an offset from 1 (Gemma-style RMSNorm)
+            weight = 1.0 + weight
+        norm = Norm("rmsnorm" if ln.uses_rms_norm else "layernorm", weight)
+        w_out = self.bridge.blocks[layer].mlp.W_out.detach()  # (d_mlp, d_model)
+        return w_out, norm, self.bridge.W_U.detach(), len(self.tokenizer)
+
     @property
     def device(self):
         return next(self.bridge.parameters()).device

@@ -16,6 +16,8 @@ import pyarrow as pa
 RUN_JSON = "run.json"
 F32 = pa.float32()
 LIST_F32 = pa.list_(pa.float32())
+LIST_I32 = pa.list_(pa.int32())
+LIST_STR = pa.list_(pa.string())
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,11 @@ TABLES: dict[str, Table] = {
             "neurons",
             pa.schema([("neuron", pa.int32()), ("mean", pa.float64()), ("std", pa.float64()),
                        ("max", F32), ("min", F32), ("density", pa.float64()),
-                       ("n_tokens", pa.int64()), ("quantiles", LIST_F32)]),
+                       ("n_tokens", pa.int64()), ("quantiles", LIST_F32),
+                       # the direct effect on the logits (record/logits.py): top 10 each
+                       ("promoted_ids", LIST_I32), ("promoted_values", LIST_F32),
+                       ("promoted_tokens", LIST_STR), ("suppressed_ids", LIST_I32),
+                       ("suppressed_values", LIST_F32), ("suppressed_tokens", LIST_STR)]),
             ("model", "layer", "neuron"),
         ),
         Table(
