@@ -21,6 +21,7 @@ from explainer import ExplainError
 from explainer import config as C
 from explainer.llm.endpoint import DUMMY_KEY, Endpoint
 from explainer.llm.ledger import Ledger, cost_usd
+from explainer.llm.pool import Member, Pool, host_of
 from explainer.llm.transport import Transport
 from explainer.llm.wire import CHAT, COMPLETE, Completion
 
@@ -31,7 +32,8 @@ class LLM:
     """One stage's link to one endpoint, opened with `async with`."""
 
     def __init__(self, endpoint: Endpoint, run_dir: Path, stage: str = "describe",
-                 cfg: C.LLMConfig = C.LLMConfig(), *, prompt_logprobs: bool = True):
+                 cfg: C.LLMConfig = C.LLMConfig(), *, prompt_logprobs: bool = True,
+                 writer: str | None = None):
         if cfg.concurrency < 1:
             raise ExplainError(f"--concurrency {cfg.concurrency}: must be 1 or more")
         self.endpoint = endpoint
@@ -41,10 +43,11 @@ class LLM:
         # Embedded server only: keep logits of every prompt token (echo + logprobs needs them;
         # describe does not, and saves the memory and time of copying them).
         self.prompt_logprobs = prompt_logprobs
-        self.client = None  # the AsyncOpenAI client, while open
+        self.writer = writer  # a Ray worker's id: it writes its own ledger file (see ledger.py)
+        self.client = None  # the first endpoint's AsyncOpenAI client, while open
+        self.pool: Pool | None = None  # every endpoint's client and concurrency limit
         self._stack: contextlib.AsyncExitStack | None = None
         self._transport: Transport | None = None
-        self._sem: asyncio.Semaphore | None = None
         self._ledger: Ledger | None = None
         self._pending: dict[str, list] = {}  # request hash -> [lock, waiters]
         self._stats = {"calls": 0, "cached": 0, "prompt": 0, "completion": 0, "cost": 0.0,
@@ -55,23 +58,29 @@ class LLM:
 
         stack = contextlib.AsyncExitStack()
         try:
-            base_url = self.endpoint.base_url
+            urls = list(self.endpoint.urls)
             if self.endpoint.embedded:
                 from explainer.llm import server
 
-                base_url = stack.enter_context(server.serve(
+                urls = [stack.enter_context(server.serve(
                     self.endpoint.model, self.run_dir / "llm_server.log",
-                    logits_all=self.prompt_logprobs))
-            self._ledger = Ledger(self.run_dir / "llm.sqlite")
+                    logits_all=self.prompt_logprobs))]
+            self._ledger = Ledger(self.run_dir / "llm.sqlite", writer=self.writer)
             stack.callback(self._ledger.close)
             key = self.endpoint.api_key or DUMMY_KEY
-            self.client = AsyncOpenAI(base_url=base_url, api_key=key, timeout=self.cfg.timeout_s,
-                                      max_retries=0)
-            stack.push_async_callback(self.client.close)
-            self._transport = Transport(self.client, self.cfg, self._scrub)
             # llama_cpp.server answers one request at a time; more in flight would only queue
             # there, with their timeouts running.
-            self._sem = asyncio.Semaphore(1 if self.endpoint.embedded else self.cfg.concurrency)
+            limit = 1 if self.endpoint.embedded else self.cfg.concurrency
+            members = []
+            for url in urls:
+                client = AsyncOpenAI(base_url=url, api_key=key, timeout=self.cfg.timeout_s,
+                                     max_retries=0)
+                stack.push_async_callback(client.close)
+                host = self.endpoint.host if self.endpoint.embedded else host_of(url)
+                members.append(Member(client, host, limit))
+            self.client = members[0].client
+            self.pool = Pool(members)
+            self._transport = Transport(self.pool, self.cfg, self._scrub)
         except BaseException:
             await stack.aclose()
             raise
@@ -119,7 +128,7 @@ class LLM:
         if sample or float(body.get("temperature") or 0.0) > 0:
             # A seed per sample makes N candidates differ, and a rerun ask for the same N.
             body["seed"] = int(sample)
-        rkey = self._ledger.request_key(self.endpoint.host, kind, body, sample)
+        rkey = self._ledger.request_key(kind, body, sample)
         self._stats["calls"] += 1
         # Identical requests in flight at once wait for the first one, then read its answer.
         lock = self._pending.setdefault(rkey, [asyncio.Lock(), 0])
@@ -140,30 +149,30 @@ class LLM:
             self._stats["cached"] += 1
             self._ledger.log(self._row(key, rkey, c, 0.0, "ok", cached=True))
             return c
-        def failed(status: str, msg: str, latency_s: float, attempt: int) -> None:
+        def failed(status: str, msg: str, latency_s: float, attempt: int, host: str) -> None:
             self._ledger.log({"stage": self.stage, "key": key, "request": rkey,
-                              "model": self.endpoint.model, "host": self.endpoint.host,
+                              "model": self.endpoint.model, "host": host,
                               "latency_s": latency_s, "cached": 0, "status": status,
                               "error": msg, "attempt": attempt})
 
-        async with self._sem:
-            c, latency_s = await self._transport.send(kind, body, failed, f"{self.stage} {key}")
+        c, latency_s, host = await self._transport.send(kind, body, failed,
+                                                        f"{self.stage} {key}")
         usable = accept is None or accept(c)
         if usable:  # an unusable answer is not cached, so the next run asks again
             self._ledger.put(rkey, self.endpoint.model, _to_json(c))
-        self._ledger.log(self._row(key, rkey, c, latency_s, "ok" if usable else "unusable"),
-                         cost=self._cost(c))
+        self._ledger.log(self._row(key, rkey, c, latency_s, "ok" if usable else "unusable",
+                                   host=host), cost=self._cost(c))
         return c
 
     # --- accounting -----------------------------------------------------------------------
 
     def _row(self, key: str, rkey: str, c: Completion, latency_s: float, status: str,
-             cached: bool = False) -> dict:
+             cached: bool = False, host: str | None = None) -> dict:
         if not cached:
             self._stats["prompt"] += c.prompt_tokens
             self._stats["completion"] += c.completion_tokens
         return {"stage": self.stage, "key": key, "request": rkey, "model": self.endpoint.model,
-                "host": self.endpoint.host, "prompt_tokens": c.prompt_tokens,
+                "host": host or self.endpoint.host, "prompt_tokens": c.prompt_tokens,
                 "completion_tokens": c.completion_tokens, "latency_s": latency_s,
                 "cached": int(cached), "status": status, "error": None, "attempt": 0}
 
@@ -188,9 +197,18 @@ class LLM:
                 + (f", {retries:,} retried" if retries else "")
                 + (f", {failed:,} failed" if failed else "")
                 + f"), {s['prompt']:,} prompt + {s['completion']:,} completion tokens")
+        if t is not None and t.rerouted:
+            line += f", {t.rerouted:,} re-sent to another endpoint"
+        pool = self.pool.summary() if self.pool is not None else ""
         if s["cost_unknown"]:
-            return line + f", cost unknown (no price for {self.endpoint.model})"
-        return line + f", est. ${s['cost']:.4f}"
+            line += f", cost unknown (no price for {self.endpoint.model})"
+        else:
+            line += f", est. ${s['cost']:.4f}"
+        return line + (f" [{pool}]" if pool else "")
+
+    def capacity(self) -> int:
+        """Requests this client keeps in flight at once (over every endpoint of the pool)."""
+        return self.pool.capacity() if self.pool is not None else self.cfg.concurrency
 
 
 def _to_json(c: Completion) -> str:

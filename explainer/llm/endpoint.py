@@ -1,10 +1,10 @@
-"""Where LLM requests go: the embedded model, a `--base-url`, $OPENAI_BASE_URL, or OpenAI."""
+"""Where LLM requests go: the embedded model, one or more `--base-url`s, $OPENAI_BASE_URL, or OpenAI."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from urllib.parse import urlparse
+from typing import Sequence
 
 from explainer import ExplainError
 from explainer import config as C
@@ -21,21 +21,30 @@ class Endpoint:
     base_url: str | None  # None: OpenAI itself (or the embedded server, once started)
     api_key: str | None = field(default=None, repr=False)
     embedded: bool = False  # True: start llama_cpp.server with the embedded GGUF ourselves
+    # Further replicas serving the same model (repeated --base-url): one endpoint pool.
+    replicas: tuple[str, ...] = ()
+
+    @property
+    def urls(self) -> tuple[str | None, ...]:
+        """Every base URL of the pool, the first one first."""
+        return (self.base_url, *self.replicas)
 
     @property
     def host(self) -> str:
         """The endpoint's host:port (never user:password), or a stable name for the embedded one."""
+        from explainer.llm.pool import host_of
+
         if self.embedded:
-            return f"embedded:{self.model}"  # its port changes every run; the cache must not
-        if not self.base_url:
-            return "api.openai.com"
-        parts = urlparse(self.base_url)
-        return parts.hostname + (f":{parts.port}" if parts.port else "") if parts.hostname \
-            else self.base_url
+            return f"embedded:{self.model}"  # its port changes every run
+        return host_of(self.base_url) + (f" +{len(self.replicas)}" if self.replicas else "")
 
 
-def resolve(name: str, base_url: str | None) -> Endpoint:
-    """The endpoint for model `name`: the embedded one, `base_url`, $OPENAI_BASE_URL or OpenAI."""
+def resolve(name: str, base_url: str | Sequence[str] | None) -> Endpoint:
+    """The endpoint for model `name`: the embedded one, `base_url` (one URL, or several replicas
+    of one model), $OPENAI_BASE_URL or OpenAI."""
+    urls = [base_url] if isinstance(base_url, str) else list(base_url or ())
+    urls = list(dict.fromkeys(u.strip() for u in urls if u and u.strip()))
+    base_url = urls[0] if urls else None
     name = (name or "").strip()
     if not name:
         raise ExplainError("the LLM name is empty; name a model served at the endpoint, "
@@ -48,4 +57,4 @@ def resolve(name: str, base_url: str | None) -> Endpoint:
         raise ExplainError(f"LLM {name!r} would go to OpenAI but OPENAI_API_KEY is not set; "
                            "set it, "
                            f"or name another endpoint with --base-url, or use {C.EMBEDDED_LLM}")
-    return Endpoint(model=name, base_url=url, api_key=key or DUMMY_KEY)
+    return Endpoint(model=name, base_url=url, api_key=key or DUMMY_KEY, replicas=tuple(urls[1:]))

@@ -2,7 +2,17 @@
 
 `cache` maps a request's hash to its answer, so a rerun or resumed run sends nothing already
 answered. `calls` holds one row per request attempt or cache hit (the ledger). Neither ever holds
-the API key: the hash covers the model, the endpoint host and the request body only.
+the API key: the hash covers the request body (which names the model) only, not the endpoint,
+so replicas of one model behind several `--base-url`s share answers (an endpoint serving other
+weights under the same model name is the user's to name apart).
+
+One writer per file. The process that runs a stage writes `llm.sqlite`; each Ray worker writes
+its own `llm.d/<writer>.sqlite` (rollback journal, which unlike WAL needs no shared memory, so
+it works on a shared filesystem) and reads the answers of the others: its own file first, then
+`llm.sqlite`, then the other workers' files present when it opened. The driver folds the worker
+files into `llm.sqlite` (`merge_workers`) when the stage ends, or when the next stage starts
+after a killed one. Commits are batched (every `COMMIT_EVERY` writes or `COMMIT_S` seconds, and
+on close): a kill loses at most that much cache, which only means asking again.
 """
 
 from __future__ import annotations
@@ -14,11 +24,15 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
+COMMIT_EVERY = 256  # writes per transaction
+COMMIT_S = 1.0  # ... or this many seconds, whichever comes first
+WORKERS_DIR = "llm.d"  # per-worker ledger files beside llm.sqlite
+
 PRICES = Path(__file__).resolve().parent / "prices.json"  # ships in the wheel; users may edit it
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cache (
-    request TEXT PRIMARY KEY,  -- sha256 of (model, host, kind, body, sample)
+    request TEXT PRIMARY KEY,  -- sha256 of (kind, body incl. model, sample)
     model TEXT NOT NULL,
     answer TEXT NOT NULL,      -- the Completion as JSON
     created REAL NOT NULL
@@ -36,41 +50,105 @@ _COLS = ("stage", "key", "request", "model", "host", "prompt_tokens", "completio
 
 
 class Ledger:
-    """Cache and call log of one run (used from one event loop, so one connection suffices)."""
+    """Cache and call log of one run (used from one event loop, so one connection suffices).
 
-    def __init__(self, path: Path):
+    `path` is the run's `llm.sqlite`; with a `writer` id this process writes
+    `llm.d/<writer>.sqlite` instead and reads the others (see the module's docstring).
+    """
+
+    def __init__(self, path: Path, writer: str | None = None):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=30)
-        # WAL lets a second stage (or a report) read while this one writes.
-        self.db.execute("PRAGMA journal_mode=WAL")
+        self.readers: list[sqlite3.Connection] = []
+        if writer is None:
+            self.db = sqlite3.connect(path, timeout=30)
+            # WAL lets a second stage (or a report) read while this one writes.
+            self.db.execute("PRAGMA journal_mode=WAL")
+        else:
+            own = path.parent / WORKERS_DIR / f"{writer}.sqlite"
+            own.parent.mkdir(exist_ok=True)
+            self.db = sqlite3.connect(own, timeout=60)
+            self.db.execute("PRAGMA journal_mode=DELETE")
+            others = [path] if path.exists() else []
+            others += [p for p in sorted(own.parent.glob("*.sqlite")) if p != own]
+            for p in others:
+                self.readers.append(sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=60))
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        self._writes, self._since = 0, time.monotonic()
 
     @staticmethod
-    def request_key(host: str, kind: str, body: dict, sample: int) -> str:
-        """sha256 of what determines an answer (the key is not part of it)."""
-        blob = json.dumps({"host": host, "kind": kind, "body": body, "sample": sample},
+    def request_key(kind: str, body: dict, sample: int) -> str:
+        """sha256 of what determines an answer: the body (model included), not where it went."""
+        blob = json.dumps({"kind": kind, "body": body, "sample": sample},
                           sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def get(self, request: str) -> dict | None:
-        row = self.db.execute("SELECT answer FROM cache WHERE request = ?", (request,)).fetchone()
-        return json.loads(row[0]) if row else None
+        for db in (self.db, *self.readers):
+            try:
+                row = db.execute("SELECT answer FROM cache WHERE request = ?",
+                                 (request,)).fetchone()
+            except sqlite3.OperationalError:  # a worker file still empty of tables
+                continue
+            if row:
+                return json.loads(row[0])
+        return None
 
     def put(self, request: str, model: str, answer_json: str) -> None:
-        with self.db:
-            self.db.execute("INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?)",
-                            (request, model, answer_json, time.time()))
+        self.db.execute("INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?)",
+                        (request, model, answer_json, time.time()))
+        self._wrote()
 
     def log(self, row: dict, cost: float | None = None) -> None:
         values = [row.get(c) for c in _COLS]
-        with self.db:
-            self.db.execute(f"INSERT INTO calls (time, {', '.join(_COLS)}, cost_usd) "
-                            f"VALUES ({', '.join('?' * (len(_COLS) + 2))})",
-                            [time.time(), *values, cost])
+        self.db.execute(f"INSERT INTO calls (time, {', '.join(_COLS)}, cost_usd) "
+                        f"VALUES ({', '.join('?' * (len(_COLS) + 2))})",
+                        [time.time(), *values, cost])
+        self._wrote()
+
+    def _wrote(self) -> None:
+        self._writes += 1
+        if self._writes >= COMMIT_EVERY or time.monotonic() - self._since > COMMIT_S:
+            self.commit()
+
+    def commit(self) -> None:
+        self.db.commit()
+        self._writes, self._since = 0, time.monotonic()
 
     def close(self) -> None:
-        self.db.close()
+        self.commit()
+        for db in (self.db, *self.readers):
+            db.close()
+
+
+def merge_workers(path: Path) -> int:
+    """Fold every `llm.d/*.sqlite` beside `path` into it and delete them; returns how many.
+
+    Only the driver calls this, when no worker of the run is alive."""
+    folder = path.parent / WORKERS_DIR
+    parts = sorted(folder.glob("*.sqlite")) if folder.is_dir() else []
+    if not parts:
+        return 0
+    led = Ledger(path)
+    cols = ", ".join(("time", *_COLS, "cost_usd"))
+    try:
+        for p in parts:
+            led.db.execute("ATTACH DATABASE ? AS w", (str(p),))
+            try:
+                tables = {r[0] for r in led.db.execute(
+                    "SELECT name FROM w.sqlite_master WHERE type = 'table'")}
+                if {"cache", "calls"} <= tables:
+                    led.db.execute("INSERT OR IGNORE INTO cache SELECT * FROM w.cache")
+                    led.db.execute(f"INSERT INTO calls ({cols}) SELECT {cols} FROM w.calls")
+                led.db.commit()
+            finally:
+                led.db.execute("DETACH DATABASE w")
+            p.unlink()
+            for extra in p.parent.glob(p.name + "-*"):  # a journal left by a killed worker
+                extra.unlink(missing_ok=True)
+    finally:
+        led.close()
+    return len(parts)
 
 
 @lru_cache(maxsize=1)

@@ -48,17 +48,23 @@ async def _served(llm: LLM) -> tuple[str, ...]:
     import openai
 
     where = llm.endpoint.host
-    try:
-        page = await llm.client.models.list()
-        served = tuple(m.id for m in page.data)
-    except (openai.APIConnectionError, openai.APITimeoutError):
-        raise ExplainError(f"cannot reach the LLM endpoint at {where}; is it running? "
-                           "(set --base-url or OPENAI_BASE_URL)") from None
-    except openai.AuthenticationError:
-        raise ExplainError(f"the LLM endpoint at {where} refused the API key (HTTP 401); "
-                           "check OPENAI_API_KEY") from None
-    except (openai.APIStatusError, ValueError, TypeError, AttributeError):
-        served = ()  # some servers have no model list; the first request will tell
+    clients = [m.client for m in llm.pool.members] if llm.pool is not None else [llm.client]
+    for i, client in enumerate(clients):  # of a pool, the first member that answers
+        try:
+            page = await client.models.list()
+            served = tuple(m.id for m in page.data)
+            break
+        except (openai.APIConnectionError, openai.APITimeoutError):
+            if i + 1 < len(clients):
+                continue
+            raise ExplainError(f"cannot reach the LLM endpoint at {where}; is it running? "
+                               "(set --base-url or OPENAI_BASE_URL)") from None
+        except openai.AuthenticationError:
+            raise ExplainError(f"the LLM endpoint at {where} refused the API key (HTTP 401); "
+                               "check OPENAI_API_KEY") from None
+        except (openai.APIStatusError, ValueError, TypeError, AttributeError):
+            served = ()  # some servers have no model list; the first request will tell
+            break
     if served and llm.endpoint.model not in served:
         shown = ", ".join(sorted(served)[:20]) + (", ..." if len(served) > 20 else "")
         raise ExplainError(f"model {llm.endpoint.model!r} is not served at {where} "
