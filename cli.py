@@ -74,6 +74,7 @@ def record(
     random_k: Annotated[int, typer.Option(help="Random excerpts kept (shared by all neurons).")] = 30,
     quantile_k: Annotated[int, typer.Option(help="Excerpts per activation-quantile bin (0: off; costs a second pass).")] = 0,
     quantile_bins: Annotated[int, typer.Option(help="Equal-width bins of (0, max activation] for --quantile-k.")] = 5,
+    sides: Annotated[str, typer.Option(help="Signs to explain: auto (both on a gated MLP such as SwiGLU, positive only otherwise), pos or both.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Excerpts per forward pass.")] = 32,
     seed: Annotated[int, typer.Option(help="Seed of the random sample and corpus order.")] = 0,
     device: Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1, mps.")] = "cpu",
@@ -83,7 +84,7 @@ def record(
 
     cfg = C.RecordConfig(run=run, model=model, corpus=corpus, layers=layers, n_excerpts=n_excerpts,
                          ctx=ctx, top_k=top_k, random_k=random_k, quantile_k=quantile_k,
-                         quantile_bins=quantile_bins,
+                         quantile_bins=quantile_bins, sides=sides,
                          batch_size=batch_size, seed=seed, device=device)
     typer.echo(_call(stage.run, cfg))
 

@@ -36,6 +36,7 @@ class RecordConfig:
     random_k: int = 30  # 10 each to calibrate/valid/test
     quantile_k: int = 0  # excerpts per activation-quantile bin (0 = off)
     quantile_bins: int = 5
+    sides: str = "auto"  # auto: both signs on a gated MLP (SwiGLU), the positive one otherwise
     batch_size: int = 32
     seed: int = 0
     device: str = "cpu"

@@ -38,8 +38,15 @@ class Truth:
 
 
 def _status(neuron: int) -> str:
-    # Neuron 1 gets a constant prediction, neuron 2 a failed call; the rest are scored.
-    return {1: "constant_prediction", 2: "failed"}.get(neuron, "ok")
+    # Neuron 1 gets a constant prediction (counts as 0), neuron 2 a failed call, neuron 4 is dead
+    # (constant real activation: left out and counted); the rest are scored.
+    return {1: "constant_prediction", 2: "failed", 4: "constant_activation"}.get(neuron, "ok")
+
+
+def counted(score, status):
+    """What a report should count for a headline: the score, 0 for a constant prediction, or
+    None (left out) for a dead neuron or a failure."""
+    return score if status == "ok" else 0.0 if status == "constant_prediction" else None
 
 
 def _score_rows(model, layer, n_neurons, rng, truth: Truth):
@@ -59,8 +66,8 @@ def _score_rows(model, layer, n_neurons, rng, truth: Truth):
             ok = status == "ok"
             truth.scores[key].append((neuron, s if ok else None, top if ok else None,
                                       rnd if ok else None, status))
-            if ok:
-                truth.test[key].append(test)
+            if ok or status == "constant_prediction":
+                truth.test[key].append(test if ok else 0.0)
             for cand, best in ((0, True), (1, False)):
                 # The decoy candidate scores higher but is not the chosen one.
                 val = s if cand == 0 else min(1.0, s + 0.5)

@@ -19,11 +19,14 @@ def record(*args: str):
 
 
 def _hf_acts(model_dir, token_ids: np.ndarray, layer: int, gated: bool = False) -> np.ndarray:
-    """MLP post-activations from the Hugging Face model itself (no TransformerLens)."""
+    """MLP post-activations from the Hugging Face model itself (no TransformerLens), each
+    excerpt read behind the tokenizer's BOS token, whose position is then dropped."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     hf = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager").eval()
+    bos = AutoTokenizer.from_pretrained(model_dir).bos_token_id
+    token_ids = np.concatenate([np.full((len(token_ids), 1), bos), token_ids], axis=1)
     got = []
     if gated:  # Llama: the neuron is act(gate) * up, the input of down_proj
         mod = hf.model.layers[layer].mlp.down_proj
@@ -35,7 +38,7 @@ def _hf_acts(model_dir, token_ids: np.ndarray, layer: int, gated: bool = False) 
         for start in range(0, len(token_ids), 16):
             hf(torch.tensor(token_ids[start:start + 16]))
     handle.remove()
-    return torch.cat(got).float().numpy()  # (n_excerpts, ctx, d_mlp)
+    return torch.cat(got).float().numpy()[:, 1:]  # (n_excerpts, ctx, d_mlp), BOS dropped
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +112,7 @@ def test_samplers_equal_brute_force_with_ties(n_neurons):
     top, st = TopK(9, n_neurons, 5), Stats(n_neurons)
     for s in range(0, 83, 11):  # batches of 11, the last one short
         a = torch.from_numpy(acts[s:s + 11])
-        top.update(a, torch.arange(s, min(s + 11, 83)), st.update(a))
+        top.update(a, torch.arange(s, min(s + 11, 83)), st.update(a)[0])
     ids, vals, got = top.ranked()
     maxima = acts.max(axis=1)  # (83, N)
     for n in range(n_neurons):
@@ -155,14 +158,16 @@ def _random_ids(tmp_path, tiny_gpt2, tiny_corpus, seed, name):
                  "--layers", "0", "--seed", str(seed))
     assert res.exit_code == 0, res.output
     rec = rundir.read(run, "records", model="tiny-gpt2", layer=0)
-    return sorted(set(rec[rec.kind == "random"].excerpt_id))
+    return {n: tuple(sorted(g.excerpt_id)) for n, g in rec[rec.kind == "random"].groupby("neuron")}
 
 
-def test_random_sample_reproducible_per_seed(tmp_path, tiny_gpt2, tiny_corpus):
+def test_random_sample_reproducible_per_seed_and_own_per_neuron(tmp_path, tiny_gpt2,
+                                                                  tiny_corpus):
     a = _random_ids(tmp_path, tiny_gpt2, tiny_corpus, 1, "a")
     b = _random_ids(tmp_path, tiny_gpt2, tiny_corpus, 1, "b")
     c = _random_ids(tmp_path, tiny_gpt2, tiny_corpus, 2, "c")
-    assert len(a) == 10 and a == b and a != c
+    assert all(len(ids) == 10 for ids in a.values()) and a == b and a != c
+    assert len(set(a.values())) > 100  # 128 neurons, each with its own sample
 
 
 def test_rerun_and_resume(tmp_path, tiny_gpt2, tiny_corpus):
@@ -272,6 +277,8 @@ def test_quantile_samples_fall_in_their_bins(tmp_path, tiny_gpt2, tiny_corpus):
     rec = rundir.read(run, "records", model="tiny-gpt2", layer=1)
     quant = rec[rec.kind == "quantile"]
     assert len(quant) > 0
+    tops = {n: set(g.excerpt_id) for n, g in rec[rec.kind == "top"].groupby("neuron")}
+    assert not any(e in tops[n] for n, e in zip(quant.neuron, quant.excerpt_id))
     for row in quant.itertuples():
         top = ref[:, row.neuron].max()
         b = row.rank // 2
@@ -279,7 +286,8 @@ def test_quantile_samples_fall_in_their_bins(tmp_path, tiny_gpt2, tiny_corpus):
     # Every bin holds min(2, excerpts in that bin) samples.
     for neuron in (0, 7, 99):
         top = ref[:, neuron].max()
-        counts = np.bincount(np.clip(np.ceil(ref[:, neuron] / top * 5).astype(int) - 1, -1, 4)
+        rest = np.delete(ref[:, neuron], sorted(tops[neuron]))  # its top excerpts are left out
+        counts = np.bincount(np.clip(np.ceil(rest / top * 5).astype(int) - 1, -1, 4)
                              + 1, minlength=6)[1:]
         got = np.bincount(quant[quant.neuron == neuron]["rank"].to_numpy() // 2, minlength=5)
         assert list(got) == [min(2, c) for c in counts]

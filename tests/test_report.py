@@ -11,7 +11,7 @@ from explainer import ExplainError
 from explainer.views import report
 from explainer import run as rundir
 from explainer.config import ReportConfig
-from tests.reportfactory import EXPLAINERS, MODELS, make_run
+from tests.reportfactory import EXPLAINERS, MODELS, counted, make_run
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +31,21 @@ def test_layer_rows_match_known_scores(scored):
     assert len(rows) == sum(len(s["layers"]) for s in MODELS.values()) * len(EXPLAINERS)
     for r in rows:
         written = truth.scores[(r.model, r.layer, r.explainer)]
-        ok = np.array([s for _, s, _, _, st in written if st == "ok"])
+        # A constant prediction counts as a score of 0; the dead and the failed neuron are left
+        # out of every mean and counted in their own columns.
+        ok = np.array([counted(s, st) for _, s, _, _, st in written if st != "failed"
+                       and counted(s, st) is not None])
         assert r.n_neurons == len(written) == 10
         assert r.n_scored == ok.size == 8
-        assert r.n_undefined == 1 and r.n_failed == 1
+        assert r.n_dead == 1 and r.n_failed == 1
         assert r.mean == pytest.approx(ok.mean())
+        assert 0.0 in ok and r.mean < np.mean(ok[ok != 0.0])  # the zero is in, not dropped
         assert r.median == pytest.approx(np.median(ok))
         assert r.share_good == pytest.approx((ok >= 0.8).mean())
-        assert r.mean_top == pytest.approx(np.mean([t for _, _, t, _, st in written if st == "ok"]))
+        assert r.mean_top == pytest.approx(
+            np.mean([counted(t, st) for _, _, t, _, st in written if counted(t, st) is not None]))
         assert r.mean_random == pytest.approx(
-            np.mean([x for _, _, _, x, st in written if st == "ok"]))
+            np.mean([counted(x, st) for _, _, _, x, st in written if counted(x, st) is not None]))
         assert r.mean_test == pytest.approx(np.mean(truth.test[(r.model, r.layer, r.explainer)]))
         assert r.depth == pytest.approx(r.layer / (MODELS[r.model]["n_layers"] - 1))
         assert r.n_params == MODELS[r.model]["n_params"]
@@ -83,9 +88,9 @@ def test_models_ordered_by_size_and_pooled(scored):
     rows = _rows(run, "model")
     assert [r.model for r in rows] == ["z-tiny-gpt2"] * 2 + ["a-big-gpt2"] * 2
     for r in rows:
-        pooled = [s for (m, _, ex), written in truth.scores.items()
+        pooled = [counted(s, st) for (m, _, ex), written in truth.scores.items()
                   if m == r.model and ex == r.explainer
-                  for _, s, _, _, st in written if st == "ok"]
+                  for _, s, _, _, st in written if counted(s, st) is not None]
         assert r.layer is None and r.n_scored == len(pooled)
         assert r.mean == pytest.approx(np.mean(pooled))
         assert r.n_failed == len(MODELS[r.model]["layers"])
@@ -98,8 +103,8 @@ def test_pairs_pool_all_models(scored):
     pairs = _rows(run, "pair")
     assert {r.explainer for r in pairs} == set(EXPLAINERS)
     for r in pairs:
-        pooled = [s for (_, _, ex), w in truth.scores.items() if ex == r.explainer
-                  for _, s, _, _, st in w if st == "ok"]
+        pooled = [counted(s, st) for (_, _, ex), w in truth.scores.items() if ex == r.explainer
+                  for _, s, _, _, st in w if counted(s, st) is not None]
         assert r.mean == pytest.approx(np.mean(pooled))
         assert r.model == "z-tiny-gpt2, a-big-gpt2"
 

@@ -69,7 +69,34 @@ def test_score_excerpts_undefined_headline():
     s = S.score_excerpts([([0, 1, 2], [3, 3, 3])], [([0, 0, 0], [3, 3, 3])])
     assert s.score is None and s.status == "constant_prediction"
     assert s.score_random is None and s.score_top is None
+    # R^2 compares 0-10 predictions with raw units unless calibrated: null without a calibration
+    assert s.rsquared is None and s.abs_dev_explained is None
+    s = S.score_excerpts([([0, 1, 2], [3, 3, 3])], [([0, 0, 0], [3, 3, 3])], S.IDENTITY)
     assert s.rsquared is not None  # still defined: real is not all zero
+
+
+def test_constant_prediction_counts_as_zero_and_dead_neurons_are_left_out():
+    assert S.counted(0.4, "ok") == 0.4
+    assert S.counted(None, "constant_prediction") == 0.0
+    for status in ("constant_activation", "zero_activation", "failed", "no_tokens"):
+        assert S.counted(None, status) is None
+    assert S.DEAD == {"constant_activation", "zero_activation"}
+
+
+def test_best_candidate_prefers_a_constant_prediction_to_a_negative_score():
+    from explainer.run.rows import ScoreRow
+    from explainer.score.rows import mark_best
+
+    def row(cand, score, status):
+        return ScoreRow(model="m", layer=0, neuron=0, explainer="e", candidate=cand,
+                        simulator="s", split="valid", explanation="x", score=score,
+                        score_top=None, score_random=None, rsquared=None, abs_dev_explained=None,
+                        n_tokens=10, best=False, status=status, error=None)
+
+    rows, best = mark_best([row(0, -0.3, "ok"), row(1, None, "constant_prediction")])
+    assert best == 1 and [r.best for r in rows] == [False, True]
+    rows, best = mark_best([row(0, None, "constant_activation"), row(1, None, "failed")])
+    assert best is None and not any(r.best for r in rows)
 
 
 def test_calibration_fits_least_squares_and_guards_negative_slope():
@@ -93,7 +120,7 @@ def test_calibration_improves_rsquared():
     rng = np.random.default_rng(2)
     pred = rng.uniform(0, 10, size=100)
     real = 0.2 * pred + rng.normal(scale=0.1, size=100)
-    raw = S.score_excerpts([(real, pred)], [])
+    raw = S.score_excerpts([(real, pred)], [], S.IDENTITY)
     cal = S.score_excerpts([(real, pred)], [], S.fit_calibration(real, pred))
     assert raw.score == pytest.approx(cal.score)
     assert cal.rsquared > 0.9 > raw.rsquared

@@ -16,7 +16,7 @@ BLOCK = 256  # neurons per work item: rows of 1 KiB, so strided reads still stre
 
 
 @njit(cache=True, nogil=True)
-def _scan_block(x, lo, w, total, total_sq, positive, low, high, bmax):
+def _scan_block(x, lo, w, total, total_sq, positive, low, high, bmax, bmin):
     """scan for neurons lo .. lo + w - 1."""
     n_batch, ctx, _ = x.shape
     s = np.empty(w, np.float32)
@@ -45,6 +45,7 @@ def _scan_block(x, lo, w, total, total_sq, positive, low, high, bmax):
             low[lo + j] = min(low[lo + j], mn[j])
             high[lo + j] = max(high[lo + j], mx[j])
             bmax[b, lo + j] = mx[j]
+            bmin[b, lo + j] = mn[j]
 
 
 @njit(cache=True, nogil=True)
@@ -58,10 +59,14 @@ def _merge_block(acts, lo, w, ids, keys, vals, top_ids, slot, store):
         i = lo + j
         for b in range(n_batch):
             v = keys[b, i]
-            if not v > vals[i, k - 1]:
+            e = ids[b]
+            # Rank by (key descending, excerpt id ascending), whatever order excerpts arrive
+            # in, so shards merged in any order give the same top-k.
+            last = vals[i, k - 1]
+            if not (v > last or (v == last and top_ids[i, k - 1] > e)):
                 continue
             r = k - 1
-            while r > 0 and vals[i, r - 1] < v:
+            while r > 0 and (vals[i, r - 1] < v or (vals[i, r - 1] == v and top_ids[i, r - 1] > e)):
                 r -= 1
             free = slot[i, k - 1]  # the row of the excerpt falling out
             for q in range(k - 1, r, -1):
@@ -96,29 +101,30 @@ def _merge_block(acts, lo, w, ids, keys, vals, top_ids, slot, store):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def scan(x, total, total_sq, positive, low, high, bmax):
-    """Per-neuron running moments of x (B, ctx, N) float32, and each excerpt's maximum.
+def scan(x, total, total_sq, positive, low, high, bmax, bmin):
+    """Per-neuron running moments of x (B, ctx, N) float32, and each excerpt's max and min.
 
     Adds into total, total_sq (float64), positive (int64, tokens > 0); lowers low and raises
-    high (float32); writes bmax (B, N). An excerpt's ctx terms are summed in float32, then
+    high (float32); writes bmax and bmin (B, N). An excerpt's ctx terms are summed in float32, then
     added in float64, so no sum drifts however long the corpus.
     """
     n = x.shape[2]
     for blk in prange((n + BLOCK - 1) // BLOCK):
         lo = blk * BLOCK
-        _scan_block(x, lo, min(n, lo + BLOCK) - lo, total, total_sq, positive, low, high, bmax)
+        _scan_block(x, lo, min(n, lo + BLOCK) - lo, total, total_sq, positive, low, high, bmax,
+                    bmin)
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def merge_topk(acts, ids, keys, vals, top_ids, slot, store):
     """Merge a batch into each neuron's ranked top-k.
 
-    acts (B, ctx, N) float32; ids (B,) increasing excerpt ids, above every id already held;
-    keys (B, N) the ranking value of each excerpt (its max, or a random key). Per neuron:
-    vals, top_ids, slot (N, k) in rank order (key descending, then id ascending), slot the row
-    of store (N, k, ctx) holding that excerpt's activations. An excerpt enters below every
-    held value it does not beat, so ties go to the earlier excerpt; its activations are copied
-    once, after the whole batch is ranked, into the row of the excerpt it evicted.
+    acts (B, ctx, N) float32; ids (B,) distinct excerpt ids, none already held; keys (B, N)
+    the ranking value of each excerpt (its max, minus its min, or a hashed key; -inf never
+    enters). Per neuron: vals, top_ids, slot (N, k) in rank order (key descending, then id
+    ascending: ties go to the smaller id, in any arrival order), slot the row of store
+    (N, k, ctx) holding that excerpt's activations, copied once, after the whole batch is
+    ranked, into the row of the excerpt it evicted.
     """
     n = acts.shape[2]
     for blk in prange((n + BLOCK - 1) // BLOCK):

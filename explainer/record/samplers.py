@@ -1,8 +1,13 @@
-"""Streaming per-neuron samplers for `record`: exact top-k by max activation, a shared reservoir.
+"""Streaming per-neuron samplers for `record`: exact top-k, a random sample per neuron, moments.
 
-Both keep a fixed-size buffer per neuron, so memory depends on k and ctx, never on corpus size.
-Ranking is by (max activation descending, excerpt_id ascending): ties go to the earlier excerpt,
-which is what a brute-force sort over all excerpts gives, so the result is exactly reproducible.
+Each keeps a fixed-size buffer per neuron, so memory depends on k and ctx, never on corpus size.
+Ranking is by (key descending, excerpt_id ascending), whatever order excerpts arrive in: the
+result equals a brute-force sort over all excerpts, and shards of a corpus merge exactly.
+
+The random sample of a neuron is the excerpts with the smallest hashed keys of (seed, model,
+layer, neuron, excerpt id): a uniform sample without replacement that does not depend on
+reading order, different for every neuron. It keeps `extra` more candidates than it returns so
+that the neuron's own top (and bottom) excerpts can be excluded at the end.
 """
 
 from __future__ import annotations
@@ -47,26 +52,66 @@ def _np(t, dtype=np.float32) -> np.ndarray:
     return np.ascontiguousarray(t.numpy() if isinstance(t, torch.Tensor) else t, dtype=dtype)
 
 
-class Reservoir:
-    """A uniform sample of r excerpts (algorithm R, seeded), the same excerpts for every neuron."""
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
-    def __init__(self, r: int, seed: int):
-        self.r = r
-        self.rng = np.random.default_rng(seed)
-        self.ids = np.full(r, -1, dtype=np.int64)
-        self.seen = 0
 
-    def offer(self, n: int) -> list[tuple[int, int]]:
-        """Offer the next n excerpts; returns (slot, index within these n) to store."""
-        out = []
-        for i in range(n):
-            pos = self.seen + i
-            slot = pos if pos < self.r else int(self.rng.integers(0, pos + 1))
-            if slot < self.r:
-                out.append((slot, i))
-                self.ids[slot] = pos
-        self.seen += n
-        return out
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on uint64 arrays (wrapping arithmetic): well-spread 64-bit keys."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def stream_id(seed: int, *parts: str | int) -> int:
+    """A 64-bit id of (seed, parts): which random stream a sampler draws from."""
+    import hashlib
+
+    text = "\x1f".join(str(p) for p in (seed, *parts)).encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little")
+
+
+def hashed_keys(stream: int, excerpt_ids: np.ndarray, n_neurons: int) -> np.ndarray:
+    """(B, N) float32 keys in [0, 1): a fixed function of (stream, excerpt id, neuron).
+
+    24 bits, so every key is exact in float32; equal keys are ranked by excerpt id.
+    """
+    ids = np.asarray(excerpt_ids, dtype=np.uint64)[:, None]
+    neurons = np.arange(n_neurons, dtype=np.uint64)[None, :]
+    with np.errstate(over="ignore"):
+        x = _mix(np.uint64(stream) ^ _mix(ids * np.uint64(0x9E3779B97F4A7C15)
+                                          + neurons * np.uint64(0xD1B54A32D192ED03)))
+    return ((x >> np.uint64(40)).astype(np.float32) / np.float32(1 << 24))
+
+
+class RandomSample:
+    """Per neuron, the excerpts with the smallest hashed keys: a uniform random sample."""
+
+    def __init__(self, r: int, extra: int, n_neurons: int, ctx: int, stream: int):
+        self.r, self.stream, self.ctx = r, stream, ctx
+        self.pool = TopK(r + extra, n_neurons, ctx) if r else None
+
+    def update(self, acts: torch.Tensor, excerpt_ids: torch.Tensor) -> None:
+        """Offer a batch: acts (B, ctx, N), excerpt_ids (B,)."""
+        if self.pool is None:
+            return
+        ids = _np(excerpt_ids, np.int64)
+        keys = -hashed_keys(self.stream, ids, acts.shape[2])  # smallest key ranks first
+        kernels.merge_topk(_np(acts), ids, keys, self.pool.vals, self.pool.ids, self.pool.slot,
+                           self.pool.acts)
+
+    def sample(self, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids (N, r), acts (N, r, ctx)): each neuron's first r candidates not in its row of
+        exclude (N, m); ids -1 (and zero activations) where the corpus had too few excerpts."""
+        if self.pool is None:
+            n = exclude.shape[0]
+            return np.empty((n, 0), np.int64), np.empty((n, 0, self.ctx), np.float32)
+        ids, _, acts = self.pool.ranked()  # (N, K), (N, K, ctx) by key
+        keep = (ids >= 0) & ~(ids[:, :, None] == exclude[:, None, :]).any(axis=2)
+        order = np.argsort(~keep, axis=1, kind="stable")[:, : self.r]  # kept ones first, by key
+        out_ids = np.take_along_axis(ids, order, axis=1)
+        out_ids[~np.take_along_axis(keep, order, axis=1)] = -1
+        return out_ids, np.take_along_axis(acts, order[:, :, None], axis=1)
 
 
 class Stats:
@@ -80,14 +125,15 @@ class Stats:
         self.min = np.full(n_neurons, np.inf, dtype=np.float32)
         self.n = 0
 
-    def update(self, acts: torch.Tensor) -> torch.Tensor:
-        """Add acts (B, ctx, N); returns each excerpt's max per neuron (B, N), which TopK ranks
-        by, computed in the same single read."""
+    def update(self, acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add acts (B, ctx, N); returns each excerpt's max and min per neuron (B, N), which
+        the top-k and bottom-k rank by, computed in the same single read."""
         a = _np(acts)
         bmax = np.empty((a.shape[0], a.shape[2]), dtype=np.float32)
-        kernels.scan(a, self.sum, self.sumsq, self.pos, self.min, self.max, bmax)
+        bmin = np.empty_like(bmax)
+        kernels.scan(a, self.sum, self.sumsq, self.pos, self.min, self.max, bmax, bmin)
         self.n += a.shape[0] * a.shape[1]
-        return torch.from_numpy(bmax)
+        return torch.from_numpy(bmax), torch.from_numpy(bmin)
 
     def summary(self) -> dict[str, np.ndarray]:
         """mean, std, min, max, density (share of tokens > 0), n_tokens."""

@@ -1,9 +1,10 @@
 """`explain record`: run the hooked subject model over a corpus, keep each neuron's excerpts.
 
 One forward pass per batch hooks every selected layer and stops after the last one. Per neuron
-it keeps the exact top-k excerpts by max activation (topk.TopK), a seeded uniform sample of
-excerpts shared by all neurons (topk.Reservoir) and running statistics over every token
-(topk.Stats), all updated inside the hook while the layer's activations are still in cache.
+it keeps the exact top-k excerpts by max activation (samplers.TopK), on a signed (gated) model
+also the bottom-k by min activation, its own uniform random sample drawn by hashed keys
+(samplers.RandomSample) and running statistics over every token (samplers.Stats), all updated
+inside the hook while the layer's activations are still in cache.
 Nothing is written until the pass has finished: excerpts go to a hidden staging folder and move
 into place at the end, then each layer's tables are written and marked done in run.json. A
 killed run therefore leaves either finished layers or nothing, and a rerun redoes exactly the
@@ -23,18 +24,21 @@ from pathlib import Path
 import numpy as np
 
 from explainer import ExplainError
-from explainer.record import corpus, logits
+from explainer.record import corpus, logits, tables
 from explainer.record import subject as models
 from explainer import run as rundir
 from explainer.config import RANDOM_SPLITS, SPLITS, RecordConfig, parse_spec
+from explainer.record.tables import QUANTILE_PROBS
 
 log = logging.getLogger(__name__)
 TRIM_EVERY = 64  # batches between heap trims: a safety net against fragmentation on long runs
 STAGE_ROWS = 1024  # excerpts per staged Parquet file: bounded memory, few files
-QUANTILE_PROBS = (0.001, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 0.999)
 # Settings that define what a model's recorded tables mean: a rerun must match them.
 SETTINGS = ("model_id", "corpus", "n_excerpts", "ctx", "top_k", "random_k", "quantile_k",
-            "quantile_bins", "seed")
+            "quantile_bins", "seed", "sides", "bos_id", "sampling")
+LOADED = ("sides", "bos_id")  # settings known only once the model is loaded
+SAMPLING = 2  # version of the sampling rules (2: per-neuron hashed random sample, BOS first)
+SIDES = ("auto", "pos", "both")
 
 
 def _check_numbers(cfg: RecordConfig) -> None:
@@ -48,20 +52,30 @@ def _check_numbers(cfg: RecordConfig) -> None:
         raise ExplainError(f"--top-k {cfg.top_k}: larger than --n-excerpts {cfg.n_excerpts}")
     if cfg.quantile_k and cfg.quantile_bins < 1:
         raise ExplainError(f"--quantile-bins {cfg.quantile_bins}: must be >= 1")
+    if cfg.sides not in SIDES:
+        raise ExplainError(f"--sides {cfg.sides!r}: expected one of {', '.join(SIDES)}")
 
 
-def _settings(cfg: RecordConfig, model_id: str) -> dict:
+def _settings(cfg: RecordConfig, model_id: str, sides: tuple[str, ...], bos_id) -> dict:
     return {"model_id": model_id, "corpus": cfg.corpus, "n_excerpts": cfg.n_excerpts,
             "ctx": cfg.ctx, "top_k": cfg.top_k, "random_k": cfg.random_k,
-            "quantile_k": cfg.quantile_k, "quantile_bins": cfg.quantile_bins, "seed": cfg.seed}
+            "quantile_k": cfg.quantile_k, "quantile_bins": cfg.quantile_bins, "seed": cfg.seed,
+            "sides": list(sides), "bos_id": bos_id, "sampling": SAMPLING}
 
 
-def _check_existing(run: Path, key: str, settings: dict) -> list[int]:
+def _sides(cfg: RecordConfig, subject) -> tuple[str, ...]:
+    """Which signs are explanation targets: both on a gated MLP (or when asked), else pos."""
+    if cfg.sides == "auto":
+        return ("pos", "neg") if subject.signed else ("pos",)
+    return ("pos", "neg") if cfg.sides == "both" else ("pos",)
+
+
+def _check_existing(run: Path, key: str, settings: dict, skip: tuple = ()) -> list[int]:
     """Layers already recorded with these settings; an ExplainError if the settings differ."""
     meta = rundir.model_meta(run, key)
     if meta is None:
         return []
-    for name in SETTINGS:
+    for name in (n for n in SETTINGS if n not in skip):
         if meta.get("settings", {}).get(name) != settings[name]:
             raise ExplainError(
                 f"{run}: recorded with {name}={meta['settings'].get(name)!r}, not "
@@ -76,19 +90,29 @@ def run(cfg: RecordConfig) -> Path:
     corpus.check(cfg.corpus)
     spec = models.resolve(cfg.model)
     layers = parse_spec(cfg.layers, spec.n_layers, "layer", spec.name)
-    if cfg.ctx > spec.n_ctx:
-        raise ExplainError(f"--ctx {cfg.ctx}: {spec.name} reads at most {spec.n_ctx} tokens")
-    settings = _settings(cfg, spec.model_id)
+    if cfg.ctx + 1 > spec.n_ctx:  # + the BOS token in front
+        raise ExplainError(f"--ctx {cfg.ctx}: {spec.name} reads at most {spec.n_ctx - 1} tokens "
+                           "after its BOS token")
+    # Settings known before the model loads are checked first, so a mismatch fails fast.
+    early = _settings(cfg, spec.model_id, (), None)
+    if not [la for la in layers if la not in _check_existing(run_dir, spec.name, early,
+                                                               LOADED)]:
+        print(f"nothing to do: layers {cfg.layers} of {spec.name} are already recorded in "
+              f"{run_dir}")
+        return run_dir
+    subject = models.load(spec, cfg.device)
+    sides = _sides(cfg, subject)
+    settings = _settings(cfg, spec.model_id, sides, subject.bos_id)
     done = _check_existing(run_dir, spec.name, settings)
     todo = [la for la in layers if la not in done]
     if not todo:
         print(f"nothing to do: layers {cfg.layers} of {spec.name} are already recorded in "
               f"{run_dir}")
         return run_dir
-    subject = models.load(spec, cfg.device)
     created = not run_dir.exists()
     try:
-        result = _record(cfg, subject, todo)
+        result = _record(cfg, subject, todo, sides)
+        _check_same_text(run_dir, spec.name, result)
     except BaseException:
         shutil.rmtree(_staging(run_dir, spec.name), ignore_errors=True)
         if created:  # bad input found mid-pass (e.g. empty corpus): leave no files at all
@@ -96,6 +120,21 @@ def run(cfg: RecordConfig) -> Path:
         raise
     _write(run_dir, cfg, subject, settings, todo, result)
     return run_dir
+
+
+def _check_same_text(run_dir: Path, name: str, res: dict) -> None:
+    """Layers added to a run must have read the very text its excerpts hold: same digest of
+    every token id read, same excerpt count (a file added to a corpus folder, another dataset
+    revision or another Python's pydoc topics would pair new activations with old text)."""
+    meta = rundir.model_meta(run_dir, name)
+    if meta is None:
+        return
+    for what, have, now in (("corpus_sha256", meta.get("corpus_sha256"), res["corpus_sha256"]),
+                            ("n_excerpts_read", meta.get("n_excerpts_read"), res["n_read"])):
+        if have != now:
+            raise ExplainError(f"{run_dir}: its excerpts were recorded from a corpus with "
+                               f"{what}={have}, but this pass read {what}={now}: the text "
+                               "changed; record into a new --run")
 
 
 def _staging(run_dir: Path, name: str) -> Path:
@@ -130,22 +169,24 @@ def steady_heap(trim_every: int = TRIM_EVERY):
         malloc_trim(0)
 
 
-def _record(cfg: RecordConfig, subject, layers: list[int]) -> dict:
+def _record(cfg: RecordConfig, subject, layers: list[int], sides: tuple[str, ...]) -> dict:
     """The streaming pass: returns per-layer samplers and the staged excerpt files."""
     import torch
     from rich.progress import TextColumn
 
     from explainer import progress
-
-    from explainer.record.samplers import Reservoir, Stats, TopK
+    from explainer.record.samplers import RandomSample, Stats, TopK, stream_id
 
     stage = _staging(Path(cfg.run), subject.name)
     shutil.rmtree(stage, ignore_errors=True)
-    d_mlp = subject.d_mlp
+    d_mlp, mkey = subject.d_mlp, rundir.model_key(subject.name)
     tops = {la: TopK(cfg.top_k, d_mlp, cfg.ctx) for la in layers}
+    bottoms = {la: TopK(cfg.top_k, d_mlp, cfg.ctx) for la in layers} if "neg" in sides else {}
     stats = {la: Stats(d_mlp) for la in layers}
-    reservoir = Reservoir(cfg.random_k, cfg.seed)
-    rand_acts = {la: torch.zeros(cfg.random_k, cfg.ctx, d_mlp) for la in layers}
+    # Candidates beyond random_k let the neuron's own top/bottom excerpts be excluded at the end.
+    extra = cfg.top_k * len(sides)
+    randoms = {la: RandomSample(cfg.random_k, extra, d_mlp, cfg.ctx,
+                                stream_id(cfg.seed, "random", mkey, la)) for la in layers}
     digest = hashlib.sha256()
     n_read = 0
     pending: list = []  # excerpts staged in files of up to STAGE_ROWS rows
@@ -158,18 +199,18 @@ def _record(cfg: RecordConfig, subject, layers: list[int]) -> dict:
     tps = TextColumn("{task.fields[tps]:,.0f} tok/s")
     with progress.bar(f"record {subject.name}", tps) as bar, torch.inference_mode(), \
             steady_heap() as trim:
-        task = bar.add_task("record", total=cfg.n_excerpts, model=subject.name, tps=0.0)
+        task = bar.add_task("record", total=cfg.n_excerpts, tps=0.0)
         for batch in _batches(source, cfg.batch_size):
             ids = torch.tensor([e.excerpt_id for e in batch])
             tokens = torch.tensor([e.token_ids for e in batch])  # (B, ctx)
             digest.update(tokens.numpy().astype(np.int32).tobytes())
-            picks = reservoir.offer(len(batch))
 
             def consume(la, acts):  # acts (B, ctx, d_mlp), called as layer la's MLP fires
-                bmax = stats[la].update(acts)  # (B, d_mlp) each excerpt's max per neuron
+                bmax, bmin = stats[la].update(acts)  # (B, d_mlp) each excerpt's max and min
                 tops[la].update(acts, ids, bmax)
-                for slot, i in picks:
-                    rand_acts[la][slot] = acts[i]
+                if bottoms:
+                    bottoms[la].update(acts, ids, -bmin)  # the most negative rank first
+                randoms[la].update(acts, ids)
 
             subject.stream(tokens, layers, consume)
             pending.extend(batch)
@@ -186,39 +227,43 @@ def _record(cfg: RecordConfig, subject, layers: list[int]) -> dict:
     if cfg.top_k > n_read:
         raise ExplainError(f"--top-k {cfg.top_k}: the corpus gave only {n_read} excerpts "
                            f"of {cfg.ctx} tokens")
-    random_k = min(cfg.random_k, n_read)
-    quant = _quantile_pass(cfg, subject, layers,
-                           {la: torch.from_numpy(stats[la].max) for la in layers}) \
-        if cfg.quantile_k else {}
-    return {"tops": tops, "stats": stats, "rand_ids": reservoir.ids[:random_k],
-            "rand_acts": {la: a[:random_k].numpy() for la, a in rand_acts.items()},
-            "quantiles": quant, "n_read": n_read, "corpus_sha256": digest.hexdigest(),
-            "stage": stage}
+    res = {"tops": tops, "bottoms": bottoms, "stats": stats, "randoms": randoms,
+           "n_read": n_read, "corpus_sha256": digest.hexdigest(), "stage": stage}
+    res["quantiles"] = _quantile_pass(cfg, subject, layers, res) if cfg.quantile_k else {}
+    return res
 
 
-def _quantile_pass(cfg: RecordConfig, subject, layers: list[int], maxima: dict) -> dict:
+def _quantile_pass(cfg: RecordConfig, subject, layers: list[int], res: dict) -> dict:
     """A second pass: per neuron, quantile_k random excerpts from each of quantile_bins bins.
 
     Bin b holds the excerpts whose max activation lies in (b/B, (b+1)/B] of the neuron's
     maximum (known only after the first pass, hence the second). Within a bin the excerpts with
-    the smallest seeded random keys win, which is a uniform sample drawn in a stream.
+    the smallest hashed keys win, a uniform sample that does not depend on reading order; the
+    neuron's own top and bottom excerpts are left out, so no split sees an excerpt twice.
     """
     import torch
 
-    from explainer.record.samplers import TopK
+    from explainer.record.samplers import TopK, hashed_keys, stream_id
 
     n_bins, q = cfg.quantile_bins, cfg.quantile_k
+    mkey = rundir.model_key(subject.name)
+    maxima = {la: torch.from_numpy(res["stats"][la].max) for la in layers}
+    held = {la: np.concatenate([res["tops"][la].ids]
+                               + ([res["bottoms"][la].ids] if res["bottoms"] else []), axis=1)
+            for la in layers}  # (N, m) excerpt ids each neuron already keeps
     bins = {la: [TopK(q, subject.d_mlp, cfg.ctx) for _ in range(n_bins)] for la in layers}
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
     source = corpus.excerpts(cfg.corpus, subject.tokenizer, cfg.ctx, cfg.n_excerpts)
     with torch.inference_mode(), steady_heap() as trim:
         for batch in _batches(source, cfg.batch_size):
             ids = torch.tensor([e.excerpt_id for e in batch])
-            keys = -torch.rand(len(batch), subject.d_mlp, generator=gen)  # (B, N), higher wins
 
             def consume(la, acts):
                 frac = acts.amax(dim=1) / maxima[la].clamp(min=1e-12)  # (B, N)
                 which = torch.ceil(frac * n_bins).long() - 1  # bin index; < 0 when max <= 0
+                keys = -torch.from_numpy(hashed_keys(stream_id(cfg.seed, "quantile", mkey, la),
+                                                     ids.numpy(), subject.d_mlp))
+                mine = (ids.numpy()[:, None, None] == held[la][None]).any(axis=2)  # (B, N)
+                keys[torch.from_numpy(mine)] = float("-inf")
                 for b, top in enumerate(bins[la]):
                     in_bin = torch.where(which == b, keys, torch.tensor(float("-inf")))
                     top.update(acts, ids, in_bin)
@@ -260,64 +305,18 @@ def _write(run_dir: Path, cfg: RecordConfig, subject, settings: dict, layers: li
     shutil.rmtree(res["stage"], ignore_errors=True)
     entry = entry or {**subject.meta(), "settings": settings, "layers_done": [],
                       "n_excerpts_read": res["n_read"], "corpus_sha256": res["corpus_sha256"],
-                      "splits": {"top": list(SPLITS), "random": list(RANDOM_SPLITS)},
+                      "splits": {"top": list(SPLITS), "bottom": list(SPLITS),
+                                 "random": list(RANDOM_SPLITS)},
+                      "sides": list(settings["sides"]),
+                      "first_token": ("BOS prepended; its activations are never kept"
+                                      if subject.bos_id is not None else "no BOS token"),
                       "quantile_probs": list(QUANTILE_PROBS),
-                      "quantiles_from": "tokens of the random sample"}
+                      "quantiles_from": "tokens of each neuron's own random sample"}
     entry["packages"] = models.package_versions()
     for la in layers:
         rundir.remove_partition(run_dir, "records", key, la)
         rundir.remove_partition(run_dir, "neurons", key, la)
-        _write_layer(run_dir, key, la, res, logits.layer_columns(subject, la))
+        tables.write_layer(run_dir, key, la, res, logits.layer_columns(subject, la))
         entry["layers_done"] = sorted(set(entry["layers_done"]) | {la})
         meta["models"][key] = entry
         rundir.write_run_json(run_dir, meta)
-
-
-def _write_layer(run_dir: Path, key: str, layer: int, res: dict, outputs: dict) -> None:
-    ids, vals, acts = res["tops"][layer].ranked()  # (N, k), (N, k), (N, k, ctx)
-    n_neurons, k = ids.shape
-    rand_ids, rand_acts = res["rand_ids"], res["rand_acts"][layer]  # (R,), (R, ctx, N)
-    r = len(rand_ids)
-    neuron = np.repeat(np.arange(n_neurons, dtype=np.int32), k + r)
-    rank = np.tile(np.r_[np.arange(k), np.arange(r)].astype(np.int32), n_neurons)
-    kind = np.tile(np.array(["top"] * k + ["random"] * r, dtype=object), n_neurons)
-    split = np.tile(np.array([SPLITS[i % len(SPLITS)] for i in range(k)]
-                             + [RANDOM_SPLITS[i % len(RANDOM_SPLITS)] for i in range(r)],
-                             dtype=object), n_neurons)
-    excerpt = np.concatenate([ids, np.broadcast_to(rand_ids, (n_neurons, r))], axis=1)
-    all_acts = np.concatenate([acts, rand_acts.transpose(2, 0, 1)], axis=1)  # (N, k + r, ctx)
-    all_max = np.concatenate([vals, rand_acts.max(axis=1).T], axis=1)
-    rundir.write_columns(run_dir, "records", {
-        "neuron": neuron, "excerpt_id": excerpt.ravel(), "kind": kind, "rank": rank,
-        "split": split, "activations": rundir.list_array(all_acts.reshape(-1, all_acts.shape[-1])),
-        "max_activation": all_max.ravel()}, model=key, layer=layer)
-    if res["quantiles"]:
-        _write_quantiles(run_dir, key, layer, res["quantiles"][layer])
-    st = res["stats"][layer].summary()
-    tokens = rand_acts.reshape(-1, n_neurons)  # (R*ctx, N) uniform sample of tokens
-    quant = np.quantile(tokens, QUANTILE_PROBS, axis=0).T.astype(np.float32)  # (N, Q)
-    rundir.write_columns(run_dir, "neurons", {
-        "neuron": np.arange(n_neurons, dtype=np.int32), **st,
-        "quantiles": rundir.list_array(quant), **outputs}, model=key, layer=layer)
-
-
-def _write_quantiles(run_dir: Path, key: str, layer: int, bins: list) -> None:
-    """Quantile samples as records of kind 'quantile'; rank = bin * quantile_k + position."""
-    rows = {"neuron": [], "excerpt_id": [], "rank": [], "acts": [], "max": []}
-    q = bins[0].k
-    for b, top in enumerate(bins):
-        ids, _, acts = top.ranked()  # (N, q), (N, q, ctx)
-        n, j = np.nonzero(ids >= 0)  # a bin may hold fewer than q excerpts
-        rows["neuron"].append(n)
-        rows["excerpt_id"].append(ids[n, j])
-        rows["rank"].append(b * q + j)
-        rows["acts"].append(acts[n, j])
-        rows["max"].append(acts[n, j].max(axis=1))
-    rank = np.concatenate(rows["rank"]).astype(np.int32)
-    rundir.write_columns(run_dir, "records", {
-        "neuron": np.concatenate(rows["neuron"]).astype(np.int32),
-        "excerpt_id": np.concatenate(rows["excerpt_id"]), "kind": ["quantile"] * len(rank),
-        "rank": rank, "split": [SPLITS[i % len(SPLITS)] for i in rank],
-        "activations": rundir.list_array(np.concatenate(rows["acts"])),
-        "max_activation": np.concatenate(rows["max"])}, model=key, layer=layer,
-        prefix="quantile")

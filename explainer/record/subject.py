@@ -19,6 +19,9 @@ from explainer.llm.embedded import GGUF_NAME, embedded_checkpoint, embedded_gguf
 log = logging.getLogger(__name__)
 HOOK = "blocks.{layer}.mlp.hook_post"
 EMBEDDED = "smollm2-135m"
+# Activation functions whose output is essentially non-negative (GELU's minimum is about -0.17):
+# a neuron using one has only a positive side worth explaining.
+NON_NEGATIVE = {"gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "relu", "solu_ln", "quick_gelu"}
 
 
 @dataclass(frozen=True)
@@ -122,10 +125,33 @@ class Subject:
         self.tokenizer = bridge.tokenizer
         self.d_mlp = spec.d_mlp
         self._strings: dict[int, str] = {}
+        tok = self.tokenizer
+        # The first token of an excerpt cut from running text has no context, and many models
+        # park huge activations on whatever token comes first (an attention sink). A BOS token
+        # (else EOS) is put in front of every excerpt and its activations are never kept.
+        bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        self.bos_id: int | None = bos
+
+    @property
+    def signed(self) -> bool:
+        """Whether neurons fire in both directions (a gated MLP such as SwiGLU: act(gate) * up),
+        so each sign is its own explanation target; GELU/ReLU outputs stay above about -0.17."""
+        cfg = self.bridge.cfg
+        return bool(getattr(cfg, "gated_mlp", False)) or \
+            str(getattr(cfg, "act_fn", "")).lower() not in NON_NEGATIVE
+
+    def with_bos(self, tokens):
+        """tokens (B, ctx) -> (B, 1 + ctx) with the BOS column in front (unchanged without one)."""
+        import torch
+
+        if self.bos_id is None:
+            return tokens
+        return torch.cat([torch.full_like(tokens[:, :1], self.bos_id), tokens], dim=1)
 
     def stream(self, tokens, layers: list[int], consume) -> None:
-        """Run tokens (B, ctx), calling consume(layer, (B, ctx, d_mlp) float32 on the CPU) as
-        each selected layer's MLP fires, and stop right after the last one.
+        """Run tokens (B, ctx) behind a BOS token, calling consume(layer, (B, ctx, d_mlp) float32
+        on the CPU, the BOS position dropped) as each selected layer's MLP fires, and stop right
+        after the last one.
 
         Consuming inside the hook reads each activation while it is still in cache and frees
         it before the next layer; stopping there skips the later blocks and the logits.
@@ -133,10 +159,12 @@ class Subject:
         from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
         last = max(layers)
+        skip = 0 if self.bos_id is None else 1
+        tokens = self.with_bos(tokens)
 
         def hook_for(layer):
             def hook(x, hook):
-                consume(layer, x.detach().float().cpu())
+                consume(layer, x[:, skip:].detach().float().cpu().contiguous())
                 if layer == last:  # TransformerLens's own early-stop signal
                     raise StopAtLayerException(x)
                 return x
@@ -146,8 +174,8 @@ class Subject:
         self.bridge.run_with_hooks(tokens.to(self.device), fwd_hooks=hooks, return_type=None)
 
     def forward(self, tokens) -> None:
-        """A bare forward pass with no hooks (the benchmark's reference)."""
-        self.bridge(tokens.to(self.device), return_type=None)
+        """A bare forward pass with no hooks, BOS included (the benchmark's reference)."""
+        self.bridge(self.with_bos(tokens).to(self.device), return_type=None)
 
     def output_weights(self, layer: int):
         """What layer's neurons write and how it reaches the logits (see record/logits.py):
@@ -184,7 +212,8 @@ class Subject:
                 "revision": getattr(self.bridge.cfg, "revision", None) or "main",
                 "n_params": s.n_params, "n_layers": s.n_layers, "d_mlp": s.d_mlp,
                 "n_ctx": s.n_ctx, "hook_point": HOOK.format(layer="{layer}"),
-                "activation": getattr(self.bridge.cfg, "act_fn", None)}
+                "activation": getattr(self.bridge.cfg, "act_fn", None),
+                "bos_id": self.bos_id}
 
 
 def load(spec: ModelSpec, device: str = "cpu") -> Subject:

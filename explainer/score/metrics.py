@@ -2,7 +2,8 @@
 
 Everything here maps arrays to numbers: no I/O, logging or LLM. A metric that is undefined on its
 input (a constant side makes a correlation 0/0) returns `value=None` with a status naming why,
-never NaN and never a silent 0, so that means over neurons can leave it out and count it.
+never NaN and never a silent 0. How each status counts in a mean is decided in one place,
+`counted`: a constant prediction is the explanation failing (0), a dead neuron is left out.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ CONSTANT_PREDICTION = "constant_prediction"
 CONSTANT_ACTIVATION = "constant_activation"
 ZERO_ACTIVATION = "zero_activation"  # mean(real^2) or mean|real| is 0: the ratio is undefined
 NO_TOKENS = "no_tokens"
+# A neuron whose real activation is constant on the scored excerpts: nothing to explain there.
+DEAD = frozenset({CONSTANT_ACTIVATION, ZERO_ACTIVATION})
 # Relative spread under which a side counts as constant: float32 storage of a constant array can
 # leave a spread of ~1e-7 times its size, which would otherwise give a meaningless correlation.
 _REL_EPS = 1e-6
@@ -50,13 +53,22 @@ class Scores:
     score: float | None  # correlation over top + random concatenated (the headline)
     score_top: float | None
     score_random: float | None
-    rsquared: float | None
-    abs_dev_explained: float | None
+    rsquared: float | None  # None without a calibration: 0-10 predictions vs raw units
+    abs_dev_explained: float | None  # likewise
     n_tokens: int
     status: str  # the headline's status
 
 
 IDENTITY = Calibration(1.0, 0.0, OK)
+
+
+def counted(score: float | None, status: str) -> float | None:
+    """The value a mean over neurons counts: the score; 0 for a constant prediction (the
+    explanation predicted nothing, which is a failure of the explanation, not of the neuron);
+    None (left out, and counted apart) for a dead neuron, a failure or no tokens."""
+    if status == OK and score is not None:
+        return float(score)
+    return 0.0 if status == CONSTANT_PREDICTION else None
 
 
 def _flat(x) -> np.ndarray:
@@ -126,12 +138,13 @@ def fit_calibration(real, pred) -> Calibration:
 
 def score_excerpts(top: Sequence[tuple[Sequence[float], Sequence[float]]],
                    random: Sequence[tuple[Sequence[float], Sequence[float]]],
-                   calibration: Calibration = IDENTITY) -> Scores:
+                   calibration: Calibration | None = None) -> Scores:
     """Score (real, predicted) pairs of top and random excerpts, pooled before correlating.
 
     Correlations are pooled over the concatenation (not averaged per excerpt) as published, so an
     excerpt with no activity still counts. They are invariant to the (non-negative) calibration;
-    R^2 and absolute deviation are computed on the calibrated predictions.
+    R^2 and absolute deviation are computed on the calibrated predictions, and are None without a
+    calibration: raw predictions are on the 0-10 scale, the activations in the model's units.
     """
     def cat(pairs, i):
         return np.concatenate([_flat(p[i]) for p in pairs]) if pairs else np.zeros(0)
@@ -141,13 +154,13 @@ def score_excerpts(top: Sequence[tuple[Sequence[float], Sequence[float]]],
     if real.shape != pred.shape or real_t.shape != pred_t.shape:
         raise ValueError("every excerpt needs one prediction per real activation")
     head = correlation(real, pred)
-    cal = calibration.apply(pred)
+    cal = calibration.apply(pred) if calibration is not None else None
     return Scores(
         score=head.value,
         score_top=correlation(real_t, pred_t).value,
         score_random=correlation(real_r, pred_r).value,
-        rsquared=rsquared(real, cal).value,
-        abs_dev_explained=abs_dev_explained(real, cal).value,
+        rsquared=rsquared(real, cal).value if cal is not None else None,
+        abs_dev_explained=abs_dev_explained(real, cal).value if cal is not None else None,
         n_tokens=int(real.size),
         status=head.status,
     )

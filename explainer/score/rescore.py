@@ -21,6 +21,8 @@ def run(cfg: C.ScoreConfig) -> Path:
     models = rundir.models_in(run_dir, "simulations")
     if not models:
         raise ExplainError(f"--run {run_dir}: has no simulations yet; run `explain simulate` first")
+    if cfg.calibrate:
+        _check_calibrate_split(run_dir, models)
     n_rows = n_ok = 0
     for model in models:
         for layer in rundir.layers_in(run_dir, "simulations", model):
@@ -34,6 +36,19 @@ def run(cfg: C.ScoreConfig) -> Path:
     print(f"score: {n_rows} score rows from stored simulations ({n_ok} defined, "
           f"{n_rows - n_ok} undefined or failed; no LLM calls)", file=sys.stderr)
     return run_dir / "scores"
+
+
+def _check_calibrate_split(run_dir: Path, models: list[str]) -> None:
+    """Refuse --calibrate, before anything is written, where a layer has nothing to fit on."""
+    for model in models:
+        for layer in rundir.layers_in(run_dir, "simulations", model):
+            splits = rundir.read(run_dir, "simulations", model=model, layer=layer,
+                                columns=["split"])["split"]
+            if not (splits == "calibrate").any():
+                raise ExplainError(
+                    f"--calibrate: layer {layer} of {model} was simulated without the calibrate "
+                    "split, so there is nothing to fit the calibration on; rerun `explain "
+                    f"simulate --calibrate --layer {layer}` first, or score without --calibrate")
 
 
 def real_activations(run_dir: Path, model: str, layer: int) -> dict[tuple, tuple[float, ...]]:

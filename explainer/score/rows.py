@@ -69,10 +69,9 @@ def score_row(cand: Candidate, split: str, items: Sequence[Item], calibrate: boo
     """The score row of one candidate on one split (`items` may hold other splits too)."""
     mine = [it for it in items if it.split == split]
     why = _failure(mine) if mine else f"no {split}-split excerpts recorded for this neuron"
-    cal = S.IDENTITY
+    cal = None  # without --calibrate, R^2 and absolute deviation stay null
     if why is None and calibrate:
-        fitted, why = calibration(items)
-        cal = fitted or cal
+        cal, why = calibration(items)
     if why is not None:
         return _row(cand, split, None, sum(len(it.real) for it in mine), best, "failed", why)
     top = [(it.real, it.predicted) for it in mine if it.kind == "top"]
@@ -94,9 +93,13 @@ def _row(cand: Candidate, split: str, s: S.Scores | None, n_tokens: int, best: b
 
 
 def mark_best(rows: Sequence[ScoreRow]) -> tuple[list[ScoreRow], int | None]:
-    """Valid-split rows of one neuron's candidates with `best` set; also the best candidate."""
+    """Valid-split rows of one neuron's candidates with `best` set; also the best candidate.
+
+    Candidates compare by the value a report counts, so a constant prediction (0) beats a
+    negative correlation and is chosen rather than leaving the neuron without a best candidate.
+    """
     from dataclasses import replace
 
-    i = S.choose_best([r.score for r in rows])
+    i = S.choose_best([S.counted(r.score, r.status) for r in rows])
     return [replace(r, best=(k == i)) for k, r in enumerate(rows)], \
         (rows[i].candidate if i is not None else None)

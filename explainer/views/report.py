@@ -1,7 +1,9 @@
 """`explain report`: score summaries by layer, by model size and by explainer/simulator pair.
 
 Each neuron counts once per (explainer, simulator): its chosen candidate's score on the valid
-split (the headline of the paper, top + random excerpts together). The aggregation functions are
+split (the headline of the paper, top + random excerpts together). How a status counts is
+`score.metrics.counted`: a constant prediction is a score of 0 (the explanation predicted
+nothing), a dead neuron (constant real activation) is left out and counted, and so is a failure. The aggregation functions are
 pure (DataFrame in, rows out) so tests can check them against an independent computation.
 """
 
@@ -17,6 +19,7 @@ import numpy as np
 from explainer import ExplainError
 from explainer import run as rundir
 from explainer.config import ReportConfig
+from explainer.score import metrics as S
 from explainer.views.formats import format_params, num as _num
 
 BYS = ("layer", "model")
@@ -35,17 +38,17 @@ class ReportRow:
     simulator: str
     n_params: int | None
     n_neurons: int  # neurons with a score row, whatever its status
-    n_scored: int  # neurons whose score is defined
+    n_scored: int  # neurons counted: a defined score, or a constant prediction as 0
     mean: float | None
     ci_low: float | None  # 95% bootstrap interval of the mean (percentile method)
     ci_high: float | None
     median: float | None
-    share_good: float | None  # share of scored neurons with score >= GOOD
+    share_good: float | None  # share of counted neurons with score >= GOOD
     mean_top: float | None
     mean_random: float | None
     mean_test: float | None  # the chosen candidate on the held-back test split
-    n_undefined: int  # scored, but the correlation is undefined (constant side, no tokens)
-    n_failed: int
+    n_dead: int  # dead neurons: the real activation is constant on the scored excerpts
+    n_failed: int  # failed to simulate, or nothing to score
 
 
 def bootstrap_ci(values, n_boot: int = 2000, seed: int = 0, level: float = 0.95):
@@ -80,11 +83,23 @@ def headline(scores):
 
 
 def _test_scores(scores, head):
-    """The chosen candidates' test-split scores, aligned to `head`'s rows (NaN where absent)."""
+    """The chosen candidates' counted test-split scores, aligned to `head`'s rows (NaN where
+    absent; 0 for a constant prediction, on either split: a neuron whose chosen explanation
+    predicted nothing on valid and was never tested still counts as 0)."""
     key = ["model", "layer", "neuron", "explainer", "simulator", "candidate"]
-    test = scores[scores["split"] == "test"][key + ["score"]].drop_duplicates(key, keep="last")
-    merged = head[key].merge(test, on=key, how="left")
-    return merged["score"].to_numpy(dtype=np.float64)
+    test = scores[scores["split"] == "test"][key + ["score", "status"]]
+    merged = head[key + ["status"]].merge(test.drop_duplicates(key, keep="last"), on=key,
+                                          how="left", suffixes=("_valid", ""))
+    out = _counted(merged["score"], merged["status"].fillna(""))
+    out[np.isnan(out) & (merged["status"].isna() & (merged["status_valid"]
+                                                     == S.CONSTANT_PREDICTION)).to_numpy()] = 0.0
+    return out
+
+
+def _counted(score, status) -> np.ndarray:
+    """`metrics.counted` over columns: NaN where a row is left out."""
+    vals = [S.counted(None if v != v else float(v), st) for v, st in zip(score, status)]
+    return np.array([np.nan if v is None else v for v in vals], dtype=np.float64)
 
 
 def _mean(values) -> float | None:
@@ -97,9 +112,12 @@ def summarize(rows, meta: dict, layer, explainer: str, simulator: str, seed: int
               n_boot: int = 2000) -> ReportRow:
     """Aggregate headline rows (already one per neuron) into one ReportRow."""
     status = rows["status"].to_numpy()
-    score = rows["score"].to_numpy(dtype=np.float64)
-    ok = (status == "ok") & np.isfinite(score)
+    score = _counted(rows["score"], status)
+    ok = np.isfinite(score)  # defined, or a constant prediction counted as 0
     good = score[ok]
+    dead = np.isin(status, list(S.DEAD))
+    # A constant prediction is constant on the top and random excerpts too: 0 there as well.
+    const = status == S.CONSTANT_PREDICTION
     lo, hi = bootstrap_ci(good, n_boot=n_boot, seed=seed)
     n_layers = meta.get("n_layers")
     depth = None
@@ -112,14 +130,13 @@ def summarize(rows, meta: dict, layer, explainer: str, simulator: str, seed: int
         mean=float(good.mean()) if good.size else None, ci_low=lo, ci_high=hi,
         median=float(np.median(good)) if good.size else None,
         share_good=float((good >= GOOD).mean()) if good.size else None,
-        mean_top=_mean(rows["score_top"].to_numpy(dtype=np.float64)[ok]),
-        mean_random=_mean(rows["score_random"].to_numpy(dtype=np.float64)[ok]),
+        mean_top=_mean(np.where(const, 0.0, rows["score_top"].to_numpy(np.float64))[ok]),
+        mean_random=_mean(np.where(const, 0.0, rows["score_random"].to_numpy(np.float64))[ok]),
         mean_test=_mean(rows["test_score"].to_numpy(dtype=np.float64)[ok])
         if "test_score" in rows else None,
-        # Anything neither scored nor failed had no defined correlation (a constant side, or
-        # no tokens): score.py names the reason in `status`.
-        n_undefined=int((~ok & (status != "failed")).sum()),
-        n_failed=int((status == "failed").sum()),
+        n_dead=int(dead.sum()),
+        # Anything neither counted nor dead: failed to simulate, or no tokens to score.
+        n_failed=int((~ok & ~dead).sum()),
     )
 
 
@@ -225,7 +242,7 @@ def _table(title: str, rows: list[ReportRow], first: list[tuple[str, callable]])
         ("top", lambda r: _num(r.mean_top)),
         ("random", lambda r: _num(r.mean_random)),
         ("test", lambda r: _num(r.mean_test)),
-        ("undef", lambda r: str(r.n_undefined)),
+        ("dead", lambda r: str(r.n_dead)),
         ("failed", lambda r: str(r.n_failed)),
     ]
     text_cols = ("model", "models", "explainer", "simulator")

@@ -1,0 +1,127 @@
+"""Samplers against brute force: explicit tie rule, per-neuron hashed random sample, both signs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli import app
+from explainer import run as rundir
+from explainer.record.samplers import RandomSample, TopK, hashed_keys, stream_id
+
+runner = CliRunner()
+
+
+def _feed(sampler_update, acts: np.ndarray, order: list[int], batch: int = 7) -> None:
+    """Offer excerpts in `order` (any permutation of ids), in batches."""
+    for s in range(0, len(order), batch):
+        ids = np.array(order[s:s + batch])
+        sampler_update(torch.from_numpy(acts[ids]), torch.from_numpy(ids))
+
+
+def test_topk_ties_break_by_id_whatever_the_arrival_order():
+    rng = np.random.default_rng(1)
+    acts = rng.integers(0, 4, (60, 3, 20)).astype(np.float32)  # many exact ties
+    maxima = acts.max(axis=1)
+    for order in (list(range(60)), list(range(59, -1, -1)), list(rng.permutation(60))):
+        top = TopK(8, 20, 3)
+        _feed(lambda a, i: top.update(a, i, a.amax(dim=1)), acts, order)
+        ids, vals, got = top.ranked()
+        for n in range(20):
+            want = np.lexsort((np.arange(60), -maxima[:, n]))[:8]  # value desc, then id asc
+            assert ids[n].tolist() == want.tolist()
+            np.testing.assert_array_equal(got[n], acts[want, :, n])
+
+
+def test_random_sample_is_the_smallest_hashed_keys_outside_the_excluded():
+    rng = np.random.default_rng(2)
+    n_ex, n_neurons, r, extra = 90, 13, 6, 5
+    acts = rng.normal(size=(n_ex, 4, n_neurons)).astype(np.float32)
+    stream = stream_id(0, "random", "m", 3)
+    exclude = np.stack([rng.choice(n_ex, extra, replace=False) for _ in range(n_neurons)])
+    results = []
+    for order in (list(range(n_ex)), list(rng.permutation(n_ex))):
+        rs = RandomSample(r, extra, n_neurons, 4, stream)
+        _feed(rs.update, acts, order)
+        results.append(rs.sample(exclude))
+    keys = hashed_keys(stream, np.arange(n_ex), n_neurons)  # (n_ex, N)
+    for n in range(n_neurons):
+        ranked = [e for e in np.lexsort((np.arange(n_ex), keys[:, n])) if e not in exclude[n]]
+        for ids, got in results:  # the same whatever the reading order
+            assert ids[n].tolist() == ranked[:r]
+            np.testing.assert_array_equal(got[n], acts[ranked[:r], :, n])
+    assert len({tuple(row) for row in results[0][0]}) == n_neurons  # each neuron its own
+
+
+def test_hashed_keys_look_uniform_and_depend_on_every_part():
+    k = hashed_keys(stream_id(0, "random", "m", 0), np.arange(4000), 50)
+    assert 0 <= k.min() and k.max() < 1 and abs(k.mean() - 0.5) < 0.01
+    assert abs(np.corrcoef(k[:, 0], k[:, 1])[0, 1]) < 0.05
+    other = hashed_keys(stream_id(0, "random", "m", 1), np.arange(4000), 50)
+    assert not np.array_equal(k, other)
+
+
+def _hf_min_max(model_dir, token_ids, layer):
+    from tests.test_record import _hf_acts
+
+    acts = _hf_acts(model_dir, token_ids, layer)
+    return acts.max(axis=1), acts.min(axis=1)
+
+
+@pytest.fixture(scope="module")
+def both_sides(tmp_path_factory, tiny_gpt2, tiny_corpus):
+    run = tmp_path_factory.mktemp("sides") / "r"
+    res = runner.invoke(app, ["record", "--model", str(tiny_gpt2), "--corpus", str(tiny_corpus),
+                              "--run", str(run), "--n-excerpts", "70", "--ctx", "16",
+                              "--top-k", "8", "--random-k", "6", "--layers", "1",
+                              "--sides", "both"])
+    assert res.exit_code == 0, res.output
+    return run
+
+
+def test_bottom_excerpts_rank_by_min_and_random_ones_are_disjoint(both_sides, tiny_gpt2):
+    ex = rundir.read(both_sides, "excerpts", model="tiny-gpt2").sort_values("excerpt_id")
+    maxima, minima = _hf_min_max(tiny_gpt2, np.stack(ex.token_ids.to_numpy()), 1)
+    rec = rundir.read(both_sides, "records", model="tiny-gpt2", layer=1)
+    assert set(rec.kind) == {"top", "bottom", "random"}
+    for n, g in rec.groupby("neuron"):
+        bottom = g[g.kind == "bottom"].sort_values("rank").excerpt_id.to_numpy()
+        want = np.lexsort((np.arange(len(minima)), minima[:, n]))[:8]  # min asc, id asc
+        np.testing.assert_allclose(minima[bottom, n], minima[want, n], atol=1e-5)
+        held = set(g[g.kind != "random"].excerpt_id)
+        rand = g[g.kind == "random"]
+        assert len(rand) == 6 and not held & set(rand.excerpt_id)
+    meta = json.loads((both_sides / "run.json").read_text())["models"]["tiny-gpt2"]
+    assert meta["sides"] == ["pos", "neg"] and meta["settings"]["bos_id"] is not None
+
+
+def test_gelu_model_keeps_only_the_positive_side(tmp_path, tiny_gpt2, tiny_corpus):
+    run = tmp_path / "r"
+    res = runner.invoke(app, ["record", "--model", str(tiny_gpt2), "--corpus", str(tiny_corpus),
+                              "--run", str(run), "--n-excerpts", "30", "--ctx", "16",
+                              "--top-k", "4", "--random-k", "3", "--layers", "0"])
+    assert res.exit_code == 0, res.output
+    rec = rundir.read(run, "records", model="tiny-gpt2", layer=0)
+    assert "bottom" not in set(rec.kind)
+    assert json.loads((run / "run.json").read_text())["models"]["tiny-gpt2"]["sides"] == ["pos"]
+
+
+def test_adding_layers_from_changed_text_is_refused(tmp_path, tiny_gpt2):
+    from pydoc_data.topics import topics
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("\n\n".join(topics[k] for k in sorted(topics)[:6]))
+    run = tmp_path / "r"
+    common = ["record", "--model", str(tiny_gpt2), "--corpus", str(corpus), "--run", str(run),
+              "--n-excerpts", "30", "--ctx", "16", "--top-k", "4", "--random-k", "3"]
+    assert runner.invoke(app, [*common, "--layers", "0"]).exit_code == 0
+    before = sorted(run.rglob("*"))
+    (corpus / "0.txt").write_text("A new first file changes every excerpt. " * 200)
+    res = runner.invoke(app, [*common, "--layers", "1"])
+    assert res.exit_code == 2 and "corpus_sha256" in res.stderr, res.output
+    assert sorted(run.rglob("*")) == before  # nothing written, layer 0 untouched
