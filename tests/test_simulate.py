@@ -50,6 +50,8 @@ def test_true_activations_score_near_one(tmp_path, mode, shift):
     sc = _scores(run)
     assert len(sc) == 4 and (sc["status"] == "ok").all()
     assert (sc["score"] >= 0.99).all(), sc[["neuron", "score"]]
+    # without --calibrate, R^2 would compare 0-10 predictions with raw units: left null
+    assert sc["rsquared"].isna().all() and sc["abs_dev_explained"].isna().all()
     sims = rundir.read(run, "simulations")
     assert set(sims["mode"]) == {"chat-logprob" if mode == "chat" else "logprob"}
     # 5 valid top + 4 valid random excerpts per neuron, plus the same for the test split
@@ -159,6 +161,20 @@ def test_score_command_recomputes_without_llm(tmp_path):
     assert head == pytest.approx(np.corrcoef(real, pred)[0, 1], abs=1e-6)
 
 
+def test_score_calibrate_without_calibrate_split_refuses_and_keeps_scores(tmp_path):
+    from cli import app
+
+    run = _run(tmp_path, neurons=[0, 1])
+    with FakeOpenAI(simfake.Handler("truth", CTX, N_EXCERPTS)) as fake:
+        simulate.run(_cfg(run, fake, mode="logprob"))  # no calibrate split simulated
+    files = {f: f.read_bytes() for f in rundir.files(run, "scores")}
+    res = CliRunner().invoke(app, ["score", "--run", str(run), "--calibrate"])
+    assert res.exit_code == 2 and "calibrate split" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert {f: f.read_bytes() for f in rundir.files(run, "scores")} == files  # nothing touched
+    assert (rundir.read(run, "scores")["status"] == "ok").all()
+
+
 def test_bad_input_exits_2(tmp_path):
     from cli import app
 
@@ -232,13 +248,57 @@ def test_chat_round_trip_with_odd_tokens():
 @pytest.mark.parametrize("answer,why", [
     ("0\t1\n1\t2", "misses 1 of 3"), ("0\t1\n0\t2\n1\t1\n2\t1", "twice"),
     ("0\t1\n1\t2\n2\t11", "outside"), ("Sure! Here you go.", "no 'index"),
-    ("0\t1\n1\t1\n2\t1\n3\t1", "beyond")])
+    ("0\t1\n1\t1\n2\t1\n3\t1", "beyond"),
+    ("0\t1\n10\n2\t3", "misses 1 of 3")])  # "10" has no separator: not token 1, value 0
 def test_chat_answers_that_cannot_be_aligned_fail(answer, why):
     got = SP.parse_chat(answer, 3)
     assert got.predicted is None and why in got.error
 
 
 # --- the embedded model -------------------------------------------------------------------------
+
+
+def _tiny_torch_evaluator(model):
+    import torch
+
+    from explainer.simulate import inprocess
+
+    e = inprocess.EmbeddedTorch.__new__(inprocess.EmbeddedTorch)  # no GGUF: a tiny Llama
+    e._torch, e._model, e._cache = torch, model, None
+    e._head = model.get_output_embeddings().weight[:10].detach()
+    e._evaluated, e._rows, e.evaluated_tokens = [], {}, 0
+    return e
+
+
+@pytest.mark.parametrize("legacy_crop", [False, True])
+def test_in_process_cache_survives_a_prompt_that_extends_the_last(monkeypatch, legacy_crop):
+    import torch
+    import transformers
+    from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+    class Legacy(DynamicCache):
+        """transformers 4.x: crop(k >= 0) keeps the first k tokens, so crop(0) empties it."""
+
+        def crop(self, max_length):
+            have = self.get_seq_length()
+            keep = have + max_length if max_length < 0 else max_length
+            for layer in self.layers:
+                layer.keys, layer.values = layer.keys[..., :keep, :], layer.values[..., :keep, :]
+
+    if legacy_crop:
+        monkeypatch.setattr(transformers, "DynamicCache", Legacy)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=2,
+                                         num_key_value_heads=2)).eval()
+    first, longer = list(range(3, 15)), list(range(3, 15)) + [20, 21, 22, 23]
+    rows = [5, 12, 15]  # 5 was read on the first prompt; 12 and 15 are new
+    warm = _tiny_torch_evaluator(model)
+    warm._eval(first, [5])
+    got = warm._eval(longer, rows)  # reuses all of `first` from the cache
+    assert warm.evaluated_tokens == len(first) + 4
+    want = _tiny_torch_evaluator(model)._eval(longer, rows)  # from scratch
+    assert np.allclose(got, want, atol=1e-4)
 
 
 @pytest.mark.slow

@@ -161,8 +161,10 @@ class EmbeddedTorch(_Evaluator):
             from transformers import DynamicCache
 
             self._cache, n = DynamicCache(), 0
-        else:
-            # Keep the shared prefix's keys and values, drop the rest (a negative count).
+        elif len(self._evaluated) > n:
+            # Keep the shared prefix's keys and values, drop the rest (a negative count). Never
+            # crop(0) when the prompt extends the last one: transformers 4.x reads 0 as "keep 0
+            # tokens" and empties the cache, while 5.x treats it as a no-op.
             self._cache.crop(-(len(self._evaluated) - n))
         kept = {r: v for r, v in self._rows.items() if r < n}
         with torch.inference_mode(), warnings.catch_warnings():

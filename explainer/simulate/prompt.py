@@ -167,7 +167,8 @@ def chat_messages(explanation: str, tokens: Sequence[str],
     return msgs
 
 
-_LINE = re.compile(r"^[ \t>*-]*(\d+)\s*[\t:=,|]?\s*(\d+)\s*$")
+# "index<sep>value" with a separator (or whitespace): else "10" reads as token 1, value 0.
+_LINE = re.compile(r"^[ \t>*-]*(\d+)(?:\s*[\t:=,|]\s*|\s+)(\d+)\s*$")
 
 
 def parse_chat(text: str, n: int,
