@@ -171,13 +171,16 @@ def describe(
     model: ModelSel = None,
     explainer: Annotated[str, typer.Option(
         help=f"Explainer LLM's name at the endpoint; {C.EMBEDDED_LLM} (embedded, no network) "
-             f"or {C.BASELINE_EXPLAINER} (no LLM: the top tokens).")] = C.EMBEDDED_LLM,
+             f"or {C.BASELINE_EXPLAINER} (no LLM: the top tokens), or {C.BASELINE_LOGITS} "
+             "(no LLM: the tokens it promotes).")] = C.EMBEDDED_LLM,
     base_url: BaseUrlOpt = None,
     candidates: Annotated[int, typer.Option(help="Sampled explanations per neuron (all kept).")] = 1,
     temperature: Annotated[Optional[float], typer.Option(
         help="Sampling temperature (default: 0, or 1.0 with --candidates > 1).")] = None,
     n_excerpts: Annotated[int, typer.Option(help="Top excerpts shown to the explainer.")] = 10,
     api: Annotated[str, typer.Option(help="chat, or completion for base models.")] = "chat",
+    evidence: Annotated[str, typer.Option(help="What the explainer sees: inputs (top excerpts), "
+                                          "outputs (tokens it promotes and suppresses) or both.")] = "inputs",
     concurrency: ConcOpt = 8,
     timeout: Annotated[float, typer.Option(help="Seconds before a request is retried.")] = 120.0,
 ):
@@ -187,7 +190,7 @@ def describe(
     llm = C.LLMConfig(base_url=base_url, concurrency=concurrency, timeout_s=timeout)
     cfg = C.DescribeConfig(run=run, layers=layers, neurons=neurons, model=model,
                            explainer=explainer, candidates=candidates, temperature=temperature,
-                           n_excerpts=n_excerpts, api=api, llm=llm)
+                           n_excerpts=n_excerpts, api=api, evidence=evidence, llm=llm)
     typer.echo(_call(stage.run, cfg))
 
 

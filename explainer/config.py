@@ -16,6 +16,8 @@ from explainer import ExplainError
 EMBEDDED_LLM = "smollm2-135m"
 # The explainer that needs no LLM: the published token-lookup floor.
 BASELINE_EXPLAINER = "baseline-tokens"
+# Its output twin: the tokens the neuron's direct effect on the logits promotes most.
+BASELINE_LOGITS = "baseline-logits"
 # Split of top excerpts by interleaved rank (REFERENCE.md): rank r goes to SPLITS[r % 4].
 SPLITS = ("explain", "calibrate", "valid", "test")
 # Random excerpts are never shown to the explainer, so they cycle over the other splits.
@@ -66,6 +68,7 @@ class DescribeConfig:
     candidates: int = 1
     temperature: float | None = None  # None: 0 for one candidate, 1.0 when sampling several
     n_excerpts: int = 10  # explain-split top excerpts shown to the explainer
+    evidence: str = "inputs"  # inputs (top excerpts, the paper) | outputs (top tokens) | both
     api: str = "chat"  # chat | completion (for base models served without a chat template)
     llm: LLMConfig = LLMConfig()
 

@@ -20,6 +20,7 @@ def run(cfg: C.RunConfig) -> str:
     from explainer.views import report
 
     run_dir = Path(cfg.run)
+    _check_judges(cfg.judge_methods)
     spec = models.resolve(cfg.model)
     layers = cfg.layers or C.spread_layers(spec.n_layers, 3)
     _say(f"[1/5] record {spec.name} layers {layers}")
@@ -35,6 +36,13 @@ def run(cfg: C.RunConfig) -> str:
     simulate.run(C.SimulateConfig(run=run_dir, layers=layers, neurons=cfg.neurons,
                                   model=spec.name, simulator=cfg.simulator, mode=cfg.mode,
                                   llm=cfg.llm))
+    for method in cfg.judge_methods:
+        from explainer import judge
+
+        _say(f"[3/5] judge by {method} with {cfg.simulator}")
+        judge.run(C.JudgeConfig(run=run_dir, method=method, layers=layers, neurons=cfg.neurons,
+                                model=spec.name, judge=cfg.simulator, seed=cfg.seed,
+                                llm=cfg.llm))
     plot = run_dir / "report.png"
     _say("[4/5] report")
     table = report.run(C.ReportConfig(run=run_dir, plot=plot))
@@ -42,6 +50,17 @@ def run(cfg: C.RunConfig) -> str:
     # The demo scores a few neurons of thousands recorded: pages for those few, in seconds.
     index = view.run(C.ViewConfig(run=run_dir, scored_only=True))
     return f"{table}\nviewer: {index}"  # the table ends with the plot's path
+
+
+def _check_judges(methods: tuple[str, ...]) -> None:
+    """Refuse an unknown --judge-methods name before anything is recorded."""
+    from explainer import ExplainError
+    from explainer.judge.prompt import METHODS
+
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ExplainError(f"--judge-methods {','.join(methods)}: {bad[0]!r} is not one of "
+                           f"{', '.join(METHODS)}")
 
 
 def _say(text: str) -> None:

@@ -1,6 +1,6 @@
-"""The `baseline-tokens` explainer: names the tokens with the highest mean activation, no LLM.
-
-It is the published token-lookup floor that every LLM explainer is compared against.
+"""The explainers that need no LLM: `baseline-tokens` names the tokens with the highest mean
+activation (the published token-lookup floor every LLM explainer is compared against), and its
+output twin `baseline-logits` names the tokens the neuron's output promotes most.
 """
 
 from __future__ import annotations
@@ -30,6 +30,28 @@ def explanation(excerpts: list[Excerpt], k: int = 3) -> str | None:
     if len(quoted) == 1:
         return f"the token {quoted[0]}"
     return f"the tokens {', '.join(quoted[:-1])} and {quoted[-1]}"
+
+
+def logits_explanation(promoted: list[tuple[str, float]], k: int = 3) -> str | None:
+    """`baseline-logits`, the output twin: the k distinct tokens the neuron promotes most
+    (direct effect on the logits), said as where it fires: just before them. None if none is
+    promoted (every effect <= 0).
+
+    Tokens are grouped by their text without surrounding spaces, like `explanation` does.
+    """
+    top: list[str] = []
+    for tok, value in promoted:  # largest effect first
+        key = tok.strip() or tok
+        if value > 0 and key not in top:
+            top.append(key)
+        if len(top) == k:
+            break
+    if not top:
+        return None
+    quoted = [_quote(t) for t in top]
+    if len(quoted) == 1:
+        return f"the token before {quoted[0]}"
+    return f"the token before {', '.join(quoted[:-1])} or {quoted[-1]}"
 
 
 def _quote(tok: str) -> str:

@@ -12,6 +12,7 @@ import re
 from functools import lru_cache
 
 from explainer import prompts
+from explainer.run.evidence import OutputTokens
 
 SYSTEM = "explain_system.txt"
 USER = "explain_user.txt"
@@ -20,6 +21,18 @@ COMPLETION = "explain_completion.txt"
 COMPLETION_SHOT = "explain_completion_shot.txt"
 EXAMPLES = ("explain_example_1.txt", "explain_example_2.txt")
 FILES = (SYSTEM, USER, NONZERO, COMPLETION, COMPLETION_SHOT, *EXAMPLES)
+# With output-side evidence (--evidence outputs|both): what the neuron writes, listed as tokens.
+OUT_SYSTEM = "explain_outputs_system.txt"
+OUTPUTS = "explain_outputs.txt"
+BOTH_USER = "explain_both_user.txt"
+OUT_USER = "explain_outputs_user.txt"
+EVIDENCE_FILES = {
+    "inputs": FILES,
+    "both": (SYSTEM, OUT_SYSTEM, BOTH_USER, NONZERO, OUTPUTS, COMPLETION, COMPLETION_SHOT,
+             *EXAMPLES),
+    # No few-shot turns: they show excerpts, which this variant does not.
+    "outputs": (SYSTEM, OUT_SYSTEM, OUT_USER, OUTPUTS, COMPLETION),
+}
 # Below this share of non-zero tokens, each excerpt is repeated with its non-zero tokens only,
 # which helps the explainer find a sparse neuron's trigger (REFERENCE.md).
 SPARSE_SHARE = 0.2
@@ -28,9 +41,9 @@ MAX_CHARS = 300  # longer "explanations" are rambles, not one phrase
 Excerpt = list[tuple[str, float]]
 
 
-def prompt_hash() -> str:
-    """Hash of every prompt file describe uses (chat and completion forms alike)."""
-    return prompts.prompt_hash(*FILES)
+def prompt_hash(evidence: str = "inputs") -> str:
+    """Hash of every prompt file describe uses with this evidence (chat and completion alike)."""
+    return prompts.prompt_hash(*EVIDENCE_FILES[evidence])
 
 
 def scale(excerpts: list[list[float]]) -> list[list[int]]:
@@ -46,8 +59,12 @@ def _listing(tokens: list[str], values: list[int], nonzero_only: bool = False) -
     return "\n".join(["<start>", *lines, "<end>"])
 
 
-def question(excerpts: list[Excerpt]) -> str:
-    """The user message for one neuron: its excerpts, plus non-zero repeats when it is sparse."""
+def question(excerpts: list[Excerpt], outputs: OutputTokens | None = None,
+             evidence: str = "inputs") -> str:
+    """The user message for one neuron: its excerpts, plus non-zero repeats when it is sparse;
+    with output evidence, the tokens it promotes and suppresses (instead, or as well)."""
+    if evidence == "outputs":
+        return prompts.render(OUT_USER, outputs=output_listing(outputs))
     scaled = scale([[a for _, a in ex] for ex in excerpts])
     tokens = [[t for t, _ in ex] for ex in excerpts]
     body = "\n".join(_listing(t, v) for t, v in zip(tokens, scaled))
@@ -57,7 +74,27 @@ def question(excerpts: list[Excerpt]) -> str:
     if n_tokens and n_nonzero / n_tokens < SPARSE_SHARE:
         nonzero = prompts.render(NONZERO, excerpts="\n".join(
             _listing(t, v, nonzero_only=True) for t, v in zip(tokens, scaled) if any(v)))
+    if evidence == "both":
+        return prompts.render(BOTH_USER, excerpts=body, nonzero=nonzero,
+                              outputs=output_listing(outputs))
     return prompts.render(USER, excerpts=body, nonzero=nonzero)
+
+
+def output_listing(outputs: OutputTokens) -> str:
+    """The promoted and suppressed tokens, one `token<TAB>effect` line each, strongest first."""
+    def lines(pairs):
+        return "\n".join(f"{prompts.show_token(t)}\t{v:+.2f}" for t, v in pairs)
+
+    return prompts.render(OUTPUTS, promoted=lines(outputs.promoted),
+                          suppressed=lines(outputs.suppressed))
+
+
+def system(evidence: str = "inputs") -> str:
+    """The system prompt; output evidence adds a paragraph saying what the token lists mean."""
+    text = prompts.load(SYSTEM).strip()
+    if evidence != "inputs":
+        text += "\n\n" + prompts.load(OUT_SYSTEM).strip()
+    return text
 
 
 @lru_cache(maxsize=8)
@@ -94,22 +131,24 @@ def _shots() -> tuple[tuple[str, str], ...]:
     return tuple((question(ex), answer) for ex, answer in examples())
 
 
-def chat_messages(excerpts: list[Excerpt]) -> list[dict]:
+def chat_messages(excerpts: list[Excerpt], outputs: OutputTokens | None = None,
+                  evidence: str = "inputs") -> list[dict]:
     """System prompt, few-shot turns, then the neuron; no assistant prefill needed."""
-    msgs = [{"role": "system", "content": prompts.load(SYSTEM).strip()}]
-    for q, answer in _shots():
+    msgs = [{"role": "system", "content": system(evidence)}]
+    for q, answer in (_shots() if evidence != "outputs" else ()):
         msgs.append({"role": "user", "content": q})
         msgs.append({"role": "assistant", "content": answer})
-    msgs.append({"role": "user", "content": question(excerpts)})
+    msgs.append({"role": "user", "content": question(excerpts, outputs, evidence)})
     return msgs
 
 
-def completion_prompt(excerpts: list[Excerpt]) -> str:
+def completion_prompt(excerpts: list[Excerpt], outputs: OutputTokens | None = None,
+                      evidence: str = "inputs") -> str:
     """The same content as one text for completion models; the answer ends at a newline."""
     shots = "".join(prompts.render(COMPLETION_SHOT, question=q, answer=answer)
-                    for q, answer in _shots())
-    return prompts.render(COMPLETION, system=prompts.load(SYSTEM).strip(), examples=shots,
-                          question=question(excerpts))
+                    for q, answer in (_shots() if evidence != "outputs" else ()))
+    return prompts.render(COMPLETION, system=system(evidence), examples=shots,
+                          question=question(excerpts, outputs, evidence))
 
 
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.S | re.I)

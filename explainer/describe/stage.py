@@ -19,6 +19,7 @@ from explainer import run as rundir
 from explainer import config as C
 from explainer.describe import baseline
 from explainer.describe import prompt as P
+from explainer.run.evidence import EVIDENCE, OutputTokens, explainer_label, output_tokens
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class _Job:
     neuron: int
     candidate: int
     excerpts: tuple  # the neuron's explain excerpts, as tuples of (token, activation)
+    outputs: OutputTokens | None = None  # what it writes (with --evidence outputs|both)
 
 
 def run(cfg: C.DescribeConfig) -> Path:
@@ -48,25 +50,32 @@ def run(cfg: C.DescribeConfig) -> Path:
         raise ExplainError(f"--n-excerpts {cfg.n_excerpts}: must be 1 or more")
     if cfg.api not in ("chat", "completion"):
         raise ExplainError(f"--api {cfg.api!r}: expected chat or completion")
-    baseline = cfg.explainer == C.BASELINE_EXPLAINER
+    if cfg.evidence not in EVIDENCE:
+        raise ExplainError(f"--evidence {cfg.evidence}: expected one of {', '.join(EVIDENCE)}")
+    baseline = cfg.explainer in (C.BASELINE_EXPLAINER, C.BASELINE_LOGITS)
+    # The baselines read one kind of evidence each, whatever --evidence says.
+    evidence = {C.BASELINE_EXPLAINER: "inputs", C.BASELINE_LOGITS: "outputs"}.get(
+        cfg.explainer, cfg.evidence)
     candidates = 1 if baseline else cfg.candidates
-    phash = NO_PROMPT if baseline else P.prompt_hash()
+    phash = NO_PROMPT if baseline else P.prompt_hash(evidence)
+    label = explainer_label(cfg.explainer, evidence)  # e.g. smollm2-135m+both
     texts = _excerpt_tokens(run_dir, model)
     jobs = []
     for layer in layers:
-        done = _done(run_dir, model, layer, cfg.explainer, phash)
+        done = _done(run_dir, model, layer, label, phash)
         todo = [(n, c) for n in neurons for c in range(candidates) if (n, c) not in done]
         if todo:
             shown = _explain_excerpts(run_dir, model, layer, {n for n, _ in todo}, texts,
                                       cfg.n_excerpts)
-            jobs += [_Job(layer, n, c, shown.get(n, ())) for n, c in todo]
+            outs = _outputs(run_dir, model, layer, evidence)
+            jobs += [_Job(layer, n, c, shown.get(n, ()), outs.get(n)) for n, c in todo]
     if not jobs:
-        print(f"describe: nothing to do, every selected neuron is explained by {cfg.explainer}",
+        print(f"describe: nothing to do, every selected neuron is explained by {label}",
               file=sys.stderr)
         return run_dir / "explanations"
-    writer = _Writer(run_dir, model, cfg.explainer, phash)
+    writer = _Writer(run_dir, model, label, phash, evidence)
     if baseline:
-        _run_baseline(jobs, writer)
+        _run_baseline(jobs, writer, evidence)
     else:
         asyncio.run(_run_llm(cfg, jobs, writer))
     return run_dir / "explanations"
@@ -140,14 +149,29 @@ def _explain_excerpts(run_dir: Path, model: str, layer: int, neurons: set[int],
     return out
 
 
+def _outputs(run_dir: Path, model: str, layer: int, evidence: str,
+             side: str = "pos") -> dict[int, OutputTokens]:
+    """Per neuron, what it writes as seen from `side` (nothing to read for input evidence)."""
+    if evidence == "inputs":
+        return {}
+    df = rundir.read(run_dir, "neurons", model=model, layer=layer)
+    out = {int(r["neuron"]): output_tokens(r, side) for r in df.to_dict("records")}
+    if not df.empty and all(v is None for v in out.values()):
+        raise ExplainError(f"--evidence {evidence}: layer {layer} of {model} was recorded before "
+                           "record kept the output side; re-record it or use --evidence inputs")
+    return {n: v for n, v in out.items() if v is not None}
+
+
 # --- writing ------------------------------------------------------------------------------
 
 
 class _Writer:
     """Buffers explanation rows and writes them in chunks (also on the way out of an error)."""
 
-    def __init__(self, run_dir: Path, model: str, explainer: str, phash: str):
+    def __init__(self, run_dir: Path, model: str, explainer: str, phash: str,
+                 evidence: str = "inputs"):
         self.run_dir, self.model, self.explainer, self.phash = run_dir, model, explainer, phash
+        self.evidence = evidence
         self.rows: list[rundir.ExplanationRow] = []
         self.last = time.monotonic()
         self.n_ok = self.n_failed = 0
@@ -161,7 +185,8 @@ class _Writer:
             model=self.model, layer=job.layer, neuron=job.neuron, explainer=self.explainer,
             prompt_hash=self.phash, candidate=job.candidate, explanation=explanation,
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-            status="ok" if ok else "failed", error=None if ok else error))
+            status="ok" if ok else "failed", error=None if ok else error,
+            evidence=self.evidence))
         if len(self.rows) >= FLUSH_ROWS or time.monotonic() - self.last > FLUSH_S:
             self.flush()
 
@@ -178,8 +203,12 @@ def _progress():
     return progress.bar("describe")
 
 
-def _no_signal(job: _Job) -> str | None:
-    """Why a neuron cannot be explained from its excerpts, or None when it can."""
+def _no_signal(job: _Job, evidence: str = "inputs") -> str | None:
+    """Why a neuron cannot be explained from the evidence shown, or None when it can."""
+    if evidence != "inputs" and job.outputs is None:
+        return "no output-side tokens recorded for this neuron"
+    if evidence == "outputs":
+        return None
     if not job.excerpts:
         return "no explain-split top excerpts recorded for this neuron"
     if not any(a > 0 for ex in job.excerpts for _, a in ex):
@@ -187,13 +216,19 @@ def _no_signal(job: _Job) -> str | None:
     return None
 
 
-def _run_baseline(jobs: list[_Job], writer: _Writer) -> None:
+def _run_baseline(jobs: list[_Job], writer: _Writer, evidence: str = "inputs") -> None:
     with _progress() as bar:
         task = bar.add_task("describe", total=len(jobs))
         try:
             for job in jobs:
-                text = baseline.explanation([list(ex) for ex in job.excerpts])
-                writer.add(job, text, _no_signal(job) or "no token with a positive mean")
+                if evidence == "outputs":  # baseline-logits
+                    text = baseline.logits_explanation(list(job.outputs.promoted)) \
+                        if job.outputs else None
+                    why = _no_signal(job, evidence) or "no token with a positive effect"
+                else:
+                    text = baseline.explanation([list(ex) for ex in job.excerpts])
+                    why = _no_signal(job) or "no token with a positive mean"
+                writer.add(job, text, why)
                 bar.advance(task)
         finally:
             writer.flush()
@@ -217,7 +252,7 @@ async def _run_llm(cfg: C.DescribeConfig, jobs: list[_Job], writer: _Writer) -> 
         async def worker(bar, task) -> None:
             while not queue.empty():
                 job = queue.get_nowait()
-                await _explain_one(llm, job, cfg.api, temperature, writer)
+                await _explain_one(llm, job, cfg.api, temperature, writer, cfg.evidence)
                 bar.advance(task)
 
         with _progress() as bar:
@@ -233,10 +268,11 @@ async def _run_llm(cfg: C.DescribeConfig, jobs: list[_Job], writer: _Writer) -> 
         print(f"describe: LLM {llm.summary()}", file=sys.stderr)
 
 
-async def _explain_one(llm, job: _Job, api: str, temperature: float, writer: _Writer) -> None:
+async def _explain_one(llm, job: _Job, api: str, temperature: float, writer: _Writer,
+                       evidence: str = "inputs") -> None:
     from explainer.llm import LLMError
 
-    why = _no_signal(job)
+    why = _no_signal(job, evidence)
     if why:
         writer.add(job, None, why)
         return
@@ -245,11 +281,13 @@ async def _explain_one(llm, job: _Job, api: str, temperature: float, writer: _Wr
     key = f"L{job.layer}/N{job.neuron}/c{job.candidate}"
     try:
         if api == "chat":
-            c = await llm.chat(P.chat_messages(excerpts), max_tokens=MAX_TOKENS,
+            c = await llm.chat(P.chat_messages(excerpts, job.outputs, evidence),
+                               max_tokens=MAX_TOKENS,
                                temperature=temperature, sample=job.candidate, accept=usable,
                                key=key)
         else:
-            c = await llm.complete(P.completion_prompt(excerpts), max_tokens=MAX_TOKENS,
+            c = await llm.complete(P.completion_prompt(excerpts, job.outputs, evidence),
+                                   max_tokens=MAX_TOKENS,
                                    temperature=temperature, sample=job.candidate, accept=usable,
                                    key=key, stop=["\n"])
     except LLMError as err:

@@ -13,11 +13,12 @@ from explainer.run.meta import (clean_tmp, model_meta, read_run_json, update_run
 from explainer.run.parquet import (file_order, files, layers_in, list_array, models_in,
                                    next_file_name, read, read_arrow, remove_files,
                                    remove_partition, write_columns, write_rows, writer_id)
-from explainer.run.rows import ExplanationRow, PuzzleRow, ScoreRow, SimulationRow
+from explainer.run.rows import (ExplanationRow, JudgmentRow, PuzzleRow, ScoreRow,
+                                SimulationRow)
 from explainer.run.schema import (LIST_F32, RUN_JSON, TABLES, Table, model_key,
                                   partition_dir, table)
 
-__all__ = ["ExplanationRow", "LIST_F32", "PuzzleRow", "RUN_JSON", "ScoreRow", "SimulationRow", "TABLES",
+__all__ = ["ExplanationRow", "JudgmentRow", "LIST_F32", "PuzzleRow", "RUN_JSON", "ScoreRow", "SimulationRow", "TABLES",
            "Table", "clean_tmp", "files", "layers_in", "list_array", "model_key", "model_meta",
            "models_in", "partition_dir", "read", "read_arrow", "read_run_json", "remove_files",
            "remove_partition", "table", "write_columns", "write_rows", "write_run_json",

@@ -76,6 +76,16 @@ class ScoreRow:
     source_neuron: int | None = None
     sim_prompt_hash: str = ""
     explanation_hash: str = ""
+    # detection / fuzzing rows (method != simulation; `score` = balanced_accuracy there)
+    accuracy: float | None = None
+    balanced_accuracy: float | None = None
+    f1: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    auroc: float | None = None  # only when the judge returned probabilities for every item
+    recall_by_quantile: list[float | None] | None = None  # per activation bin of the positives
+    n_judged: int | None = None  # items with a parsed answer
+    n_failed: int | None = None  # items whose answer could not be parsed (left out)
 
 
 @dataclass(frozen=True)
@@ -97,3 +107,31 @@ class PuzzleRow:
     error: str | None
     sim_prompt_hash: str  # 12 hex of the simulator prompt files ('none' for baseline-lexical)
     puzzle_hash: str  # 12 hex of the puzzle's explanations and passages: edits are redone
+
+
+@dataclass(frozen=True)
+class JudgmentRow:
+    """A judge's answer on one excerpt for one explanation (detection or fuzzing)."""
+
+    model: str
+    layer: int
+    neuron: int
+    side: str  # pos | neg
+    explainer: str
+    candidate: int
+    method: str  # detection | fuzzing
+    judge: str  # the judge LLM's name at its endpoint
+    excerpt_id: int
+    kind: str  # the record kind the excerpt came from: top | bottom | quantile | random
+    split: str
+    label: bool  # detection: the excerpt activates; fuzzing: the highlights are the real ones
+    prediction: bool | None  # the judge's yes/no; None when its answer could not be parsed
+    probability: float | None  # P(yes) from top_logprobs, when the endpoint returned them
+    status: str  # ok | failed
+    error: str | None
+    quantile: int | None  # activation bin of a positive excerpt's max (None for negatives)
+    threshold: float  # the neuron's activating threshold, in the side's units
+    highlighted: list[int] | None  # fuzzing: token positions marked in the prompt
+    answer: str | None  # the judge's answer line for this excerpt, as written
+    prompt_hash: str
+    explanation_hash: str

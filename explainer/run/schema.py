@@ -97,9 +97,31 @@ TABLES: dict[str, Table] = {
                        ("best", pa.bool_()), ("status", pa.string()), ("error", pa.string()),
                        ("side", pa.string()), ("mode", pa.string()), ("method", pa.string()),
                        ("control", pa.string()), ("source_neuron", pa.int32()),
-                       ("sim_prompt_hash", pa.string()), ("explanation_hash", pa.string())]),
+                       ("sim_prompt_hash", pa.string()), ("explanation_hash", pa.string()),
+                       # detection / fuzzing (stage judge; `score` holds balanced_accuracy)
+                       ("accuracy", pa.float64()), ("balanced_accuracy", pa.float64()),
+                       ("f1", pa.float64()), ("precision", pa.float64()),
+                       ("recall", pa.float64()), ("auroc", pa.float64()),
+                       ("recall_by_quantile", LIST_F32), ("n_judged", pa.int64()),
+                       ("n_failed", pa.int64())]),
             ("model", "layer", "neuron", "side", "explainer", "candidate", "simulator", "mode",
              "method", "control", "split"),
+        ),
+        Table(
+            "judgments",
+            # one judge's answer on one excerpt (stage judge); fuzzing judges each positive
+            # excerpt twice: its activating tokens highlighted (label true) and a decoy (false)
+            pa.schema([("neuron", pa.int32()), ("side", pa.string()), ("explainer", pa.string()),
+                       ("candidate", pa.int32()), ("method", pa.string()),
+                       ("judge", pa.string()), ("excerpt_id", pa.int64()),
+                       ("kind", pa.string()), ("split", pa.string()), ("label", pa.bool_()),
+                       ("prediction", pa.bool_()), ("probability", pa.float64()),
+                       ("status", pa.string()), ("error", pa.string()),
+                       ("quantile", pa.int32()), ("threshold", F32),
+                       ("highlighted", pa.list_(pa.int32())), ("answer", pa.string()),
+                       ("prompt_hash", pa.string()), ("explanation_hash", pa.string())]),
+            ("model", "layer", "neuron", "side", "explainer", "candidate", "method", "judge",
+             "excerpt_id", "label"),
         ),
         Table(
             "puzzles",

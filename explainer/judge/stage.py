@@ -1,0 +1,223 @@
+"""Stage `judge`: a judge LLM, holding only the explanation, tells activating excerpts apart.
+
+* detection: which of these excerpts contain what the explanation names? Positives are held-out
+  activating excerpts, negatives the neuron's random excerpts with no activating token.
+* fuzzing: are the highlighted tokens of this excerpt the ones the explanation names? Each
+  positive is shown with its activating tokens highlighted, and again as a decoy with as many
+  other tokens highlighted.
+
+Reads `explanations/`, `records/`, `excerpts/` (and `scores/` for resuming and for the candidate
+simulation chose); writes one `judgments/` row per (explanation, excerpt item) and one `scores/`
+row per explanation (`method` = detection | fuzzing, `split` = heldout, `score` = balanced
+accuracy). Every explanation of a neuron-side is judged on the same prompts (seeded), so
+explainers are compared on equal terms. Resumable: an explanation already scored with the same
+judge, prompts, settings and explanation text is skipped; a rerun re-sends only the prompts whose
+answer could not be read (readable answers are cached in llm.sqlite).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from explainer import ExplainError
+from explainer import config as C
+from explainer import run as rundir
+from explainer.judge import prompt as P
+from explainer.judge import sampling as SA
+from explainer.score import classify as K
+
+DONE = {"ok", K.ONE_CLASS, K.NO_ITEMS}  # statuses that a rerun does not redo
+
+
+@dataclass(frozen=True)
+class _Target:
+    """One neuron-side's questions, shared by every explanation of it."""
+
+    threshold: float
+    batches: tuple[tuple[SA.Item, ...], ...]
+    why: str | None  # why nothing is asked (no positives, one class), or None
+    status: str = "ok"  # no_items | one_class when nothing is asked
+
+
+@dataclass(frozen=True)
+class _Job:
+    layer: int
+    neuron: int
+    side: str
+    explainer: str
+    candidate: int
+    explanation: str
+    best: bool  # the candidate simulation chose (else the lowest-numbered one)
+    target: _Target
+
+
+def text_hash(text: str) -> str:
+    """12 hex of an explanation's text."""
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def run(cfg: C.JudgeConfig) -> Path:
+    """Judge the selected explanations with one method; returns the run's judgments/ folder."""
+    _check(cfg)
+    from explainer import llm as L
+
+    run_dir = Path(cfg.run)
+    endpoint = L.resolve(cfg.judge, cfg.llm.base_url)
+    model, layers = _select(run_dir, cfg)
+    phash = P.prompt_hash(cfg.method, _settings(cfg))
+    jobs: list[_Job] = []
+    n_explained = 0
+    for layer in layers:
+        n, todo = _jobs(run_dir, model, layer, cfg, endpoint.model, phash)
+        n_explained += n
+        jobs += todo
+    if not n_explained:
+        raise ExplainError(f"--neurons {cfg.neurons}: no explained neuron among them in layer(s) "
+                           f"{', '.join(map(str, layers))}; run `explain describe` for them first")
+    if jobs:
+        from explainer.judge import ask
+
+        asyncio.run(ask.run(cfg, endpoint, model, jobs, phash))
+    return run_dir / "judgments"
+
+
+def _check(cfg: C.JudgeConfig) -> None:
+    if cfg.method not in P.METHODS:
+        raise ExplainError(f"--method {cfg.method!r}: expected one of {', '.join(P.METHODS)}")
+    if cfg.excerpts_per_prompt < 1:
+        raise ExplainError(f"--excerpts-per-prompt {cfg.excerpts_per_prompt}: must be 1 or more")
+    if cfg.n_positive < 1 or cfg.n_negative < 0:
+        raise ExplainError(f"--n-positive {cfg.n_positive} --n-negative {cfg.n_negative}: need "
+                           "at least one positive and no negative count below 0")
+    if not 0 < cfg.fraction <= 1:
+        raise ExplainError(f"--fraction {cfg.fraction}: must be in (0, 1]")
+
+
+def _settings(cfg: C.JudgeConfig) -> str:
+    """What shapes the prompts besides the prompt files (a change re-judges)."""
+    return (f"k={cfg.excerpts_per_prompt};pos={cfg.n_positive};neg={cfg.n_negative};"
+            f"f={cfg.fraction};seed={cfg.seed};bins={SA.N_BINS}")
+
+
+# --- what to judge -------------------------------------------------------------------------
+
+
+def _select(run_dir: Path, cfg: C.JudgeConfig) -> tuple[str, list[int]]:
+    models = rundir.models_in(run_dir, "explanations")
+    if not models:
+        raise ExplainError(f"--run {run_dir}: no explanations yet; run `explain describe` first")
+    if cfg.model is None and len(models) > 1:
+        raise ExplainError(f"--run {run_dir} has explanations of several models "
+                           f"({', '.join(models)}); pick one with --model")
+    model = models[0] if cfg.model is None else rundir.model_key(cfg.model)
+    if model not in models:
+        raise ExplainError(f"--model {cfg.model}: no explanations of it in this run "
+                           f"(have: {', '.join(models)})")
+    have = rundir.layers_in(run_dir, "explanations", model)
+    if str(cfg.layers).strip() == "all":
+        return model, have
+    n_layers = int((rundir.model_meta(run_dir, model) or {}).get("n_layers") or max(have) + 1)
+    layers = C.parse_spec(cfg.layers, n_layers, "layer", model)
+    missing = [lay for lay in layers if lay not in have]
+    if missing:
+        raise ExplainError(f"--layer {cfg.layers}: no explanations for layer {missing[0]} of "
+                           f"{model} yet (explained layers: {', '.join(map(str, have))})")
+    return model, layers
+
+
+def _explanations(run_dir: Path, model: str, layer: int, cfg: C.JudgeConfig):
+    ex = rundir.read(run_dir, "explanations", model=model, layer=layer)
+    ex = ex[ex["status"] == "ok"]
+    if cfg.explainer is not None:
+        if not (ex["explainer"] == cfg.explainer).any():
+            have = ", ".join(sorted(set(ex["explainer"]))) or "none"
+            raise ExplainError(f"--explainer {cfg.explainer}: no explanations by it in layer "
+                               f"{layer} (have: {have})")
+        ex = ex[ex["explainer"] == cfg.explainer]
+    if str(cfg.neurons).strip() != "all":
+        d_mlp = int((rundir.model_meta(run_dir, model) or {}).get("d_mlp")
+                    or ex["neuron"].max() + 1)
+        ex = ex[ex["neuron"].isin(C.parse_spec(cfg.neurons, d_mlp, "neuron", f"{model} layer"))]
+    return ex
+
+
+def _jobs(run_dir: Path, model: str, layer: int, cfg: C.JudgeConfig, judge: str,
+          phash: str) -> tuple[int, list[_Job]]:
+    """(explanations selected, the jobs of those not judged yet) in one layer."""
+    ex = _explanations(run_dir, model, layer, cfg)
+    texts: dict[tuple, str] = {}
+    for r in ex.itertuples(index=False):  # newest row last: a re-described candidate wins
+        texts[(int(r.neuron), r.side, r.explainer, int(r.candidate))] = r.explanation
+    sc = rundir.read(run_dir, "scores", model=model, layer=layer)
+    done = {(int(r.neuron), r.side, r.explainer, int(r.candidate), r.explanation_hash)
+            for r in sc.itertuples(index=False) if r.method == cfg.method and
+            r.simulator == judge and r.sim_prompt_hash == phash and r.status in DONE}
+    chosen = {(int(r.neuron), r.side, r.explainer): int(r.candidate)
+              for r in sc.itertuples(index=False)
+              if r.method == "simulation" and r.split == "valid" and r.best}
+    todo = {k: t for k, t in texts.items() if (*k, text_hash(t)) not in done}
+    if len(todo) < len(texts):
+        print(f"judge: layer {layer}: {len(texts) - len(todo)} explanations already judged "
+              f"({cfg.method}, {judge}), skipped", file=sys.stderr)
+    targets = _targets(run_dir, model, layer, {(n, s) for n, s, _, _ in todo}, cfg)
+    lowest: dict[tuple, int] = {}
+    for n, s, e, c in texts:
+        lowest[(n, s, e)] = min(c, lowest.get((n, s, e), c))
+    return len(texts), [_Job(layer, n, s, e, c, t, c == chosen.get((n, s, e), lowest[(n, s, e)]),
+                             targets[(n, s)]) for (n, s, e, c), t in sorted(todo.items())]
+
+
+def _targets(run_dir: Path, model: str, layer: int, wanted: set[tuple[int, str]],
+             cfg: C.JudgeConfig) -> dict[tuple[int, str], _Target]:
+    """Per (neuron, side), its threshold and the prompts' items (see sampling)."""
+    if not wanted:
+        return {}
+    rec = rundir.read(run_dir, "records", model=model, layer=layer,
+                     columns=["neuron", "excerpt_id", "kind", "rank", "split", "activations"])
+    rec = rec[rec["neuron"].isin({n for n, _ in wanted})]
+    toks = rundir.read(run_dir, "excerpts", model=model, columns=["excerpt_id", "tokens"])
+    ids = set(int(e) for e in rec["excerpt_id"])
+    toks = {int(e): tuple(t) for e, t in zip(toks["excerpt_id"], toks["tokens"]) if int(e) in ids}
+    by_neuron: dict[int, list] = {}
+    for r in rec.itertuples(index=False):
+        by_neuron.setdefault(int(r.neuron), []).append(r)
+    out = {}
+    for neuron, side in wanted:
+        out[(neuron, side)] = _target(by_neuron.get(neuron, []), toks, side, cfg,
+                                      (cfg.seed, model, layer, neuron, side, cfg.method))
+    return out
+
+
+def _target(rows: list, toks: dict, side: str, cfg: C.JudgeConfig, seed: tuple) -> _Target:
+    top_kind, q_kind, sign = SA.side_of(side)
+    kinds: dict[str, list[SA.Excerpt]] = {}
+    for r in rows:
+        if int(r.excerpt_id) not in toks:
+            raise ExplainError(f"--run {cfg.run}: records name excerpt {r.excerpt_id}, which "
+                               "excerpts/ lacks; re-record the run")
+        kinds.setdefault(r.kind, []).append(SA.Excerpt(
+            int(r.excerpt_id), r.kind, r.split, int(r.rank), toks[int(r.excerpt_id)],
+            tuple(sign * float(a) for a in r.activations)))
+    tops = kinds.get(top_kind, [])
+    tau = SA.threshold(tops, cfg.fraction)
+    seen = {e.excerpt_id for e in tops if e.split == "explain"}
+    pos = SA.positives(tops, kinds.get(q_kind, []) if q_kind else [], tau, cfg.n_positive, seen)
+    rng = SA.rng_for(*seed)
+    if cfg.method == "detection":
+        items = pos + SA.negatives(kinds.get("random", []), tau, cfg.n_negative,
+                                   seen | {i.excerpt.excerpt_id for i in pos})
+    else:
+        items = SA.fuzz_items(pos, tau, rng)
+    if not pos:
+        why = f"no held-out {top_kind} excerpt reaches the threshold ({len(tops)} recorded)"
+        return _Target(tau, (), why, K.NO_ITEMS)
+    if all(i.label for i in items):
+        why = ("no random excerpt stays below the threshold" if cfg.method == "detection"
+               else "every token of the positives activates: no decoy possible")
+        return _Target(tau, (), why, K.ONE_CLASS)
+    batches = SA.batches(items, cfg.excerpts_per_prompt, rng)
+    return _Target(tau, tuple(tuple(b) for b in batches), None)

@@ -1,0 +1,173 @@
+"""`explain judge` (detection, fuzzing) through the fake OpenAI server with scripted judges."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from explainer import ExplainError
+from explainer import config as C
+from explainer import run as rundir
+from explainer.judge import prompt as P
+from explainer.judge import sampling as SA
+from explainer.judge import stage
+from tests import judgefake as JF
+from tests.fake_openai import FakeOpenAI
+
+
+def _cfg(run, fake, **kw):
+    kw.setdefault("judge", "fake-model")
+    return C.JudgeConfig(run=run, llm=C.LLMConfig(base_url=fake.base_url, concurrency=4,
+                                                  max_retries=0), **kw)
+
+
+def _judge(run, style, method, **kw):
+    with FakeOpenAI(JF.Judge(style, **{k: kw.pop(k) for k in ("logprobs",) if k in kw})) as fake:
+        stage.run(_cfg(run, fake, method=method, **kw))
+        return fake.completions()
+
+
+def _scores(run, method):
+    sc = rundir.read(run, "scores")
+    return sc[sc["method"] == method].sort_values("neuron").reset_index(drop=True)
+
+
+@pytest.mark.parametrize("method", ["detection", "fuzzing"])
+def test_perfect_judge_scores_one_and_labels_are_true(tmp_path, method):
+    run = JF.make_run(tmp_path / "run")
+    _judge(run, "perfect", method)
+    sc = _scores(run, method)
+    assert len(sc) == 6 and (sc["status"] == "ok").all()
+    assert (sc["balanced_accuracy"] == 1.0).all() and (sc["auroc"] == 1.0).all()
+    assert (sc["score"] == sc["balanced_accuracy"]).all() and (sc["split"] == "heldout").all()
+    j = rundir.read(run, "judgments")
+    j = j[j["method"] == method]
+    # Labels, checked independently from the known activations: a positive holds the word.
+    for r in j.itertuples():
+        words = [t.strip() for t in JF.tokens(r.excerpt_id)]
+        if method == "detection":
+            assert r.label == (JF.WORDS[r.neuron] in words)
+            assert r.kind == ("random" if not r.label else r.kind)
+            assert r.split != "explain"
+        else:
+            hl = [words[i] for i in r.highlighted]
+            assert r.label == all(w == JF.WORDS[r.neuron] for w in hl) and len(hl) > 0
+            assert len(hl) == words.count(JF.WORDS[r.neuron])  # decoys: as many highlighted
+    assert (j.groupby("neuron")["label"].sum() == 10).all()  # n_positive
+    assert np.allclose(j["threshold"], [0.1 * max(max(JF.activations(n, e)) for e in range(120))
+                                        for n in j["neuron"]], rtol=1e-6)
+
+
+def test_always_yes_is_chance_and_random_is_near_chance(tmp_path):
+    run = JF.make_run(tmp_path / "run", d_mlp=12)
+    _judge(run, "always_yes", "detection")
+    sc = _scores(run, "detection")
+    assert (sc["balanced_accuracy"] == 0.5).all() and (sc["recall"] == 1.0).all()
+    assert (sc["auroc"] == 0.5).all()
+    run2 = JF.make_run(tmp_path / "run2", d_mlp=12)
+    _judge(run2, "random", "detection")
+    sc = _scores(run2, "detection")
+    # 12 neurons x 20 items: the pooled mean's standard error is about 0.5 / sqrt(240) = 0.03.
+    assert abs(sc["balanced_accuracy"].mean() - 0.5) < 0.1
+    assert abs(sc["auroc"].mean() - 0.5) < 0.1
+
+
+def test_unreadable_answers_fail_their_excerpt_and_are_asked_again(tmp_path):
+    run = JF.make_run(tmp_path / "run")
+    first = _judge(run, "garble", "detection")
+    sc = _scores(run, "detection")
+    j = rundir.read(run, "judgments")
+    failed = j[j["status"] == "failed"]
+    assert len(failed) > 0 and failed["prediction"].isna().all()
+    assert failed["error"].str.contains("no answer line").all()
+    assert (sc["n_failed"] == j.groupby("neuron")["status"].apply(
+        lambda s: (s == "failed").sum()).to_numpy()).all()
+    assert set(sc["status"]) == {"partial"} and (sc["n_judged"] + sc["n_failed"] == 20).all()
+    assert sc["auroc"].isna().all()  # no logprobs came back
+    # The readable answers are still right; unreadable prompts were not cached: asked again.
+    ok = j[j["status"] == "ok"]
+    assert (ok["prediction"] == ok["label"]).all()
+    again = _judge(run, "perfect", "detection")
+    assert again == first
+    sc = _scores(run, "detection")
+    assert set(sc["status"]) == {"ok"} and (sc["balanced_accuracy"] == 1.0).all()
+    assert _judge(run, "perfect", "detection") == 0  # finished: nothing sent
+
+
+def test_without_logprobs_there_is_no_auroc(tmp_path):
+    run = JF.make_run(tmp_path / "run")
+    _judge(run, "perfect", "fuzzing", logprobs=False)
+    sc = _scores(run, "fuzzing")
+    assert (sc["balanced_accuracy"] == 1.0).all() and sc["auroc"].isna().all()
+    assert rundir.read(run, "judgments")["probability"].isna().all()
+
+
+def test_every_explainer_gets_the_same_prompts(tmp_path):
+    run = JF.make_run(tmp_path / "run", d_mlp=2, explainers=("a", "b"))
+    rundir.write_rows(run, "explanations", [rundir.ExplanationRow(
+        JF.MODEL, 0, n, "b", "p" * 12, 0, f'the word "{JF.WORDS[n]}" and more', 10, 5, "ok",
+        None) for n in range(2)])
+    with FakeOpenAI(JF.Judge("perfect")) as fake:
+        stage.run(_cfg(run, fake, method="detection"))
+        users = [r.body["messages"][-1]["content"] for r in fake.requests if r.body]
+    by = {}
+    for u in users:
+        head, rest = u.split("\n", 1)
+        by.setdefault("b" if "and more" in head else "a", []).append(rest)
+    assert len(by["a"]) == 8 and sorted(by["a"]) == sorted(by["b"])
+
+
+def test_bad_input_is_refused_before_anything_is_written(tmp_path):
+    run = JF.make_run(tmp_path / "run")
+    for kw in ({"method": "vibes"}, {"excerpts_per_prompt": 0}, {"fraction": 0.0},
+               {"explainer": "nobody"}):
+        with FakeOpenAI(JF.Judge()) as fake, pytest.raises(ExplainError):
+            stage.run(_cfg(run, fake, **kw))
+    assert not (run / "judgments").exists()
+    from cli import app
+
+    res = CliRunner().invoke(app, ["judge", "--run", str(run), "--method", "nope"])
+    assert res.exit_code == 2 and "--method" in res.output
+
+
+# --- pure parts ---------------------------------------------------------------------------
+
+
+def _ex(eid, acts, kind="top", split="valid", rank=0):
+    return SA.Excerpt(eid, kind, split, rank, tuple(f" w{i}" for i in range(len(acts))),
+                      tuple(acts))
+
+
+def test_sampling_threshold_positives_negatives_decoys():
+    tops = [_ex(0, [0, 10, 0], split="explain"), _ex(1, [0, 9, 0]), _ex(2, [3, 0, 0], rank=1),
+            _ex(3, [0, 0.5, 0], rank=2)]
+    tau = SA.threshold(tops, 0.1)
+    assert tau == 1.0
+    pos = SA.positives(tops, [_ex(9, [0, 5.5, 0], kind="quantile")], tau, 10, {0})
+    assert [p.excerpt.excerpt_id for p in pos] == [1, 9, 2]  # strongest bin first, round robin
+    assert [p.quantile for p in pos] == [4, 2, 1]  # bins of 9, 5.5, 3 over (0, 10]
+    rand = [_ex(5, [0.2, 0.9, 0], "random", rank=1), _ex(6, [1.0, 0, 0], "random", rank=0),
+            _ex(7, [0, 0, 0.1], "random", rank=2)]
+    assert [n.excerpt.excerpt_id for n in SA.negatives(rand, tau, 5)] == [5, 7]
+    fz = SA.fuzz_items(pos, tau, SA.rng_for(0))
+    for t, d in zip(fz[::2], fz[1::2]):
+        assert t.label and not d.label and len(t.highlighted) == len(d.highlighted)
+        assert not set(t.highlighted) & set(d.highlighted)
+    bs = SA.batches(fz, 2, SA.rng_for(1))
+    assert all(len({i.excerpt.excerpt_id for i in b}) == len(b) for b in bs)
+    assert sorted(map(id, sum(bs, []))) == sorted(map(id, fz))
+    assert SA.batches(fz, 2, SA.rng_for(1)) == bs  # seeded
+    assert SA.side_of("neg") == ("bottom", None, -1.0)
+    assert SA.threshold([_ex(0, [-1, -2])], 0.1) == math.inf
+
+
+def test_prompt_parse_reads_each_line_and_never_guesses():
+    got = P.parse("Sure!\n1: yes\n2) No\n* 3. YES\n5: no\n4 maybe", 4)
+    assert [a.prediction for a in got] == [True, False, True, None]
+    assert "excerpt 4" in got[3].error
+    both = P.parse("1: yes\n1: no", 1)[0]
+    assert both.prediction is None and "both" in both.error
+    assert P.excerpt_text([" a", " b", "\n", " c"], [1, 2]) == " a<< b\\n>> c"
