@@ -128,6 +128,35 @@ def view(
 
 
 @app.command()
+def judge(
+    run: RunOpt,
+    method: Annotated[str, typer.Option(help="detection (which excerpts fit the explanation?) or fuzzing (are the highlighted tokens the ones it names?).")],
+    layers: LayersOpt = "all",
+    neurons: NeuronsOpt = "all",
+    model: ModelSel = None,
+    explainer: Annotated[Optional[str], typer.Option(help="Judge only this explainer's explanations (default: all).")] = None,
+    judge: Annotated[str, typer.Option("--judge", help=f"Judge LLM at the endpoint ({C.EMBEDDED_LLM}: the embedded one).")] = C.EMBEDDED_LLM,
+    base_url: BaseUrlOpt = None,
+    excerpts_per_prompt: Annotated[int, typer.Option(help="Excerpts per prompt (answered one line each).")] = 5,
+    n_positive: Annotated[int, typer.Option(help="Held-out activating excerpts per neuron.")] = 10,
+    n_negative: Annotated[int, typer.Option(help="Non-activating random excerpts per neuron (detection).")] = 10,
+    fraction: Annotated[float, typer.Option(help="A token activates at this share of the neuron's top activation or more.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed of the shuffle into prompts and of fuzzing's decoys.")] = 0,
+    logprobs: Annotated[bool, typer.Option("--logprobs/--no-logprobs", help="Ask for top_logprobs (P(yes) and AUROC).")] = True,
+    concurrency: ConcOpt = 8,
+):
+    """Score explanations with a cheaper judge: detection or fuzzing, beside simulation."""
+    from explainer import judge as stage
+
+    cfg = C.JudgeConfig(run=run, method=method, layers=layers, neurons=neurons, model=model,
+                        explainer=explainer, judge=judge, excerpts_per_prompt=excerpts_per_prompt,
+                        n_positive=n_positive, n_negative=n_negative, fraction=fraction,
+                        seed=seed, logprobs=logprobs,
+                        llm=C.LLMConfig(base_url=base_url, concurrency=concurrency))
+    typer.echo(_call(stage.run, cfg))
+
+
+@app.command()
 def simulate(
     run: RunOpt,
     layers: LayersOpt = "all",
@@ -207,6 +236,7 @@ def run_all(
     simulator: Annotated[str, typer.Option(help="Simulator LLM at the endpoint.")] = C.EMBEDDED_LLM,
     base_url: BaseUrlOpt = None,
     mode: Annotated[str, typer.Option(help="Simulation mode: auto, logprob or chat.")] = "auto",
+    judge_methods: Annotated[str, typer.Option(help="Also judge with these methods (detection,fuzzing), by the simulator's LLM.")] = "",
     concurrency: ConcOpt = 8,
     seed: Annotated[int, typer.Option(help="Seed of the random sample.")] = 0,
     device: Annotated[str, typer.Option(help="torch device of the subject model.")] = "cpu",
@@ -219,7 +249,8 @@ def run_all(
                       n_excerpts=n_excerpts, seed=seed, device=device, explainers=explainers,
                       explain_excerpts=explain_excerpts,
                       simulator=simulator, mode=mode,
-                      llm=C.LLMConfig(base_url=base_url, concurrency=concurrency))
+                      llm=C.LLMConfig(base_url=base_url, concurrency=concurrency),
+                      judge_methods=tuple(m.strip() for m in judge_methods.split(",") if m.strip()))
     typer.echo(_call(pipeline.run, cfg))
 
 

@@ -91,6 +91,26 @@ class SimulateConfig:
 
 
 @dataclass(frozen=True)
+class JudgeConfig:
+    """Settings of `explain judge`: detection or fuzzing scores beside simulation's."""
+
+    run: Path
+    method: str = "detection"  # detection | fuzzing
+    layers: str = "all"
+    neurons: str = "all"
+    model: str | None = None
+    explainer: str | None = None  # which explanations to judge; None = all of them
+    judge: str = EMBEDDED_LLM
+    excerpts_per_prompt: int = 5
+    n_positive: int = 10  # held-out activating excerpts, spread over activation strength
+    n_negative: int = 10  # the neuron's random excerpts with no activating token (detection)
+    fraction: float = 0.1  # a token activates at >= this share of the neuron's top activation
+    seed: int = 0  # of the shuffle into prompts and of fuzzing's decoy highlights
+    logprobs: bool = True  # ask for top_logprobs (P(yes), AUROC); off for APIs that refuse it
+    llm: LLMConfig = LLMConfig()
+
+
+@dataclass(frozen=True)
 class ScoreConfig:
     """Settings of `explain score` (recompute scores from stored simulations, no LLM)."""
 
@@ -106,6 +126,7 @@ class ReportConfig:
     by: str = "layer"  # layer | model
     format: str = "table"  # table | csv | json
     plot: Path | None = None
+    cost: bool = False  # tokens and dollars per neuron by stage and LLM, from llm.sqlite
 
 
 @dataclass(frozen=True)
@@ -149,6 +170,7 @@ class RunConfig:
     simulator: str = EMBEDDED_LLM
     mode: str = "auto"
     llm: LLMConfig = LLMConfig()
+    judge_methods: tuple[str, ...] = ()  # detection, fuzzing: judged by the simulator's LLM
 
 
 def spread_layers(n_layers: int, count: int = 4) -> str:
