@@ -223,6 +223,41 @@ def describe(
     typer.echo(_call(stage.run, cfg))
 
 
+@app.command()
+def puzzles(
+    simulator: Annotated[str, typer.Option(help=f"Simulator LLM at the endpoint ({C.EMBEDDED_LLM}: embedded), or baseline-lexical (no LLM).")] = C.EMBEDDED_LLM,
+    base_url: BaseUrlOpt = None,
+    mode: Annotated[str, typer.Option(help="auto, logprob or chat (see `explain simulate`).")] = "auto",
+    file: Annotated[Optional[Path], typer.Option("--file", help="Another puzzles file in the shipped format (default: the shipped puzzles).")] = None,
+    run: Annotated[Optional[Path], typer.Option("--run", help="Run directory to keep the results in (default: runs/puzzles-SIMULATOR).")] = None,
+    format: Annotated[str, typer.Option("--format", help="table | json.")] = "table",
+    explain: Annotated[bool, typer.Option("--explain", help="Also have the explainer explain each puzzle, and score that.")] = False,
+    explainer: Annotated[Optional[str], typer.Option(help=f"Explainer for --explain (default: the simulator's LLM; {C.BASELINE_EXPLAINER} needs none).")] = None,
+    concurrency: ConcOpt = 8,
+):
+    """Measure a simulator on known-answer neuron puzzles: does the true explanation score first?"""
+    from explainer import puzzles as stage
+
+    cfg = C.PuzzlesConfig(run=run, simulator=simulator, mode=mode, file=file, format=format,
+                          explain=explain, explainer=explainer,
+                          llm=C.LLMConfig(base_url=base_url, concurrency=concurrency))
+    typer.echo(_call(stage.run, cfg))
+
+
+@app.command("import")
+def import_(
+    paths: Annotated[list[Path], typer.Argument(help="Neuron record / explanation files or folders (.json, .jsonl).")],
+    run: RunOpt,
+    format: Annotated[str, typer.Option("--format", help="openai: neuron-explainer's NeuronRecord and NeuronSimulationResults JSON.")] = "openai",
+    model: Annotated[str, typer.Option(help="Subject model the records come from.")] = "gpt2-xl",
+):
+    """Import published neuron records and explanations (Bills et al., 2023) as a run directory."""
+    from explainer import ingest as stage
+
+    cfg = C.ImportConfig(paths=tuple(paths), run=run, format=format, model=model)
+    typer.echo(_call(stage.run, cfg))
+
+
 @app.command("run")
 def run_all(
     run: RunOpt = Path("runs/demo"),

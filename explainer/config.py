@@ -130,6 +130,30 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class PuzzlesConfig:
+    """Settings of `explain puzzles`: a simulator measured on known-answer neuron puzzles."""
+
+    run: Path | None = None  # None: runs/puzzles-<simulator>
+    simulator: str = EMBEDDED_LLM  # or baseline-lexical (no LLM)
+    mode: str = "auto"  # auto | logprob | chat (ignored by baseline-lexical)
+    file: Path | None = None  # None: the puzzles shipped with the package
+    format: str = "table"  # table | json
+    explain: bool = False  # also have an explainer explain each puzzle from its passages
+    explainer: str | None = None  # None: the simulator's LLM (the embedded one for the baseline)
+    llm: LLMConfig = LLMConfig()
+
+
+@dataclass(frozen=True)
+class ImportConfig:
+    """Settings of `explain import`: another tool's neuron records as a run directory."""
+
+    paths: tuple[Path, ...]
+    run: Path
+    format: str = "openai"  # the only one: neuron-explainer's NeuronRecord JSON
+    model: str = "gpt2-xl"  # the subject model the records come from
+
+
+@dataclass(frozen=True)
 class ShowConfig:
     """Settings of `explain show`."""
 

@@ -14,7 +14,8 @@ PLUMBING = {"run", "llm", "prompts", "config", "progress"}
 # Shared rules that stages may import (pure scoring); they import plumbing only.
 SHARED = {"score"}
 # Composition: may import anything.
-COMPOSERS = {"pipeline", "cli"}
+# puzzles runs the simulator (and explainer) on known answers, outside any run directory.
+COMPOSERS = {"pipeline", "cli", "puzzles"}
 
 
 def _package_of(path: Path) -> str:
