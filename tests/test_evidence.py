@@ -140,3 +140,31 @@ def test_labels_keep_variants_apart():
     assert explainer_label("gpt-4o", "inputs") == "gpt-4o"
     assert explainer_label("gpt-4o", "both") == "gpt-4o+both"
     assert explainer_label("baseline-logits", "outputs") == "baseline-logits"
+
+
+def test_report_groups_by_evidence(tmp_path):
+    import json
+
+    from explainer.config import ReportConfig
+    from explainer.views import report
+
+    run = tmp_path / "rep"
+    rundir.write_run_json(run, {"format": 1, "models": {RF.MODEL: {
+        "model": RF.MODEL, "n_layers": 2, "d_mlp": 8, "n_params": 1000}}})
+    want = {"m": [0.1, 0.2, 0.3], "m+both": [0.5, 0.6, 0.9], "baseline-logits": [0.0, 0.3, 0.3]}
+    rows = [rundir.ScoreRow(model=RF.MODEL, layer=0, neuron=n, explainer=e, candidate=0,
+                            simulator="sim", split="valid", explanation="x", score=s,
+                            score_top=s, score_random=s, rsquared=None, abs_dev_explained=None,
+                            n_tokens=80, best=True, status="ok", error=None)
+            for e, scores in want.items() for n, s in enumerate(scores)]
+    rundir.write_rows(run, "scores", rows)
+    out = json.loads(report.run(ReportConfig(run=run, by="model", format="json")))
+    got = {(r["explainer"], r["evidence"]): r["mean"] for r in out["rows"]}
+    assert got == pytest.approx({("m", "inputs"): 0.2, ("m+both", "both"): 2 / 3,
+                                 ("baseline-logits", "outputs"): 0.2})
+    table = report.run(ReportConfig(run=run, by="model"))
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in table.split("Score by")[1]
+             .splitlines() if line.startswith("│")]  # the by-model table's rows
+    got = {(c[2], c[3]): c[6] for c in cells}
+    assert got == {("m", "inputs"): "0.200", ("m", "both"): "0.667",
+                   ("baseline-logits", "outputs"): "0.200"}

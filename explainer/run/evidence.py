@@ -52,3 +52,11 @@ def explainer_label(explainer: str, evidence: str) -> str:
     if evidence == "inputs" or explainer.startswith("baseline-"):
         return explainer
     return f"{explainer}+{evidence}"
+
+
+def split_label(explainer: str) -> tuple[str, str]:
+    """(explainer's own name, evidence) of a stored explainer name (`explainer_label` undone)."""
+    name, _, suffix = explainer.rpartition("+")
+    if name and suffix in ("outputs", "both"):
+        return name, suffix
+    return explainer, "outputs" if explainer == "baseline-logits" else "inputs"

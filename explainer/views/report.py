@@ -19,6 +19,7 @@ import numpy as np
 from explainer import ExplainError
 from explainer import run as rundir
 from explainer.config import ReportConfig
+from explainer.run.evidence import split_label
 from explainer.score import metrics as S
 from explainer.views.formats import format_params, num as _num
 
@@ -49,6 +50,9 @@ class ReportRow:
     mean_test: float | None  # the chosen candidate on the held-back test split
     n_dead: int  # dead neurons: the real activation is constant on the scored excerpts
     n_failed: int  # failed to simulate, or nothing to score
+    # What the explainer saw (inputs | outputs | both); `explainer` is the stored name, NAME,
+    # NAME+outputs or NAME+both (run/evidence.py), so each evidence is its own group.
+    evidence: str = "inputs"
 
 
 def bootstrap_ci(values, n_boot: int = 2000, seed: int = 0, level: float = 0.95):
@@ -125,7 +129,8 @@ def summarize(rows, meta: dict, layer, explainer: str, simulator: str, seed: int
         depth = float(layer) / (n_layers - 1) if n_layers > 1 else 0.0
     return ReportRow(
         model=meta.get("model", ""), layer=None if layer is None else int(layer), depth=depth,
-        explainer=explainer, simulator=simulator, n_params=meta.get("n_params"),
+        explainer=explainer, evidence=split_label(explainer)[1], simulator=simulator,
+        n_params=meta.get("n_params"),
         n_neurons=int(len(rows)), n_scored=int(ok.sum()),
         mean=float(good.mean()) if good.size else None, ci_low=lo, ci_high=hi,
         median=float(np.median(good)) if good.size else None,
@@ -231,6 +236,9 @@ def _table(title: str, rows: list[ReportRow], first: list[tuple[str, callable]])
     t = Table(title=title, title_justify="left", header_style="bold")
     several_sims = len({r.simulator for r in rows}) > 1
     cols = first + [("explainer", lambda r: r.explainer)]
+    if any(r.evidence != "inputs" for r in rows):  # the explainer's own name, then its evidence
+        cols[-1:] = [("explainer", lambda r: split_label(r.explainer)[0]),
+                     ("evidence", lambda r: r.evidence)]
     cols += [("simulator", lambda r: r.simulator)] if several_sims else []
     cols += [
         ("neurons", lambda r: str(r.n_neurons)),
@@ -245,7 +253,7 @@ def _table(title: str, rows: list[ReportRow], first: list[tuple[str, callable]])
         ("dead", lambda r: str(r.n_dead)),
         ("failed", lambda r: str(r.n_failed)),
     ]
-    text_cols = ("model", "models", "explainer", "simulator")
+    text_cols = ("model", "models", "explainer", "evidence", "simulator")
     for name, _ in cols:
         t.add_column(name, justify="left" if name in text_cols else "right", no_wrap=True)
     previous = None
