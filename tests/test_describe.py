@@ -221,6 +221,10 @@ def test_embedded_end_to_end(run):
     df = _rows(run)
     assert len(df) == 2 and set(df["explainer"]) == {C.EMBEDDED_LLM}
     ok = df[df["status"] == "ok"]
-    # a 135M model may ramble; what it gives must be one clean phrase, the rest a failure row
+    # a 135M model may ramble; what it gives must be one clean phrase, the rest a failure row;
+    # but not every answer may fail, or the check below holds vacuously (all() of nothing)
+    assert len(ok) >= 1, df[["neuron", "status", "error"]]
     assert all(0 < len(t) <= P.MAX_CHARS and "\n" not in t for t in ok["explanation"])
+    failed = df[df["status"] != "ok"]
+    assert failed["explanation"].isna().all() and (failed["error"].str.len() > 0).all()
     assert (df["prompt_tokens"][df["status"] == "ok"] > 0).all()

@@ -177,16 +177,21 @@ def test_rerun_and_resume(tmp_path, tiny_gpt2, tiny_corpus):
     assert record(*common, "--layers", "0").exit_code == 0
     layer0 = rundir.files(run, "records", "tiny-gpt2", 0)
     ex = rundir.files(run, "excerpts", "tiny-gpt2")
+    # A pass killed mid-way leaves only its hidden staging folder; the next pass discards it.
+    stale = run / ".staging-tiny-gpt2" / "excerpts" / "model=tiny-gpt2"
+    stale.mkdir(parents=True)
+    (stale / "00000000000000000000-killed-part.parquet").write_bytes(b"half a file")
     res = record(*common, "--layers", "0-1")  # as if a killed run had finished only layer 0
     assert res.exit_code == 0, res.output
+    assert not (run / ".staging-tiny-gpt2").exists()
+    assert not [p for p in run.rglob(".*") if p.name.startswith(".staging")
+                or p.name.endswith(".tmp")]  # no staging folder or temporary file is left
     assert rundir.files(run, "records", "tiny-gpt2", 0) == layer0  # layer 0 not redone
     assert rundir.files(run, "excerpts", "tiny-gpt2") == ex
     assert rundir.layers_in(run, "records", "tiny-gpt2") == [0, 1]
+    assert len(rundir.read(run, "excerpts")) == 40  # the killed pass's file never got in
     res = record(*common, "--layers", "all")
     assert res.exit_code == 0 and "nothing to do" in res.output
-    # A killed pass leaves only a hidden staging folder, which a rerun discards.
-    (run / ".staging-tiny-gpt2" / "excerpts").mkdir(parents=True)
-    assert not list(run.glob("*/model=*/layer=*/.*"))
 
 
 def test_models_lists_sizes_and_availability():

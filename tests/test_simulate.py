@@ -79,18 +79,28 @@ def test_shuffled_scores_near_zero(tmp_path, mode):
 @pytest.mark.parametrize("mode", ["logprob", "chat"])
 def test_garbage_is_recorded_as_failed_and_retried(tmp_path, mode):
     run = _run(tmp_path, neurons=[0, 1])
-    with FakeOpenAI(simfake.Handler("garbage", CTX, N_EXCERPTS)) as fake:
+    handler = simfake.Handler("garbage", CTX, N_EXCERPTS)
+    with FakeOpenAI(handler) as fake:
         simulate.run(_cfg(run, fake, mode=mode))
-        n_first = fake.completions()
-    sims, sc = rundir.read(run, "simulations"), _scores(run)
-    assert (sims["status"] == "failed").all() and sims["predicted"].isna().all()
-    assert sims["error"].str.len().min() > 10
-    assert (sc["status"] == "failed").all() and sc["score"].isna().all()
-    # unusable answers are not cached: a rerun asks again and, now sane, scores
-    with FakeOpenAI(simfake.Handler("truth", CTX, N_EXCERPTS)) as fake:
+        sims, sc = rundir.read(run, "simulations"), _scores(run)
+        assert (sims["status"] == "failed").all() and sims["predicted"].isna().all()
+        assert sims["error"].str.len().min() > 10
+        assert (sc["status"] == "failed").all() and sc["score"].isna().all()
+        # Unusable answers are not cached: the same server (so the same cache key, whatever
+        # the key holds), now sane, is asked every failed request again, and the rerun scores.
+        first = {_body(r) for r in fake.requests if "Neuron: " in _body(r)}
+        n = len(fake.requests)
+        handler.style = "truth"
         simulate.run(_cfg(run, fake, mode=mode))
-        assert fake.completions() >= n_first
+        again = {_body(r) for r in fake.requests[n:] if "Neuron: " in _body(r)}
+    assert len(first) >= 9 and first <= again  # every failed request is asked again
     assert (_scores(run)["score"] > 0.99).all()
+
+
+def _body(req) -> str:
+    import json
+
+    return json.dumps(req.body or {}, sort_keys=True)
 
 
 def test_auto_mode_and_resume(tmp_path):
