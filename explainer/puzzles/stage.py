@@ -155,7 +155,7 @@ async def _run(cfg, out: Path, pset: str, puzzles, endpoint, explainer: str | No
         todo = _todo(items, stored, sim.mode)
         n_tokens = await _simulate(sim, todo, pset, name, phash, out)
         print(f"puzzles: simulator {sim.summary()}", file=sys.stderr)
-        return sim.mode, _usage(out, t0, sim, n_tokens)
+    return sim.mode, _usage(out, t0, sim, n_tokens)  # the ledger is complete once closed
 
 
 @contextlib.asynccontextmanager

@@ -195,6 +195,10 @@ def run(cfg: ReportConfig) -> str:
         raise ExplainError(f"--format {cfg.format}: expected one of {', '.join(FORMATS)}")
     if cfg.plot is not None and Path(cfg.plot).suffix.lower() != ".png":
         raise ExplainError(f"--plot {cfg.plot}: expected a file name ending in .png")
+    known = _puzzles(cfg)
+    if known is not None and not rundir.files(cfg.run, "scores"):
+        return known[0] if cfg.format != "json" else json.dumps(
+            {"run": str(cfg.run), "puzzles": known[1]}, indent=2)
     scores, models_meta = load(cfg.run)
     rows = aggregate(scores, models_meta, cfg.by)
     per_model = aggregate(scores, models_meta, "model") if cfg.by == "layer" else rows
@@ -208,9 +212,17 @@ def run(cfg: ReportConfig) -> str:
         return to_csv(rows)
     if cfg.format == "json":
         return json.dumps({"run": str(cfg.run), "by": cfg.by, "rows": _dicts(rows),
-                           "models": _dicts(per_model), "pairs": _dicts(pairs)}, indent=2)
-    text = render_tables(rows, per_model, pairs, cfg.by)
+                           "models": _dicts(per_model), "pairs": _dicts(pairs),
+                           "puzzles": known[1] if known else []}, indent=2)
+    text = render_tables(rows, per_model, pairs, cfg.by) + (f"\n{known[0]}" if known else "")
     return text + (f"\nplot: {cfg.plot}" if cfg.plot is not None else "")
+
+
+def _puzzles(cfg: ReportConfig):
+    """The simulators' puzzle accuracy when the run holds `explain puzzles` results, else None."""
+    from explainer.views import puzzles
+
+    return puzzles.report_section(cfg.run) if Path(cfg.run).is_dir() else None
 
 
 def _dicts(rows: list[ReportRow]) -> list[dict]:
