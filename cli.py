@@ -95,11 +95,13 @@ def report(
     by: Annotated[str, typer.Option(help="Rows per layer (and per model after), or per model only: layer | model.")] = "layer",
     format: Annotated[str, typer.Option("--format", help="table | csv | json.")] = "table",
     plot: Annotated[Optional[Path], typer.Option(help="Also write a PNG: mean score by layer depth per model, and the score histogram.")] = None,
+    cost: Annotated[bool, typer.Option("--cost", help="Instead: LLM calls, tokens and dollars per neuron by stage and model, from llm.sqlite.")] = False,
 ):
     """Summarise scores by layer, by model size and by explainer/simulator pair."""
     from explainer.views import report as stage
 
-    typer.echo(_call(stage.run, C.ReportConfig(run=run, by=by, format=format, plot=plot)))
+    typer.echo(_call(stage.run, C.ReportConfig(run=run, by=by, format=format, plot=plot,
+                                               cost=cost)))
 
 
 @app.command()

@@ -67,3 +67,14 @@ def test_perfect_and_constant_judges():
     assert perfect.balanced_accuracy == 1.0 and perfect.auroc == 1.0 and perfect.f1 == 1.0
     always = K.classify(y, [True] * 12, [0.8] * 12)
     assert always.balanced_accuracy == 0.5 and always.auroc == 0.5 and always.recall == 1.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rank_correlation_matches_scipy(seed):
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(seed)
+    x = np.round(rng.random(30), 1)  # ties
+    y = np.round(x + rng.normal(0, 0.3, 30), 1)
+    assert K.rank_correlation(x, y) == pytest.approx(stats.spearmanr(x, y).statistic)
+    assert K.rank_correlation([1, 2, 3], [5, 5, 5]) is None
+    assert K.rank_correlation([1, 2], [1, 2]) is None

@@ -171,3 +171,56 @@ def test_prompt_parse_reads_each_line_and_never_guesses():
     both = P.parse("1: yes\n1: no", 1)[0]
     assert both.prediction is None and "both" in both.error
     assert P.excerpt_text([" a", " b", "\n", " c"], [1, 2]) == " a<< b\\n>> c"
+
+
+# --- report and cost ----------------------------------------------------------------------
+
+
+def test_report_shows_judges_with_chance_and_rank_correlation(tmp_path):
+    from explainer.views import judged, report
+
+    run = JF.make_run(tmp_path / "run", d_mlp=8)
+    _judge(run, "perfect", "detection")
+    _judge(run, "random", "fuzzing")
+    # Simulation rows for the same neurons, so methods can be correlated (score = neuron / 10).
+    rundir.write_rows(run, "scores", [rundir.ScoreRow(
+        JF.MODEL, 0, n, "fake-explainer", 0, "sim", "valid", "x", n / 10, None, None, None,
+        None, 80, True, "ok", None) for n in range(8)])
+    scores = rundir.read(run, "scores")
+    rows = judged.aggregate(scores, {}, "layer")
+    by = {r.method: r for r in rows}
+    fz = _scores(run, "fuzzing")
+    assert by["detection"].mean == 1.0 and by["detection"].chance == 0.5
+    assert by["fuzzing"].mean == pytest.approx(fz["balanced_accuracy"].mean())
+    assert by["fuzzing"].n_scored == 8 and by["fuzzing"].items == 160
+    corr = {(c.a, c.b): c for c in judged.correlations(scores, {})}
+    stats = pytest.importorskip("scipy.stats")
+    want = stats.spearmanr(np.arange(8) / 10, fz["balanced_accuracy"]).statistic
+    assert corr[("simulation", "fuzzing")].rho == pytest.approx(want)
+    assert corr[("simulation", "fuzzing")].n == 8
+    text = report.run(C.ReportConfig(run=run))
+    assert "Judges: balanced accuracy" in text and "chance" in text and "simulation ~ fuzzing" in text
+    data = __import__("json").loads(report.run(C.ReportConfig(run=run, format="json")))
+    assert {j["method"] for j in data["judges"]} == {"detection", "fuzzing"}
+
+
+def test_report_cost_counts_each_request_once_per_stage_and_model(tmp_path):
+    from explainer.views import cost, report
+
+    run = JF.make_run(tmp_path / "run", d_mlp=3)
+    _judge(run, "perfect", "detection")
+    _judge(run, "perfect", "fuzzing", neurons="0")
+    rows = {r.stage: r for r in cost.cost_rows(cost.read_calls(run))}
+    j = rundir.read(run, "judgments")
+    det = j[j["method"] == "detection"]
+    assert rows["judge-detection"].neurons == 3 and rows["judge-fuzzing"].neurons == 1
+    # 20 items per neuron in prompts of 5: 4 calls each; the fake bills len(user) // 4 tokens.
+    assert rows["judge-detection"].calls == 12 == rows["judge-detection"].sent
+    assert rows["judge-detection"].completion_tokens == 4 * len(det)
+    assert rows["judge-detection"].usd is None  # no price for fake-model
+    # A cache hit is the same request: counted once.
+    calls = cost.read_calls(run)
+    again = [(s, k, r, m, h, p, c, 1, st) for s, k, r, m, h, p, c, _, st in calls]
+    assert cost.cost_rows(calls + again) == cost.cost_rows(calls)
+    text = report.run(C.ReportConfig(run=run, cost=True))
+    assert "judge-detection" in text and "prompt/neuron" in text

@@ -116,3 +116,14 @@ def classify(labels: Sequence[bool], predictions: Sequence[bool],
         accuracy=(tp + tn) / len(y), balanced_accuracy=balanced_accuracy(y, p),
         f1=f1(prec, rec), precision=prec, recall=rec, auroc=area, recall_by_quantile=quant,
         n_items=len(y), status=OK if both else ONE_CLASS)
+
+
+def rank_correlation(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rank correlation (Pearson over average ranks); None with under 3 pairs or a
+    constant side."""
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if a.size < 3 or a.size != b.size:
+        return None
+    ra, rb = _average_ranks(a) - (a.size + 1) / 2.0, _average_ranks(b) - (b.size + 1) / 2.0
+    den = np.sqrt((ra ** 2).sum() * (rb ** 2).sum())
+    return float(np.clip((ra * rb).sum() / den, -1, 1)) if den > 0 else None

@@ -195,11 +195,19 @@ def run(cfg: ReportConfig) -> str:
         raise ExplainError(f"--format {cfg.format}: expected one of {', '.join(FORMATS)}")
     if cfg.plot is not None and Path(cfg.plot).suffix.lower() != ".png":
         raise ExplainError(f"--plot {cfg.plot}: expected a file name ending in .png")
+    if cfg.cost:
+        from explainer.views import cost
+
+        return cost.run(cfg.run)
     known = _puzzles(cfg)
     if known is not None and not rundir.files(cfg.run, "scores"):
         return known[0] if cfg.format != "json" else json.dumps(
             {"run": str(cfg.run), "puzzles": known[1]}, indent=2)
     scores, models_meta = load(cfg.run)
+    from explainer.views import judged
+
+    judges = judged.aggregate(scores, models_meta, cfg.by)
+    corr = judged.correlations(scores, models_meta)
     rows = aggregate(scores, models_meta, cfg.by)
     per_model = aggregate(scores, models_meta, "model") if cfg.by == "layer" else rows
     pairs = aggregate(scores, models_meta, "pair")
@@ -213,8 +221,10 @@ def run(cfg: ReportConfig) -> str:
     if cfg.format == "json":
         return json.dumps({"run": str(cfg.run), "by": cfg.by, "rows": _dicts(rows),
                            "models": _dicts(per_model), "pairs": _dicts(pairs),
-                           "puzzles": known[1] if known else []}, indent=2)
+                           "puzzles": known[1] if known else [],
+                           "judges": _dicts(judges), "correlations": _dicts(corr)}, indent=2)
     text = render_tables(rows, per_model, pairs, cfg.by) + (f"\n{known[0]}" if known else "")
+    text += f"\n{judged.render(judges, corr)}" if judges else ""
     return text + (f"\nplot: {cfg.plot}" if cfg.plot is not None else "")
 
 
