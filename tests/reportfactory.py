@@ -93,6 +93,17 @@ def _excerpts(run: Path, model: str, rng):
     return ids
 
 
+def output_side(neuron: int) -> dict:
+    """The neurons/ output-side columns of a neuron: WORDS from index neuron on, promoted with
+    falling effects, suppressed with rising ones (known, so views can be checked)."""
+    promoted = [WORDS[(neuron + i) % len(WORDS)] for i in range(10)]
+    suppressed = [WORDS[(neuron + 5 + i) % len(WORDS)] for i in range(10)]
+    return {"promoted_ids": list(range(10)), "promoted_values": [2.0 - 0.1 * i for i in range(10)],
+            "promoted_tokens": promoted, "suppressed_ids": list(range(10, 20)),
+            "suppressed_values": [-1.5 + 0.1 * i for i in range(10)],
+            "suppressed_tokens": suppressed}
+
+
 def _neuron_tables(run, model, layer, n_neurons, ids, rng):
     recs = {k: [] for k in rundir.table("records").schema.names}
     sims = []
@@ -122,7 +133,8 @@ def _neuron_tables(run, model, layer, n_neurons, ids, rng):
         for k, v in (("neuron", neuron), ("mean", float(flat.mean())), ("std", float(flat.std())),
                      ("max", float(flat.max())), ("min", float(flat.min())),
                      ("density", float((flat > 0).mean())), ("n_tokens", int(flat.size)),
-                     ("quantiles", np.quantile(flat, [0.5, 0.9, 0.99]).astype(float).tolist())):
+                     ("quantiles", np.quantile(flat, [0.5, 0.9, 0.99]).astype(float).tolist()),
+                     *output_side(neuron).items()):
             stats[k].append(v)
     rundir.write_columns(run, "records", recs, model=model, layer=layer)
     rundir.write_columns(run, "neurons", stats, model=model, layer=layer)

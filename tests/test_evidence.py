@@ -168,3 +168,63 @@ def test_report_groups_by_evidence(tmp_path):
     got = {(c[2], c[3]): c[6] for c in cells}
     assert got == {("m", "inputs"): "0.200", ("m", "both"): "0.667",
                    ("baseline-logits", "outputs"): "0.200"}
+
+
+@pytest.fixture(scope="module")
+def scored_run(tmp_path_factory):
+    from tests.reportfactory import make_run
+
+    run = tmp_path_factory.mktemp("views")
+    make_run(run, n_neurons=4)
+    return run
+
+
+def test_show_lists_what_the_neuron_writes(scored_run, monkeypatch):
+    from explainer.config import ShowConfig
+    from explainer.views import terminal
+    from tests.reportfactory import output_side
+
+    monkeypatch.setenv("COLUMNS", "400")
+    out = terminal.run(ShowConfig(run=scored_run, layer=2, neuron=3, model="a-big-gpt2"))
+    want = output_side(3)
+    up = next(line for line in out.splitlines() if line.startswith("promotes"))
+    down = next(line for line in out.splitlines() if line.startswith("suppresses"))
+    for tok, v in zip(want["promoted_tokens"], want["promoted_values"]):
+        assert f'"{tok.replace(chr(10), "↵")}" {v:+.2f}' in up
+    for tok, v in zip(want["suppressed_tokens"], want["suppressed_values"]):
+        assert f'"{tok.replace(chr(10), "↵")}" {v:+.2f}' in down
+    assert up.index(f'{want["promoted_tokens"][0]}"') < up.index(f'{want["promoted_values"][9]:+.2f}')
+
+
+def test_view_page_lists_what_the_neuron_writes(scored_run, tmp_path):
+    import html as H
+
+    from explainer.config import ViewConfig
+    from explainer.views import html as view
+    from tests.reportfactory import output_side
+
+    view.run(ViewConfig(run=scored_run, out=tmp_path / "site"))
+    page = (tmp_path / "site" / "neurons" / "a-big-gpt2" / "L2" / "N1.html").read_text()
+    table = page[page.index('<table class="outputs">'):]
+    table = table[:table.index("</table>")]
+    want = output_side(1)
+    for side in ("promoted", "suppressed"):
+        for tok, v in zip(want[f"{side}_tokens"], want[f"{side}_values"]):
+            assert f"<code>{H.escape(tok)}</code> {v:+.2f}" in table
+    assert table.index("promotes") < table.index("suppresses")
+
+
+def test_views_show_each_side_its_own_list():
+    from explainer.views import neuron, terminal
+    from tests.reportfactory import output_side
+
+    stats = output_side(0)
+    view = neuron.NeuronView("m", "m", 0, 0, stats, [], None, [], ("pos", "neg"))
+    sides = dict(neuron.output_sides(view))
+    assert [t for t, _ in sides["neg"].promoted] == stats["suppressed_tokens"]
+    assert [v for _, v in sides["neg"].promoted] == pytest.approx(
+        [-v for v in stats["suppressed_values"]])
+    lines = terminal.output_lines(view)
+    assert [line.split("[/]")[0] for line in lines] == [
+        "[bold]pos side promotes", "[bold]pos side suppresses",
+        "[bold]neg side promotes", "[bold]neg side suppresses"]

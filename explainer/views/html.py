@@ -22,7 +22,8 @@ from explainer import ExplainError
 from explainer import run as rundir
 from explainer.config import ViewConfig
 from explainer.views.formats import format_params, token_text
-from explainer.views.neuron import Excerpt, NeuronView, neuron_view, rows_by_neuron
+from explainer.views.neuron import (Excerpt, NeuronView, neuron_view, output_sides,
+                                    rows_by_neuron)
 from explainer.views.report import headline
 
 ASSETS = Path(__file__).with_name("assets")
@@ -117,6 +118,21 @@ def _stats_html(stats: dict | None) -> str:
         f"<span><b>{k}</b> {html.escape(v)}</span>" for k, v in items) + "</div>"
 
 
+def _outputs_html(view: NeuronView) -> str:
+    """Per side, the next tokens the neuron promotes and suppresses, with their logit effects."""
+    sides = output_sides(view)
+    if not sides:
+        return '<div class="muted">No output side recorded (re-record the run).</div>'
+    rows = []
+    for side, tokens in sides:
+        for verb, pairs in (("promotes", tokens.promoted), ("suppresses", tokens.suppressed)):
+            cells = "".join(f'<span class="otok"><code>{html.escape(t)}</code> {v:+.2f}</span>'
+                            for t, v in pairs)
+            label = f"{side} side {verb}" if len(view.sides) > 1 else verb
+            rows.append(f'<tr class="{verb}"><th>{label}</th><td>{cells}</td></tr>')
+    return f'<table class="outputs">{"".join(rows)}</table>'
+
+
 def histogram_svg(series: dict[str, np.ndarray], bins: int = 30, width: int = 640,
                   height: int = 200) -> str:
     """Inline SVG histogram of activations per series (log-scaled counts, shared bins)."""
@@ -174,6 +190,7 @@ def neuron_page(view: NeuronView, records: list[dict], nav: str,
         model=html.escape(view.model), layer=view.layer, neuron=view.neuron,
         index_href=html.escape(index_href), nav=nav, explanations=_explanations_html(view),
         stats=_stats_html(view.stats), histogram=histogram_svg(series),
+        outputs=_outputs_html(view),
         top_act=f"{top:.3g}", sim_source=html.escape(source), excerpts=_excerpts_html(view, top))
 
 

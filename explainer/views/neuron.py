@@ -12,6 +12,7 @@ import numpy as np
 
 from explainer import ExplainError
 from explainer import run as rundir
+from explainer.run.evidence import OutputTokens, output_tokens
 
 N_TOP = 6  # excerpts shown per kind in the terminal; simulated ones first
 N_RANDOM = 4
@@ -42,6 +43,16 @@ class NeuronView:
     scores: list[dict]  # valid-split rows, one per (explainer, candidate, simulator), best first
     headline: dict | None  # the chosen row whose simulations are shown
     excerpts: list[Excerpt]
+    sides: tuple[str, ...] = ("pos",)  # ("pos", "neg") where the negative side was recorded
+
+
+def output_sides(view: NeuronView) -> list[tuple[str, OutputTokens]]:
+    """Each recorded side's promoted and suppressed next tokens (what the neuron writes);
+    empty for a run recorded before record kept them."""
+    if not view.stats:
+        return []
+    sides = [(s, output_tokens(view.stats, s)) for s in view.sides]
+    return [(s, o) for s, o in sides if o is not None]
 
 
 def resolve_model(run: Path, model: str | None) -> str:
@@ -103,7 +114,8 @@ def neuron_view(name: str, mkey: str, layer: int, neuron: int, records: list[dic
             words = list(tokens.get(eid, [f"#{i}" for i in range(len(real))]))
             excerpts.append(Excerpt(kind, int(r["rank"]), r["split"], eid, words, real,
                                     predicted.get(eid)))
-    return NeuronView(name, mkey, int(layer), int(neuron), stats, rows, head, excerpts)
+    sides = ("pos", "neg") if any(r["kind"] == "bottom" for r in records) else ("pos",)
+    return NeuronView(name, mkey, int(layer), int(neuron), stats, rows, head, excerpts, sides)
 
 
 def load_neuron(run: Path, mkey: str, layer: int, neuron: int, n_top: int = N_TOP,

@@ -16,7 +16,8 @@ from explainer import ExplainError
 from explainer import run as rundir
 from explainer.config import ShowConfig
 from explainer.views.formats import num as _num, token_text
-from explainer.views.neuron import Excerpt, NeuronView, load_neuron, resolve_model
+from explainer.views.neuron import (Excerpt, NeuronView, load_neuron, output_sides,
+                                    resolve_model)
 
 _SUP = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
 
@@ -68,6 +69,7 @@ def renderables(view: NeuronView) -> list:
         out.append(f"[bold]stats[/] mean {s['mean']:.4g}  std {s['std']:.4g}  max {s['max']:.4g}"
                    f"  min {s['min']:.4g}  density {s['density']:.1%}  tokens {s['n_tokens']}"
                    f"  quantiles [{q}]")
+    out += output_lines(view)
     top = max([max(e.real) for e in view.excerpts if e.real] or [0.0])
     if view.headline is not None:
         out.append(f"[dim]simulated values (cyan superscripts, 0–10) from {view.headline['explainer']} "
@@ -84,6 +86,20 @@ def renderables(view: NeuronView) -> list:
             line = Text(f"#{e.rank:<3} {e.split:<9} max {max(e.real, default=0):6.3g}  ",
                         style="dim")
             out.append(line + excerpt_text(e, top))
+    return out
+
+
+def output_lines(view: NeuronView) -> list[str]:
+    """What the neuron writes: per side, the next tokens it promotes and suppresses most, each
+    with its direct effect on the logits per unit of activation (rich markup)."""
+    from rich.markup import escape
+
+    out = []
+    for side, tokens in output_sides(view):
+        label = f"{side} side " if len(view.sides) > 1 else ""
+        for verb, pairs in (("promotes", tokens.promoted), ("suppresses", tokens.suppressed)):
+            items = "  ".join(f'"{escape(token_text(t))}" {v:+.2f}' for t, v in pairs)
+            out.append(f"[bold]{label}{verb}[/] {items}")
     return out
 
 
