@@ -224,3 +224,20 @@ def test_report_cost_counts_each_request_once_per_stage_and_model(tmp_path):
     assert cost.cost_rows(calls + again) == cost.cost_rows(calls)
     text = report.run(C.ReportConfig(run=run, cost=True))
     assert "judge-detection" in text and "prompt/neuron" in text
+
+
+def test_show_and_view_list_each_judgment(tmp_path):
+    from explainer.views import html as view
+    from explainer.views import terminal
+
+    run = JF.make_run(tmp_path / "run", d_mlp=2)
+    _judge(run, "garble", "fuzzing")
+    text = terminal.run(C.ShowConfig(run=run, layer=0, neuron=1))
+    assert "Judgments" in text and "decoy" in text and "real highlights" in text
+    assert "unreadable" in text and "yes" in text
+    index = view.run(C.ViewConfig(run=run, out=tmp_path / "site"))
+    page = (tmp_path / "site" / "neurons" / JF.MODEL / "L0" / "N1.html").read_text()
+    assert index.endswith("index.html") and "<h2>Judgments</h2>" in page
+    j = rundir.read(run, "judgments")
+    assert page.count("<mark>") >= len(j[(j["neuron"] == 1)])  # every judged excerpt marked
+    assert f"<mark> {JF.WORDS[1]}</mark>" in page

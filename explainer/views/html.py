@@ -221,12 +221,16 @@ def _write_layer(run, out, mkey, name, layer, tokens,
     page_dir = out / "neurons" / mkey / f"L{layer}"
     page_dir.mkdir(parents=True, exist_ok=True)
     template = Template((ASSETS / "neuron.html").read_text())
+    from explainer.views import judgments
+
+    judged = rows_by_neuron(rundir.read(run, "judgments", mkey, layer))
     for i, n in enumerate(neurons):
         stats = split["neurons"].get(n)
         nv = neuron_view(name, mkey, layer, n, split["records"].get(n, []),
                          stats[0] if stats else None, split["scores"].get(n, []),
                          split["simulations"].get(n, []), tokens, N_TOP, N_RANDOM)
         page = neuron_page(nv, split["records"].get(n, []), _nav(neurons, i), template)
+        page = judgments.into_page(page, judged.get(n, []), tokens)
         (page_dir / f"N{n}.html").write_text(page)
     pairs = sorted({f"{r[1]} / {r[2]}" for r in rows if r[1] is not None})
     return len(neurons), pairs

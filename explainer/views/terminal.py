@@ -118,4 +118,8 @@ def run(cfg: ShowConfig) -> str:
                       else None, width=shutil.get_terminal_size((120, 40)).columns)
     for r in renderables(view):
         console.print(r)
+    from explainer.views import judgments
+
+    for r in judgments.renderables(*judgments.load(Path(cfg.run), mkey, cfg.layer, cfg.neuron)):
+        console.print(r)
     return console.file.getvalue().rstrip("\n")
