@@ -27,8 +27,22 @@ LayersOpt = Annotated[str, typer.Option("--layer", "--layers", help="Layers: all
 NeuronsOpt = Annotated[str, typer.Option("--neurons", help="Neurons: all, 7, 0-9 or 1,5,9.")]
 ModelSel = Annotated[Optional[str], typer.Option(
     "--model", help="Subject model in the run (needed only when the run holds several).")]
-BaseUrlOpt = Annotated[Optional[str], typer.Option(
-    "--base-url", help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, else OpenAI).")]
+
+
+def _urls(values: Optional[list[str]]) -> Optional[tuple[str, ...]]:
+    return tuple(values) if values else None
+
+
+BaseUrlOpt = Annotated[Optional[list[str]], typer.Option(
+    "--base-url", callback=_urls,
+    help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, else OpenAI); repeat it for "
+         "replicas of one model: requests are spread over them (an endpoint pool).")]
+EngineOpt = Annotated[str, typer.Option(
+    "--engine", help="local (this process) or ray (blocks of neurons on a Ray cluster).")]
+RayAddressOpt = Annotated[Optional[str], typer.Option(
+    "--ray-address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local one).")]
+WorkersOpt = Annotated[int, typer.Option(
+    "--workers", help="Ray workers (0: one per CPU of the cluster).")]
 ConcOpt = Annotated[int, typer.Option("--concurrency", help="Requests in flight at once.")]
 
 
@@ -172,11 +186,15 @@ def simulate(
     n_random: Annotated[int, typer.Option(help="Valid-split random excerpts scored per neuron.")] = 5,
     calibrate: Annotated[bool, typer.Option("--calibrate", help="Fit a linear calibration on the calibrate split (for R² and abs. deviation).")] = False,
     concurrency: ConcOpt = 8,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 0,
 ):
     """Predict activations from each explanation with a simulator LLM, and score them."""
     from explainer import simulate as stage
 
-    cfg = C.SimulateConfig(run=run, layers=layers, neurons=neurons, model=model,
+    cfg = C.SimulateConfig(run=run, engine=C.EngineConfig(engine, ray_address, workers),
+                           layers=layers, neurons=neurons, model=model,
                            explainer=explainer, simulator=simulator, mode=mode, n_top=n_top,
                            n_random=n_random, calibrate=calibrate,
                            llm=C.LLMConfig(base_url=base_url, concurrency=concurrency))
@@ -214,12 +232,16 @@ def describe(
                                           "outputs (tokens it promotes and suppresses) or both.")] = "inputs",
     concurrency: ConcOpt = 8,
     timeout: Annotated[float, typer.Option(help="Seconds before a request is retried.")] = 120.0,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 0,
 ):
     """Ask an explainer LLM for a one-phrase explanation of each neuron's top excerpts."""
     from explainer import describe as stage
 
     llm = C.LLMConfig(base_url=base_url, concurrency=concurrency, timeout_s=timeout)
-    cfg = C.DescribeConfig(run=run, layers=layers, neurons=neurons, model=model,
+    cfg = C.DescribeConfig(run=run, engine=C.EngineConfig(engine, ray_address, workers),
+                           layers=layers, neurons=neurons, model=model,
                            explainer=explainer, candidates=candidates, temperature=temperature,
                            n_excerpts=n_excerpts, api=api, evidence=evidence, llm=llm)
     typer.echo(_call(stage.run, cfg))

@@ -48,12 +48,27 @@ class RecordConfig:
 class LLMConfig:
     """Where LLM requests go and how hard to push the endpoint."""
 
-    base_url: str | None = None  # None: OPENAI_BASE_URL, else OpenAI (embedded LLM needs none)
+    # None: OPENAI_BASE_URL, else OpenAI (embedded LLM needs none); several URLs: replicas of
+    # one model, used as an endpoint pool
+    base_url: str | tuple[str, ...] | None = None
     concurrency: int = 8
     timeout_s: float = 120.0
     max_retries: int = 6
     backoff_s: float = 1.0  # first retry's wait (before jitter); doubles on each retry
     retry_budget_s: float = 600.0  # a request stops retrying once this much time has passed
+
+
+ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Where a stage's work runs: this process (`local`, no Ray import) or a Ray cluster."""
+
+    engine: str = "local"  # local | ray
+    ray_address: str | None = None  # None: $RAY_ADDRESS, else a running local cluster, else a new one
+    workers: int = 0  # Ray actors; 0: one per CPU of the cluster (at most one per block)
+    block: int = 0  # neurons per block handed to one actor; 0: the stage's default
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,7 @@ class DescribeConfig:
     evidence: str = "inputs"  # inputs (top excerpts, the paper) | outputs (top tokens) | both
     api: str = "chat"  # chat | completion (for base models served without a chat template)
     llm: LLMConfig = LLMConfig()
+    engine: EngineConfig = EngineConfig()
 
 
 @dataclass(frozen=True)
@@ -88,6 +104,7 @@ class SimulateConfig:
     n_random: int = 5  # valid-split random excerpts scored
     calibrate: bool = False
     llm: LLMConfig = LLMConfig()
+    engine: EngineConfig = EngineConfig()
 
 
 @dataclass(frozen=True)

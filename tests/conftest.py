@@ -81,3 +81,17 @@ def tiny_corpus(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
     path.write_text("\n\n".join(topics[k] for k in sorted(topics)[:12]))
     return path
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray cluster (2 CPUs), started once per test session for the Ray engine."""
+    import ray
+
+    # Workers inherit this environment, not the per-test one: no real keys or endpoints.
+    env = {"OPENAI_API_KEY": "", "OPENAI_BASE_URL": "", "HF_HUB_OFFLINE": "1",
+           "EXPLAIN_CACHE_DIR": os.environ.get("EXPLAIN_TEST_CACHE", str(ROOT / ".test-cache"))}
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env},
+             logging_level="WARNING")
+    yield ray
+    ray.shutdown()

@@ -59,6 +59,12 @@ def run(cfg: C.DescribeConfig) -> Path:
     candidates = 1 if baseline else cfg.candidates
     phash = NO_PROMPT if baseline else P.prompt_hash(evidence)
     label = explainer_label(cfg.explainer, evidence)  # e.g. smollm2-135m+both
+    from explainer import engine
+
+    engine.check(cfg.engine)
+    if cfg.engine.engine == "ray":  # this same function on blocks of neurons, on Ray actors
+        engine.run_stage(run, cfg, [(lay, neurons) for lay in layers], "describe")
+        return run_dir / "explanations"
     texts = _excerpt_tokens(run_dir, model)
     jobs = []
     for layer in layers:
@@ -259,7 +265,7 @@ async def _run_llm(cfg: C.DescribeConfig, jobs: list[_Job], writer: _Writer) -> 
             task = bar.add_task("describe", total=len(jobs))
             try:
                 # The LLM's semaphore bounds requests in flight; workers only bound memory.
-                n = min(len(jobs), cfg.llm.concurrency)
+                n = min(len(jobs), llm.capacity())
                 await asyncio.gather(*(worker(bar, task) for _ in range(n)))
             finally:
                 writer.flush()

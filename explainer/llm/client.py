@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from dataclasses import fields
 from pathlib import Path
 from typing import Callable
@@ -43,7 +44,8 @@ class LLM:
         # Embedded server only: keep logits of every prompt token (echo + logprobs needs them;
         # describe does not, and saves the memory and time of copying them).
         self.prompt_logprobs = prompt_logprobs
-        self.writer = writer  # a Ray worker's id: it writes its own ledger file (see ledger.py)
+        # A Ray worker writes its own ledger file (see ledger.py); the engine names it in the env.
+        self.writer = writer or os.environ.get("EXPLAIN_LEDGER_WRITER") or None
         self.client = None  # the first endpoint's AsyncOpenAI client, while open
         self.pool: Pool | None = None  # every endpoint's client and concurrency limit
         self._stack: contextlib.AsyncExitStack | None = None
