@@ -84,6 +84,8 @@ def run(cfg: C.DescribeConfig) -> Path:
         _run_baseline(jobs, writer, evidence)
     else:
         asyncio.run(_run_llm(cfg, jobs, writer))
+    for layer in sorted({j.layer for j in jobs}):  # one file, one row per key, for plain readers
+        rundir.compact(run_dir, "explanations", model, layer)
     return run_dir / "explanations"
 
 

@@ -31,6 +31,7 @@ def run(cfg: C.ScoreConfig) -> Path:
             if rows:
                 rundir.write_rows(run_dir, "scores", rows, prefix="score")
             rundir.remove_files(old)  # only once the replacement is in place
+            rundir.compact(run_dir, "scores", model, layer)  # rows written meanwhile, if any
             n_rows += len(rows)
             n_ok += sum(r.status == "ok" for r in rows)
     print(f"score: {n_rows} score rows from stored simulations ({n_ok} defined, "

@@ -68,6 +68,9 @@ def run(cfg: C.SimulateConfig) -> Path:
         raise ExplainError(f"--neurons {cfg.neurons}: no explained neuron among them in layer(s) "
                            f"{', '.join(map(str, layers))}; run `explain describe` for them first")
     asyncio.run(_run(cfg, endpoint, model, jobs))
+    for layer in sorted({j.layer for j in jobs}):  # one file, one row per key, for plain readers
+        for table in ("simulations", "scores"):
+            rundir.compact(run_dir, table, model, layer)
     return run_dir / "scores"
 
 
