@@ -15,6 +15,7 @@ from explainer import config as C
 from explainer.describe import stage as describe
 from explainer.describe import baseline
 from explainer.describe import prompt as P
+from tests import plainread
 from tests import runfactory as RF
 from tests.fake_openai import FakeOpenAI, Reply
 
@@ -162,6 +163,7 @@ def test_faults_end_in_rows_and_rerun_fills_failures(run, fake):
     describe.run(cfg)
     df = _rows(run)
     assert set(df["status"]) == {"ok"} and fake.completions() == n + 3
+    plainread.assert_one_row_per_key(run, "explanations")  # the rewritten rows compacted
 
 
 def test_api_key_never_reaches_the_run(run, fake, monkeypatch):

@@ -13,7 +13,7 @@ from explainer import prompts
 from explainer.simulate import prompt as SP
 from explainer.simulate import stage as simulate
 from tests import runfactory as RF
-from tests import simfake
+from tests import plainread, simfake
 from tests.fake_openai import FakeOpenAI
 
 CTX, N_EXCERPTS = 16, 20  # excerpt token lists are all different below 20 excerpts
@@ -95,6 +95,10 @@ def test_garbage_is_recorded_as_failed_and_retried(tmp_path, mode):
         again = {_body(r) for r in fake.requests[n:] if "Neuron: " in _body(r)}
     assert len(first) >= 9 and first <= again  # every failed request is asked again
     assert (_scores(run)["score"] > 0.99).all()
+    # the rerun rewrote every row; plain readers see each key once (compacted, one file)
+    for table in ("simulations", "scores"):
+        plainread.assert_one_row_per_key(run, table)
+        assert len(rundir.files(run, table)) == 1
 
 
 def _body(req) -> str:
@@ -155,6 +159,7 @@ def test_score_command_recomputes_without_llm(tmp_path):
     assert res.exit_code == 0, res.output
     after = rundir.read(run, "scores").sort_values(["neuron", "split"]).reset_index(drop=True)
     assert not set(old_files) & set(rundir.files(run, "scores"))  # superseded files removed
+    plainread.assert_one_row_per_key(run, "scores")
     cols = ["neuron", "split", "candidate", "best", "status", "n_tokens"]
     assert after[cols].equals(before[cols])
     assert np.allclose(after["score"], before["score"]) and after["rsquared"].gt(0.9).all()

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from explainer import run as rundir
+from tests import plainread
 
 
 def _row(neuron, score, layer=1, model="m/1"):
@@ -56,3 +57,77 @@ def test_pandas_and_duckdb_read_partitions(tmp_path):
     assert got == [(0, 21.0), (3, 30.0)]
     mine = rundir.read(tmp_path, "records", model="gpt2", layer=0)
     np.testing.assert_array_equal(np.stack(mine.activations.to_numpy()), acts)
+
+
+def test_compact_leaves_one_row_per_key_for_plain_readers(tmp_path):
+    import os
+
+    rundir.write_rows(tmp_path, "scores", [_row(0, 0.5), _row(1, 0.25)], writer="zz-first")
+    rundir.write_rows(tmp_path, "scores", [_row(1, 0.75), _row(2, 0.1)], writer="aa-second")
+    rundir.write_rows(tmp_path, "scores", [_row(0, 0.9)], writer="mm-third")
+    first = rundir.files(tmp_path, "scores")
+    # Newest by writer sequence, not by name or wall clock: make the mtimes say the opposite.
+    for age, f in enumerate(first):
+        os.utime(f, (1e9 - age * 1e6, 1e9 - age * 1e6))
+    by_pandas, by_duckdb = plainread.keys(tmp_path, "scores")
+    assert len(by_pandas) == 5 and len(set(by_pandas)) == 3  # before: stale rows visible
+    merged = rundir.compact(tmp_path, "scores", "m/1", 1)
+    assert rundir.files(tmp_path, "scores") == [merged]
+    plainread.assert_one_row_per_key(tmp_path, "scores")
+    df = pd.read_parquet(tmp_path / "scores").sort_values("neuron")
+    assert list(df.score) == [0.9, 0.75, 0.1]
+    assert rundir.compact(tmp_path, "scores", "m/1", 1) is None  # one file: nothing to do
+    rundir.write_rows(tmp_path, "scores", [_row(2, 0.3)])  # later writes still win
+    assert list(rundir.read(tmp_path, "scores").sort_values("neuron").score) == [0.9, 0.75, 0.3]
+
+
+@pytest.mark.parametrize("killed_after", [0, 1, 2])
+def test_compact_killed_at_any_point_reads_the_same(tmp_path, monkeypatch, killed_after):
+    """A kill after writing the merged file and `killed_after` removals changes no read."""
+    from explainer.run import parquet
+
+    rundir.write_rows(tmp_path, "scores", [_row(0, 0.5), _row(1, 0.25)])
+    rundir.write_rows(tmp_path, "scores", [_row(1, 0.75)])
+    rundir.write_rows(tmp_path, "scores", [_row(0, 0.9), _row(2, 0.1)])
+    want = rundir.read(tmp_path, "scores").sort_values("neuron").reset_index(drop=True)
+    real_unlink = parquet.Path.unlink
+    removed = []
+
+    def unlink(self, missing_ok=False):
+        if self.name.startswith("."):  # the temporary file's clean-up, not a removal
+            return real_unlink(self, missing_ok=missing_ok)
+        if len(removed) == killed_after:
+            raise KeyboardInterrupt  # the process dies here
+        removed.append(self)
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(parquet.Path, "unlink", unlink)
+    with pytest.raises(KeyboardInterrupt):
+        rundir.compact(tmp_path, "scores", "m/1", 1)
+    monkeypatch.undo()
+    got = rundir.read(tmp_path, "scores").sort_values("neuron").reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, want)
+    assert len(rundir.files(tmp_path, "scores")) == 4 - killed_after  # 3 old + merged - removed
+    rundir.compact(tmp_path, "scores", "m/1", 1)  # the next compaction cleans up
+    plainread.assert_one_row_per_key(tmp_path, "scores")
+    pd.testing.assert_frame_equal(
+        rundir.read(tmp_path, "scores").sort_values("neuron").reset_index(drop=True), want)
+
+
+def test_read_survives_a_concurrent_compaction(tmp_path, monkeypatch):
+    from explainer.run import parquet
+
+    rundir.write_rows(tmp_path, "scores", [_row(0, 0.5)])
+    rundir.write_rows(tmp_path, "scores", [_row(0, 0.7), _row(1, 0.2)])
+    real_read = parquet._read_file
+    calls = []
+
+    def read_file(path, columns, t):
+        if not calls:  # between the reader's listing and its first read, a compaction runs
+            calls.append(path)
+            rundir.compact(tmp_path, "scores", "m/1", 1)
+        return real_read(path, columns, t)
+
+    monkeypatch.setattr(parquet, "_read_file", read_file)
+    df = rundir.read(tmp_path, "scores").sort_values("neuron")
+    assert list(df.score) == [0.7, 0.2] and calls

@@ -10,7 +10,7 @@ The names below are the package's interface: `from explainer import run as rundi
 
 from explainer.run.meta import (clean_tmp, model_meta, read_run_json, update_run_json,
                                 write_run_json)
-from explainer.run.parquet import (file_order, files, layers_in, list_array, models_in,
+from explainer.run.parquet import (compact, file_order, files, layers_in, list_array, models_in,
                                    next_file_name, read, read_arrow, remove_files,
                                    remove_partition, write_columns, write_rows, writer_id)
 from explainer.run.rows import (ExplanationRow, JudgmentRow, PuzzleRow, ScoreRow,
@@ -22,4 +22,4 @@ __all__ = ["ExplanationRow", "JudgmentRow", "LIST_F32", "PuzzleRow", "RUN_JSON",
            "Table", "clean_tmp", "files", "layers_in", "list_array", "model_key", "model_meta",
            "models_in", "partition_dir", "read", "read_arrow", "read_run_json", "remove_files",
            "remove_partition", "table", "write_columns", "write_rows", "write_run_json",
-           "update_run_json", "file_order", "next_file_name", "writer_id"]
+           "update_run_json", "file_order", "next_file_name", "writer_id", "compact"]

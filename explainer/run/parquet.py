@@ -12,6 +12,10 @@ earlier writer's. Files are read in (sequence, writer) order. Concurrent writers
 sequence; they write disjoint keys (the engines give each worker its own neurons), and the
 writer id breaks the tie deterministically. A file of an older version (`{time_ns}-{prefix}`)
 reads as sequence = its time prefix, so new files still sort after it.
+
+`compact` rewrites a partition as one file, newest row per key, so that a plain
+`pd.read_parquet` or DuckDB query of a table returns one row per key; stages call it on the
+partitions they wrote once they are done (see its docstring for why a kill is harmless).
 """
 
 from __future__ import annotations
@@ -174,10 +178,7 @@ def read_arrow(run: Path, name: str, model: str | None = None, layer: int | None
     read_cols = list(dict.fromkeys(want + key_cols))
     pieces = []
     for m, lay, folder in _partitions(run, name, model, layer):
-        for f in sorted(folder.glob("*.parquet"), key=file_order):
-            if f.name.startswith("."):
-                continue
-            piece = _read_file(f, read_cols, t)
+        for piece in _read_partition(folder, read_cols, t):
             n = piece.num_rows
             if t.by_layer:
                 piece = piece.add_column(0, "layer", pa.array([lay] * n, pa.int64()))
@@ -193,6 +194,55 @@ def read_arrow(run: Path, name: str, model: str | None = None, layer: int | None
     if len(pieces) > 1:
         data = _keep_newest(data, list(t.key))
     return data.select(part + want)
+
+
+def _listing(folder: Path) -> list[Path]:
+    """A partition's finished files in the order their rows apply (oldest first)."""
+    return sorted((f for f in folder.glob("*.parquet") if not f.name.startswith(".")),
+                  key=file_order)
+
+
+def _read_partition(folder: Path, columns: list[str], t, tries: int = 5) -> list[pa.Table]:
+    """Every file of one partition, in order. A file that a concurrent `compact` removed after
+    the listing means its merged replacement is already in place: list again and re-read."""
+    for attempt in range(tries):
+        try:
+            return [_read_file(f, columns, t) for f in _listing(folder)]
+        except FileNotFoundError:
+            if attempt == tries - 1:
+                raise
+    return []
+
+
+def compact(run: Path, name: str, model: str, layer: int | None = None) -> Path | None:
+    """Rewrite one partition as a single file holding the newest row of each key.
+
+    Newest is decided by the files' (sequence, writer) order, as in `read`. The merged file takes
+    the largest sequence of the files it replaces and is written (atomically) before any of them
+    is removed, so a kill at any point leaves a partition that reads the same rows: every file
+    still there holds either a key's newest row (which the merged file repeats) or an older one
+    of a lower sequence, which sorts first and loses; the next compaction removes the leftovers.
+    Only the files listed at the start are removed, so rows written meanwhile are kept. Returns
+    the merged file, or None when there was nothing to merge (no file, or one).
+    """
+    t = TABLES[name]
+    folder = partition_dir(run, name, model, layer)
+    key_cols = [c for c in t.key if c in t.schema.names]
+    for _ in range(5):
+        old = _listing(folder) if folder.is_dir() else []
+        if len(old) <= 1:
+            return None
+        try:
+            data = pa.concat_tables([_read_file(f, t.schema.names, t) for f in old])
+        except FileNotFoundError:
+            continue  # another process compacted this partition meanwhile: list again
+        data = _keep_newest(data, key_cols).select(t.schema.names).cast(t.schema)
+        seq = max(_sequence(f) for f in old)
+        target = folder / f"{seq:020d}-{UNSAFE_CHARS.sub('_', writer_id())}-compact.parquet"
+        _atomic_write_table(data, target)
+        remove_files(f for f in old if f != target)
+        return target
+    return None
 
 
 def _read_file(path: Path, columns: list[str], t) -> pa.Table:
