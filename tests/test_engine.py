@@ -39,10 +39,14 @@ def _describe(run, fakes, eng=C.EngineConfig(), **kw):
                                          **kw))
 
 
-def _table(run, name, drop=()):
+def _table(run, name):
+    """A table sorted by its key, list cells as tuples (row order is the engine's business)."""
     df = rundir.read(run, name)
-    df = df.drop(columns=[c for c in drop if c in df.columns])
-    return df.sort_values(list(df.columns[:6])).reset_index(drop=True)
+    for c in df.columns:
+        if df[c].map(lambda v: hasattr(v, "__len__") and not isinstance(v, str)).any():
+            df[c] = df[c].map(lambda v: None if v is None else tuple(float(x) for x in v))
+    key = [c for c in rundir.TABLES[name].key if c in df.columns]
+    return df.sort_values(key).reset_index(drop=True)
 
 
 def test_blocks_and_specs_are_deterministic():
@@ -117,3 +121,45 @@ def test_ray_describe_loses_no_neuron_when_an_endpoint_stops(tmp_path, ray_clust
     lost = db.execute("SELECT count(*) FROM calls WHERE status = 'connection'").fetchone()[0]
     db.close()
     assert lost > 0  # requests did go to the stopped endpoint, and were re-sent
+
+
+def _sim_run(root):
+    from tests import simfake
+
+    run = RF.make_run(root, n_layers=2, d_mlp=8, n_excerpts=20, ctx=16, layers=(0, 1),
+                      n_random=12)
+    rows = [rundir.ExplanationRow(RF.MODEL, lay, n, "fake-explainer", "p" * 12, 0,
+                                  simfake.explanation(lay, n), 10, 5, "ok", None)
+            for lay in (0, 1) for n in range(8)]
+    rundir.write_rows(run, "explanations", rows)
+    return run
+
+
+@pytest.mark.parametrize("mode", ["logprob", "chat"])
+def test_ray_simulate_equals_local_and_survives_a_stopped_endpoint(tmp_path, ray_cluster, mode):
+    from explainer.simulate import stage as simulate
+    from tests import simfake
+
+    local, remote = _sim_run(tmp_path / "local"), _sim_run(tmp_path / "ray")
+    handler = simfake.Handler("truth", 16, 20)
+    count = []
+
+    with FakeOpenAI(handler) as a, FakeOpenAI(handler, latency_s=0.02) as b:
+        def stopping(req: Request) -> Reply:
+            count.append(1)
+            if len(count) == 20:  # endpoint b goes away for good, mid-run
+                threading.Thread(target=b.stop, daemon=True).start()
+            return handler(req)
+
+        b.handler = stopping
+        for run, fakes, eng in ((local, [a], C.EngineConfig()), (remote, [a, b], RAY)):
+            llm = dataclasses.replace(LLM, base_url=tuple(f.base_url for f in fakes),
+                                      max_retries=0)
+            simulate.run(C.SimulateConfig(run=run, simulator="fake-model", mode=mode, llm=llm,
+                                          engine=eng))
+        assert len(count) >= 20  # b did take part before it stopped
+    for table in ("simulations", "scores"):
+        want, got = _table(local, table), _table(remote, table)
+        assert len(want) > 0 and want.equals(got), table
+    scores = rundir.read(remote, "scores")
+    assert (scores["status"] == "ok").all() and set(scores["neuron"]) == set(range(8))

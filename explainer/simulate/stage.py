@@ -61,6 +61,12 @@ def run(cfg: C.SimulateConfig) -> Path:
     run_dir = Path(cfg.run)
     endpoint = L.resolve(cfg.simulator, cfg.llm.base_url)
     model, layers = _select(run_dir, cfg)
+    from explainer import engine
+
+    engine.check(cfg.engine)
+    if cfg.engine.engine == "ray":  # this same function on blocks of neurons, on Ray actors
+        engine.run_stage(run, cfg, _explained(run_dir, model, layers, cfg), "simulate")
+        return run_dir / "scores"
     jobs: list[_Job] = []
     for layer in layers:
         jobs += _jobs(run_dir, model, layer, cfg)
@@ -308,3 +314,24 @@ def _progress():
     from explainer import progress
 
     return progress.bar("simulate")
+
+
+def _explained(run_dir: Path, model: str, layers: list[int], cfg: C.SimulateConfig) -> list:
+    """(layer, neurons with an explanation to simulate): what the Ray engine cuts into blocks."""
+    d_mlp = (rundir.model_meta(run_dir, model) or {}).get("d_mlp")
+    units = []
+    for layer in layers:
+        ex = rundir.read(run_dir, "explanations", model=model, layer=layer,
+                         columns=["neuron", "explainer", "status"])
+        ex = ex[(ex["status"] == "ok") & ((ex["explainer"] == cfg.explainer)
+                                          if cfg.explainer is not None else True)]
+        neurons = set(int(n) for n in ex["neuron"])
+        if neurons and str(cfg.neurons).strip() != "all":
+            neurons &= set(C.parse_spec(cfg.neurons, int(d_mlp or max(neurons) + 1), "neuron",
+                                        f"{model} layer"))
+        if neurons:
+            units.append((layer, sorted(neurons)))
+    if not units:
+        raise ExplainError(f"--neurons {cfg.neurons}: no explained neuron among them in layer(s) "
+                           f"{', '.join(map(str, layers))}; run `explain describe` for them first")
+    return units
