@@ -228,6 +228,7 @@ def describe(
         help="Sampling temperature (default: 0, or 1.0 with --candidates > 1).")] = None,
     n_excerpts: Annotated[int, typer.Option(help="Top excerpts shown to the explainer.")] = 10,
     api: Annotated[str, typer.Option(help="chat, or completion for base models.")] = "chat",
+    side: Annotated[str, typer.Option(help="Which sides to explain: all (every side recorded), pos or neg.")] = "all",
     evidence: Annotated[str, typer.Option(help="What the explainer sees: inputs (top excerpts), "
                                           "outputs (tokens it promotes and suppresses) or both.")] = "inputs",
     concurrency: ConcOpt = 8,
@@ -243,7 +244,7 @@ def describe(
     cfg = C.DescribeConfig(run=run, engine=C.EngineConfig(engine, ray_address, workers),
                            layers=layers, neurons=neurons, model=model,
                            explainer=explainer, candidates=candidates, temperature=temperature,
-                           n_excerpts=n_excerpts, api=api, evidence=evidence, llm=llm)
+                           n_excerpts=n_excerpts, api=api, evidence=evidence, sides=side, llm=llm)
     typer.echo(_call(stage.run, cfg))
 
 

@@ -85,6 +85,7 @@ class DescribeConfig:
     n_excerpts: int = 10  # explain-split top excerpts shown to the explainer
     evidence: str = "inputs"  # inputs (top excerpts, the paper) | outputs (top tokens) | both
     api: str = "chat"  # chat | completion (for base models served without a chat template)
+    sides: str = "all"  # all (every side the run recorded) | pos | neg
     llm: LLMConfig = LLMConfig()
     engine: EngineConfig = EngineConfig()
 

@@ -36,6 +36,7 @@ class _Job:
     candidate: int
     excerpts: tuple  # the neuron's explain excerpts, as tuples of (token, activation)
     outputs: OutputTokens | None = None  # what it writes (with --evidence outputs|both)
+    side: str = "pos"  # pos, or neg: what drives a gated neuron most negative
 
 
 def run(cfg: C.DescribeConfig) -> Path:
@@ -67,14 +68,14 @@ def run(cfg: C.DescribeConfig) -> Path:
         return run_dir / "explanations"
     texts = _excerpt_tokens(run_dir, model)
     jobs = []
-    for layer in layers:
-        done = _done(run_dir, model, layer, label, phash)
+    for layer, side in ((la, s) for la in layers for s in _sides(entry, cfg.sides)):
+        done = _done(run_dir, model, layer, label, phash, side)
         todo = [(n, c) for n in neurons for c in range(candidates) if (n, c) not in done]
         if todo:
             shown = _explain_excerpts(run_dir, model, layer, {n for n, _ in todo}, texts,
-                                      cfg.n_excerpts)
-            outs = _outputs(run_dir, model, layer, evidence)
-            jobs += [_Job(layer, n, c, shown.get(n, ()), outs.get(n)) for n, c in todo]
+                                      cfg.n_excerpts, side)
+            outs = _outputs(run_dir, model, layer, evidence, side)
+            jobs += [_Job(layer, n, c, shown.get(n, ()), outs.get(n), side) for n, c in todo]
     if not jobs:
         print(f"describe: nothing to do, every selected neuron is explained by {label}",
               file=sys.stderr)
@@ -130,19 +131,36 @@ def _excerpt_tokens(run_dir: Path, model: str) -> dict[int, list[str]]:
     return {int(i): list(t) for i, t in zip(df["excerpt_id"], df["tokens"])}
 
 
-def _done(run_dir: Path, model: str, layer: int, explainer: str, phash: str) -> set:
+def _sides(entry: dict, wanted: str) -> list[str]:
+    """The sides recorded for this model (run.json), narrowed to --side."""
+    have = list(entry.get("sides") or ["pos"])
+    if wanted == "all":
+        return have
+    if wanted not in have:
+        raise ExplainError(f"--side {wanted}: this run recorded side(s) {', '.join(have)} "
+                           "(record a gated model, or use --sides both at record time)")
+    return [wanted]
+
+
+def _done(run_dir: Path, model: str, layer: int, explainer: str, phash: str,
+          side: str) -> set:
     df = rundir.read(run_dir, "explanations", model=model, layer=layer,
-                    columns=["neuron", "explainer", "prompt_hash", "candidate", "status"])
-    df = df[(df["explainer"] == explainer) & (df["prompt_hash"] == phash) & (df["status"] == "ok")]
+                     columns=["neuron", "side", "explainer", "prompt_hash", "candidate",
+                              "status"])
+    df = df[(df["explainer"] == explainer) & (df["prompt_hash"] == phash)
+            & (df["status"] == "ok") & (df["side"] == side)]
     return {(int(n), int(c)) for n, c in zip(df["neuron"], df["candidate"])}
 
 
 def _explain_excerpts(run_dir: Path, model: str, layer: int, neurons: set[int],
-                      texts: dict[int, list[str]], n_excerpts: int) -> dict[int, tuple]:
-    """Per neuron, its first `n_excerpts` explain-split top excerpts by rank."""
+                      texts: dict[int, list[str]], n_excerpts: int,
+                      side: str = "pos") -> dict[int, tuple]:
+    """Per neuron, its first `n_excerpts` explain-split top excerpts by rank; for the negative
+    side its bottom excerpts with the activations negated (the explainer sees one scale)."""
+    kind, sign = ("top", 1.0) if side == "pos" else ("bottom", -1.0)
     df = rundir.read(run_dir, "records", model=model, layer=layer,
-                    columns=["neuron", "excerpt_id", "kind", "rank", "split", "activations"])
-    df = df[(df["kind"] == "top") & (df["split"] == "explain") & df["neuron"].isin(neurons)]
+                     columns=["neuron", "excerpt_id", "kind", "rank", "split", "activations"])
+    df = df[(df["kind"] == kind) & (df["split"] == "explain") & df["neuron"].isin(neurons)]
     out: dict[int, tuple] = {}
     for neuron, group in df.sort_values(["neuron", "rank"]).groupby("neuron", sort=False):
         shown = []
@@ -152,7 +170,7 @@ def _explain_excerpts(run_dir: Path, model: str, layer: int, neurons: set[int],
             if toks is None:
                 raise ExplainError(f"--run {run_dir}: records of layer {layer} name excerpt {eid}, "
                                    "which excerpts/ lacks; re-record the run")
-            shown.append(tuple(zip(toks, (float(a) for a in acts))))
+            shown.append(tuple(zip(toks, (sign * float(a) for a in acts))))
         out[int(neuron)] = tuple(shown)
     return out
 
@@ -194,7 +212,7 @@ class _Writer:
             prompt_hash=self.phash, candidate=job.candidate, explanation=explanation,
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
             status="ok" if ok else "failed", error=None if ok else error,
-            evidence=self.evidence))
+            side=job.side, evidence=self.evidence))
         if len(self.rows) >= FLUSH_ROWS or time.monotonic() - self.last > FLUSH_S:
             self.flush()
 

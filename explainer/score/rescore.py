@@ -12,7 +12,7 @@ from pathlib import Path
 from explainer import ExplainError
 from explainer import config as C
 from explainer import run as rundir
-from explainer.score.rows import Candidate, Item, mark_best, score_row
+from explainer.score.rows import Candidate, Item, mark_best, score_row, text_hash
 
 
 def run(cfg: C.ScoreConfig) -> Path:
@@ -68,17 +68,27 @@ def _rescore_layer(run_dir: Path, model: str, layer: int, calibrate: bool) -> li
     texts = _explanation_texts(run_dir, model, layer)
     groups: dict[tuple, list[Item]] = {}
     for r in sims.itertuples(index=False):
-        key = (int(r.neuron), r.explainer, r.simulator, int(r.candidate))
+        # Everything that tells one simulated explanation from another stays apart.
+        key = (int(r.neuron), r.side, r.explainer, r.simulator, r.mode.split("-")[0],
+               r.control, r.source_neuron, int(r.candidate), r.sim_prompt_hash,
+               r.explanation_hash)
         acts = real.get((int(r.neuron), r.kind, int(r.excerpt_id)))
         if acts is None:
             continue  # the records were re-made without this excerpt; it no longer counts
+        if r.side == "neg":  # the negative side sees every activation negated
+            acts = tuple(-a for a in acts)
         pred = tuple(float(x) for x in r.predicted) if r.status == "ok" else None
-        groups.setdefault(key, []).append(Item(r.kind, r.split, acts, pred, r.error))
+        kind = "random" if r.kind == "random" else "top"  # bottom excerpts are neg's top
+        groups.setdefault(key, []).append(Item(kind, r.split, acts, pred, r.error))
     by_neuron: dict[tuple, list] = {}
-    for (neuron, explainer, simulator, cand), items in sorted(groups.items()):
-        text = texts.get((neuron, explainer, cand), "")
-        c = Candidate(model, layer, neuron, explainer, cand, simulator, text)
-        by_neuron.setdefault((neuron, explainer, simulator), []).append((c, items))
+    for key, items in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        neuron, side, explainer, simulator, mode, control, source, cand, phash, ehash = key
+        source = None if source is None or source != source else int(source)  # NaN: none
+        c = Candidate(model, layer, neuron, explainer, cand, simulator, texts.get(ehash, ""),
+                      side=side, mode=mode, sim_prompt_hash=phash, explanation_hash=ehash,
+                      control=control, source_neuron=source)
+        by_neuron.setdefault((neuron, side, explainer, simulator, mode, control), []).append(
+            (c, items))
     out = []
     for cands in by_neuron.values():
         valid, best = mark_best([score_row(c, "valid", items, calibrate) for c, items in cands])
@@ -89,17 +99,12 @@ def _rescore_layer(run_dir: Path, model: str, layer: int, calibrate: bool) -> li
     return out
 
 
-def _explanation_texts(run_dir: Path, model: str, layer: int) -> dict[tuple, str]:
-    # The text that was simulated: the old score rows hold it; explanations/ is the fallback.
-    out = {}
+def _explanation_texts(run_dir: Path, model: str, layer: int) -> dict[str, str]:
+    """explanation_hash -> the text that was simulated (scores/ hold it; explanations/ too)."""
     ex = rundir.read(run_dir, "explanations", model=model, layer=layer,
-                    columns=["neuron", "explainer", "candidate", "explanation", "status"])
-    for n, e, c, t, s in zip(ex["neuron"], ex["explainer"], ex["candidate"], ex["explanation"],
-                             ex["status"]):
-        if s == "ok":
-            out[(int(n), e, int(c))] = t
+                     columns=["explanation", "status"])
+    out = {text_hash(t): t for t, st in zip(ex["explanation"], ex["status"]) if st == "ok"}
     sc = rundir.read(run_dir, "scores", model=model, layer=layer,
-                    columns=["neuron", "explainer", "candidate", "explanation"])
-    for n, e, c, t in zip(sc["neuron"], sc["explainer"], sc["candidate"], sc["explanation"]):
-        out[(int(n), e, int(c))] = t
+                     columns=["explanation", "explanation_hash"])
+    out.update({h: t for t, h in zip(sc["explanation"], sc["explanation_hash"]) if h})
     return out

@@ -21,7 +21,7 @@ from explainer.score import metrics as S
 class Item:
     """One simulated excerpt of one candidate: its real activations and the prediction."""
 
-    kind: str  # top | random
+    kind: str  # top (the side's own top excerpts) | random
     split: str  # calibrate | valid | test
     real: tuple[float, ...]
     predicted: tuple[float, ...] | None  # None when the simulation failed
@@ -39,6 +39,19 @@ class Candidate:
     candidate: int
     simulator: str
     explanation: str
+    side: str = "pos"
+    mode: str = ""  # the simulator's mode, so scores made differently are never mixed
+    sim_prompt_hash: str = ""
+    explanation_hash: str = ""
+    control: str = "none"  # none | shuffled (scored on another neuron than its own)
+    source_neuron: int | None = None  # the neuron the explanation was written for
+
+
+def text_hash(text: str) -> str:
+    """12 hex identifying an explanation's text (stored with every simulation and score)."""
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
 def _failure(items: Sequence[Item]) -> str | None:
@@ -89,7 +102,10 @@ def _row(cand: Candidate, split: str, s: S.Scores | None, n_tokens: int, best: b
         score_random=s.score_random if s else None, rsquared=s.rsquared if s else None,
         abs_dev_explained=s.abs_dev_explained if s else None,
         n_tokens=s.n_tokens if s else n_tokens, best=best,
-        status=s.status if s else status, error=error)
+        status=s.status if s else status, error=error, side=cand.side, mode=cand.mode,
+        control=cand.control,
+        source_neuron=cand.neuron if cand.source_neuron is None else cand.source_neuron,
+        sim_prompt_hash=cand.sim_prompt_hash, explanation_hash=cand.explanation_hash)
 
 
 def mark_best(rows: Sequence[ScoreRow]) -> tuple[list[ScoreRow], int | None]:

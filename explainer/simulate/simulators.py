@@ -99,6 +99,11 @@ class _InProcess:
                 "reused), $0")
 
 
+def prompt_hash(simulator: str) -> str:
+    """12 hex of what shapes a simulator's answers besides the model: its prompt files."""
+    return SP.prompt_hash()
+
+
 @contextlib.asynccontextmanager
 async def open_simulator(cfg: C.SimulateConfig, endpoint):
     """The simulator for `cfg.mode` at `endpoint`, ready to `predict` (and closed afterwards)."""

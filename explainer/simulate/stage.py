@@ -32,10 +32,15 @@ FLUSH_NEURONS = 16  # neurons buffered before a write; a kill loses at most this
 @dataclass(frozen=True)
 class _Excerpt:
     excerpt_id: int
-    kind: str  # top | random
+    kind: str  # the record's kind: top | bottom | random
     split: str  # calibrate | valid | test
     tokens: tuple[str, ...]  # the subject model's tokens
-    real: tuple[float, ...]  # recorded activations, one per token
+    real: tuple[float, ...]  # activations as the side sees them (negated for neg), per token
+
+    @property
+    def scored_as(self) -> str:
+        """top or random: a side's own top excerpts (bottom ones for neg) score as 'top'."""
+        return "random" if self.kind == "random" else "top"
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class _Job:
     explainer: str
     candidates: tuple[tuple[int, str], ...]  # (candidate, explanation)
     excerpts: tuple[_Excerpt, ...]
+    side: str = "pos"
 
 
 def run(cfg: C.SimulateConfig) -> Path:
@@ -128,25 +134,29 @@ def _jobs(run_dir: Path, model: str, layer: int, cfg: C.SimulateConfig) -> list[
     chosen = _excerpts(run_dir, model, layer, set(int(n) for n in ex["neuron"]), splits, cfg)
     cands: dict[tuple, dict[int, str]] = {}
     for r in ex.itertuples(index=False):  # newest row last: a re-described candidate wins
-        cands.setdefault((int(r.neuron), r.explainer), {})[int(r.candidate)] = r.explanation
-    return [_Job(layer, n, e, tuple(sorted(c.items())), chosen.get(n, ()))
-            for (n, e), c in sorted(cands.items())]
+        cands.setdefault((int(r.neuron), r.side, r.explainer), {})[int(r.candidate)] = \
+            r.explanation
+    return [_Job(layer, n, e, tuple(sorted(c.items())), chosen.get((n, side), ()), side)
+            for (n, side, e), c in sorted(cands.items())]
 
 
 def _excerpts(run_dir: Path, model: str, layer: int, neurons: set[int], splits: tuple,
-              cfg: C.SimulateConfig) -> dict[int, tuple[_Excerpt, ...]]:
-    """Per neuron, the first n_top top and n_random random excerpts (by rank) of each split."""
+              cfg: C.SimulateConfig) -> dict[tuple[int, str], tuple[_Excerpt, ...]]:
+    """Per (neuron, side), the first n_top top and n_random random excerpts (by rank) of each
+    split: the positive side's top excerpts are kind 'top'; the negative side's are kind
+    'bottom', and it sees every activation negated (its random excerpts are the same ones)."""
     rec = rundir.read(run_dir, "records", model=model, layer=layer,
-                     columns=["neuron", "excerpt_id", "kind", "rank", "split", "activations"])
+                      columns=["neuron", "excerpt_id", "kind", "rank", "split", "activations"])
     rec = rec[rec["neuron"].isin(neurons) & rec["split"].isin(splits)
-              & rec["kind"].isin(["top", "random"])].sort_values(["neuron", "split", "kind", "rank"])
-    need = {"top": cfg.n_top, "random": cfg.n_random}
+              & rec["kind"].isin(["top", "bottom", "random"])].sort_values(
+        ["neuron", "split", "kind", "rank"])
+    need = {"top": cfg.n_top, "bottom": cfg.n_top, "random": cfg.n_random}
     rec = rec[rec.groupby(["neuron", "split", "kind"]).cumcount()
               < rec["kind"].map(need).astype(int)]
     ids = set(int(e) for e in rec["excerpt_id"])
     toks = rundir.read(run_dir, "excerpts", model=model, columns=["excerpt_id", "tokens"])
     toks = {int(e): tuple(t) for e, t in zip(toks["excerpt_id"], toks["tokens"]) if int(e) in ids}
-    out: dict[int, list[_Excerpt]] = {}
+    out: dict[tuple[int, str], list[_Excerpt]] = {}
     for n, e, k, s, a in zip(rec["neuron"], rec["excerpt_id"], rec["kind"], rec["split"],
                              rec["activations"]):
         if int(e) not in toks:
@@ -156,50 +166,67 @@ def _excerpts(run_dir: Path, model: str, layer: int, neurons: set[int], splits: 
         if len(real) != len(toks[int(e)]):
             raise ExplainError(f"--run {run_dir}: excerpt {e} has {len(toks[int(e)])} tokens but "
                                f"{len(real)} activations in layer {layer}; re-record the run")
-        out.setdefault(int(n), []).append(_Excerpt(int(e), k, s, toks[int(e)], real))
+        if k != "bottom":
+            out.setdefault((int(n), "pos"), []).append(_Excerpt(int(e), k, s, toks[int(e)], real))
+        if k != "top":
+            neg = tuple(-x for x in real)
+            out.setdefault((int(n), "neg"), []).append(_Excerpt(int(e), k, s, toks[int(e)], neg))
     return {n: tuple(v) for n, v in out.items()}
 
 
-class _Done:
-    """Stored predictions that can be reused, and the neurons whose scores are complete."""
+def _family(mode: str) -> str:
+    return mode.split("-")[0]  # chat-logprob is chat: the same prompt and answer
 
-    def __init__(self, run_dir: Path, model: str, layer: int, simulator: str, mode: str | None):
+
+class _Done:
+    """Stored predictions that can be reused, and the neurons whose scores are complete.
+
+    A prediction is reused only when everything that made it matches: the simulator, its mode,
+    its prompt files (sim_prompt_hash) and the explanation's text (explanation_hash); a change
+    of any of them re-simulates. Controls are never reused as own scores.
+    """
+
+    def __init__(self, run_dir: Path, model: str, layer: int, simulator: str,
+                 mode: str | None, prompt_hash: str):
         sims = rundir.read(run_dir, "simulations", model=model, layer=layer)
-        sims = sims[(sims["simulator"] == simulator) & (sims["status"] == "ok")]
-        if mode is not None:  # predictions of another mode are not reused (chat-logprob is chat)
-            sims = sims[sims["mode"].str.split("-").str[0] == mode.split("-")[0]]
-        self.pred = {(int(n), e, int(c), k, int(x)): tuple(float(v) for v in p)
-                     for n, e, c, k, x, p in zip(sims["neuron"], sims["explainer"],
-                                                 sims["candidate"], sims["kind"],
-                                                 sims["excerpt_id"], sims["predicted"])}
+        sims = sims[(sims["simulator"] == simulator) & (sims["status"] == "ok")
+                    & (sims["control"] == "none") & (sims["sim_prompt_hash"] == prompt_hash)]
         sc = rundir.read(run_dir, "scores", model=model, layer=layer)
-        sc = sc[sc["simulator"] == simulator]
-        self.text = {(int(n), e, int(c)): t for n, e, c, t, s in
-                     zip(sc["neuron"], sc["explainer"], sc["candidate"], sc["explanation"],
-                         sc["split"]) if s == "valid"}
-        self.scored = {(int(n), e, int(c), s) for n, e, c, s, st in
-                       zip(sc["neuron"], sc["explainer"], sc["candidate"], sc["split"],
-                           sc["status"]) if st != "failed"}
-        self.best = {(int(n), e): int(c) for n, e, c, s, b in
-                     zip(sc["neuron"], sc["explainer"], sc["candidate"], sc["split"], sc["best"])
-                     if s == "valid" and b}
+        sc = sc[(sc["simulator"] == simulator) & (sc["method"] == "simulation")
+                & (sc["control"] == "none") & (sc["sim_prompt_hash"] == prompt_hash)]
+        if mode is not None:  # predictions of another mode are not reused
+            sims = sims[sims["mode"].map(_family) == _family(mode)]
+            sc = sc[sc["mode"].map(_family) == _family(mode)]
+        self.pred = {(int(n), sd, e, int(c), k, int(x), h): tuple(float(v) for v in p)
+                     for n, sd, e, c, k, x, h, p in zip(
+                         sims["neuron"], sims["side"], sims["explainer"], sims["candidate"],
+                         sims["kind"], sims["excerpt_id"], sims["explanation_hash"],
+                         sims["predicted"])}
+        self.scored = {(int(n), sd, e, int(c), s, h) for n, sd, e, c, s, h, st in zip(
+            sc["neuron"], sc["side"], sc["explainer"], sc["candidate"], sc["split"],
+            sc["explanation_hash"], sc["status"]) if st != "failed"}
+        self.best = {(int(n), sd, e): int(c) for n, sd, e, c, s, b in zip(
+            sc["neuron"], sc["side"], sc["explainer"], sc["candidate"], sc["split"], sc["best"])
+            if s == "valid" and b}
 
     def reusable(self, job: _Job, cand: int, text: str, ex: _Excerpt) -> tuple | None:
-        if self.text.get((job.neuron, job.explainer, cand), text) != text:
-            return None  # the explanation changed since: its old predictions do not apply
-        return self.pred.get((job.neuron, job.explainer, cand, ex.kind, ex.excerpt_id))
+        return self.pred.get((job.neuron, job.side, job.explainer, cand, ex.kind,
+                              ex.excerpt_id, SS.text_hash(text)))
 
     def complete(self, job: _Job, splits: tuple) -> bool:
+        texts = dict(job.candidates)
         for cand, text in job.candidates:
-            if self.text.get((job.neuron, job.explainer, cand)) != text or \
-                    (job.neuron, job.explainer, cand, "valid") not in self.scored:
+            if (job.neuron, job.side, job.explainer, cand, "valid",
+                    SS.text_hash(text)) not in self.scored:
                 return False
             for ex in job.excerpts:
                 if ex.split in splits and ex.split != "test" and \
                         self.reusable(job, cand, text, ex) is None:
                     return False
-        best = self.best.get((job.neuron, job.explainer))
-        return best is None or (job.neuron, job.explainer, best, "test") in self.scored
+        best = self.best.get((job.neuron, job.side, job.explainer))
+        return best is None or best not in texts or (
+            job.neuron, job.side, job.explainer, best, "test",
+            SS.text_hash(texts[best])) in self.scored
 
 
 # --- running ------------------------------------------------------------------------------
@@ -212,7 +239,8 @@ async def _run(cfg: C.SimulateConfig, endpoint, model: str, jobs: list[_Job]) ->
     splits = ("calibrate", "valid") if cfg.calibrate else ("valid",)
     # Before any endpoint is touched: with --mode auto, predictions of either mode count as done.
     mode = None if cfg.mode == "auto" else cfg.mode
-    done = {lay: _Done(cfg.run, model, lay, endpoint.model, mode) for lay in layers}
+    phash = simulators.prompt_hash(cfg.simulator)
+    done = {lay: _Done(cfg.run, model, lay, endpoint.model, mode, phash) for lay in layers}
     todo = [j for j in jobs if not done[j.layer].complete(j, splits)]
     if len(todo) < len(jobs):
         print(f"simulate: {len(jobs) - len(todo)} neurons already scored, skipped",
@@ -220,7 +248,8 @@ async def _run(cfg: C.SimulateConfig, endpoint, model: str, jobs: list[_Job]) ->
     if not todo:
         return
     async with simulators.open_simulator(cfg, endpoint) as sim:
-        done = {lay: _Done(cfg.run, model, lay, endpoint.model, sim.mode) for lay in layers}
+        done = {lay: _Done(cfg.run, model, lay, endpoint.model, sim.mode, phash)
+                for lay in layers}
         writer = _Writer(Path(cfg.run))
         queue: asyncio.Queue[_Job] = asyncio.Queue()
         for job in todo:
@@ -230,7 +259,7 @@ async def _run(cfg: C.SimulateConfig, endpoint, model: str, jobs: list[_Job]) ->
             while not queue.empty():
                 job = queue.get_nowait()
                 writer.add(*await _neuron(sim, job, model, endpoint.model, done[job.layer],
-                                          splits, cfg.calibrate))
+                                          splits, cfg.calibrate, phash))
                 bar.advance(task)
 
         with _progress() as bar:
@@ -247,14 +276,14 @@ async def _run(cfg: C.SimulateConfig, endpoint, model: str, jobs: list[_Job]) ->
 
 
 async def _neuron(sim, job: _Job, model: str, simulator: str, done: _Done, splits: tuple,
-                  calibrate: bool) -> tuple[list, list]:
+                  calibrate: bool, phash: str) -> tuple[list, list]:
     """Simulate and score one job; returns (simulation rows, score rows)."""
     sims: list[rundir.SimulationRow] = []
 
     async def one(cand: int, text: str, ex: _Excerpt) -> SS.Item:
         pred = done.reusable(job, cand, text, ex)
         if pred is not None:
-            return SS.Item(ex.kind, ex.split, ex.real, pred, None)
+            return SS.Item(ex.scored_as, ex.split, ex.real, pred, None)
         key = f"L{job.layer}/N{job.neuron}/c{cand}/{ex.split}/{ex.excerpt_id}"
         parsed = await sim.predict(text, ex.tokens, key)
         ok = parsed.predicted is not None and len(parsed.predicted) == len(ex.tokens)
@@ -263,16 +292,19 @@ async def _neuron(sim, job: _Job, model: str, simulator: str, done: _Done, split
             model=model, layer=job.layer, neuron=job.neuron, explainer=job.explainer,
             candidate=cand, simulator=simulator, mode=parsed.mode, excerpt_id=ex.excerpt_id,
             kind=ex.kind, split=ex.split, predicted=list(parsed.predicted) if ok else None,
-            status="ok" if ok else "failed", error=err))
-        return SS.Item(ex.kind, ex.split, ex.real, tuple(parsed.predicted) if ok else None, err)
+            status="ok" if ok else "failed", error=err, side=job.side,
+            source_neuron=job.neuron, sim_prompt_hash=phash, explanation_hash=SS.text_hash(text)))
+        return SS.Item(ex.scored_as, ex.split, ex.real, tuple(parsed.predicted) if ok else None,
+                       err)
 
     async def items_of(cand: int, text: str, wanted: tuple) -> list[SS.Item]:
         return list(await asyncio.gather(*(one(cand, text, ex) for ex in job.excerpts
                                            if ex.split in wanted)))
 
     per_cand = await asyncio.gather(*(items_of(c, t, splits) for c, t in job.candidates))
-    cands = [SS.Candidate(model, job.layer, job.neuron, job.explainer, c, simulator, t)
-             for c, t in job.candidates]
+    cands = [SS.Candidate(model, job.layer, job.neuron, job.explainer, c, simulator, t,
+                          side=job.side, mode=sim.mode, sim_prompt_hash=phash,
+                          explanation_hash=SS.text_hash(t)) for c, t in job.candidates]
     rows, best = SS.mark_best([SS.score_row(c, "valid", it, calibrate)
                                for c, it in zip(cands, per_cand)])
     if best is not None:
