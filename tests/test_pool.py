@@ -44,7 +44,9 @@ def test_requests_spread_over_the_pool(tmp_path):
     with FakeOpenAI(latency_s=0.05) as a, FakeOpenAI(latency_s=0.05) as b:
         out, llm = _ask(lambda: _pool([a, b], tmp_path, C.LLMConfig(concurrency=4)), 40)
         assert len(out) == 40 and a.completions() + b.completions() == 40
-        assert a.max_in_flight <= 4 and b.max_in_flight <= 4
+        # +1: the server counts a request done only after its answer is sent, so the client's
+        # next request on that slot may arrive a moment before.
+        assert a.max_in_flight <= 5 and b.max_in_flight <= 5
         assert a.completions() >= 12 and b.completions() >= 12  # both took a real share
     assert set(_hosts(tmp_path)) == {f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"}
 

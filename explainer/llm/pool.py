@@ -17,6 +17,8 @@ most free room (`acquire`) and reports back how it went (`release`):
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -67,13 +69,13 @@ class Member:
 
 
 class Pool:
-    """The members, and the one event that wakes requests waiting for room."""
+    """The members, and the queue of requests waiting for room."""
 
     def __init__(self, members: list[Member]):
         if not members:
             raise ValueError("an endpoint pool needs at least one member")
         self.members = members
-        self._changed = asyncio.Event()
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
 
     def live(self, now: float | None = None) -> list[Member]:
         now = time.monotonic() if now is None else now
@@ -89,13 +91,26 @@ class Pool:
                 if best is not None and best.room(now) > 0:
                     best.in_flight += 1
                     return best
-            # Nobody has room: wait for a release, or for a pause or drain to end.
+            # Nobody has room: queue up (first come, first served) until a release wakes this
+            # request, or until a pause or drain ends. One release wakes one waiter, not all:
+            # with hundreds waiting, waking all made the client CPU-bound.
             ends = [t for m in self.members for t in (m.paused_until, m.drained_until)
                     if t > now]
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
             try:
-                await asyncio.wait_for(self._changed.wait(), min(ends) - now if ends else None)
+                await asyncio.wait_for(fut, min(ends) - now if ends else None)
             except asyncio.TimeoutError:
                 pass
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled():
+                    self._wake()  # this request was woken but will not take the slot
+                raise
+            finally:
+                if not fut.done():
+                    fut.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(fut)
 
     def release(self, m: Member, status: str, wait_s: float | None = None) -> None:
         """Give the member's slot back and learn from how the request went."""
@@ -122,8 +137,14 @@ class Pool:
                             "goes to the other %d endpoint(s)", m.host, m.failures,
                             m.drain_s, len(others))
                 m.drain_s *= 2
-        self._changed.set()
-        self._changed = asyncio.Event()
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:  # wake the longest waiter (it takes the slot or waits again)
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                break
 
     def capacity(self) -> int:
         """Requests the pool takes at once at full limits (for sizing the stages' workers)."""
