@@ -158,7 +158,7 @@ def judge(
     n_negative: Annotated[int, typer.Option(help="Non-activating random excerpts per neuron (detection).")] = 10,
     fraction: Annotated[float, typer.Option(help="A token activates at this share of the neuron's top activation or more.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of the shuffle into prompts and of fuzzing's decoys.")] = 0,
-    logprobs: Annotated[bool, typer.Option("--logprobs/--no-logprobs", help="Ask for top_logprobs (P(yes) and AUROC).")] = True,
+    logprobs: Annotated[Optional[bool], typer.Option("--logprobs/--no-logprobs", help="Ask for top_logprobs (P(yes) and AUROC); default: yes, except on the embedded model (slow there).")] = None,
     concurrency: ConcOpt = 8,
 ):
     """Score explanations with a cheaper judge: detection or fuzzing, beside simulation."""

@@ -124,7 +124,9 @@ class JudgeConfig:
     n_negative: int = 10  # the neuron's random excerpts with no activating token (detection)
     fraction: float = 0.1  # a token activates at >= this share of the neuron's top activation
     seed: int = 0  # of the shuffle into prompts and of fuzzing's decoy highlights
-    logprobs: bool = True  # ask for top_logprobs (P(yes), AUROC); off for APIs that refuse it
+    # top_logprobs (P(yes), AUROC); None: yes, except on the embedded server, where they cost
+    # ~40 ms per prompt token (llama-cpp-python keeps every position's logits for them)
+    logprobs: bool | None = None
     llm: LLMConfig = LLMConfig()
 
 

@@ -241,3 +241,14 @@ def test_show_and_view_list_each_judgment(tmp_path):
     j = rundir.read(run, "judgments")
     assert page.count("<mark>") >= len(j[(j["neuron"] == 1)])  # every judged excerpt marked
     assert f"<mark> {JF.WORDS[1]}</mark>" in page
+
+
+@pytest.mark.parametrize("method", P.METHODS)
+def test_messages_carry_a_worked_example_in_the_answer_format(method):
+    msgs = P.messages(method, "the word x", [([" a", " x"], [1] if method == "fuzzing" else None)])
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
+    shot = msgs[2]["content"]
+    n = len(P._LINE.findall(shot))
+    assert n == 3 and all(a.prediction is not None for a in P.parse(shot, n))
+    assert msgs[3]["content"].startswith("Description: the word x\n\n1) ")
+    assert ("<< x>>" in msgs[3]["content"]) == (method == "fuzzing")

@@ -29,6 +29,10 @@ async def run(cfg: C.JudgeConfig, endpoint, model: str, jobs: list[_Job], phash:
     from explainer import llm as L
     from explainer import progress
 
+    from dataclasses import replace
+
+    if cfg.logprobs is None:
+        cfg = replace(cfg, logprobs=not endpoint.embedded)
     writer = _Writer(Path(cfg.run))
     asked = [j for j in jobs if j.target.why is None]
     for job in jobs:  # nothing to ask: a row that says why, at once
@@ -37,8 +41,9 @@ async def run(cfg: C.JudgeConfig, endpoint, model: str, jobs: list[_Job], phash:
     if not asked:
         writer.flush()
         return
+    # The embedded llama.cpp server answers logprobs only when it keeps every position's logits.
     async with L.LLM(endpoint, cfg.run, stage=f"judge-{cfg.method}", cfg=cfg.llm,
-                     prompt_logprobs=False) as llm:
+                     prompt_logprobs=cfg.logprobs) as llm:
         await L.probe(llm, echo=False)
         queue: asyncio.Queue[_Job] = asyncio.Queue()
         for job in asked:

@@ -21,9 +21,10 @@ _LINE = re.compile(r"^[ \t>*#\-]*(?:excerpt\s*)?(\d+)\s*[:.)\t\-]?[ \t*]*(yes|no
                    re.IGNORECASE | re.MULTILINE)
 
 
-def files(method: str) -> tuple[str, str]:
-    """The (system, user) prompt files of a method."""
-    return f"judge_{method}_system.txt", f"judge_{method}_user.txt"
+def files(method: str) -> tuple[str, str, str]:
+    """The (system, user, worked example) prompt files of a method."""
+    return (f"judge_{method}_system.txt", f"judge_{method}_user.txt",
+            f"judge_{method}_example.txt")
 
 
 def prompt_hash(method: str, settings: str = "") -> str:
@@ -51,10 +52,14 @@ def excerpt_text(tokens: Sequence[str], highlighted: Sequence[int] | None = None
 def messages(method: str, explanation: str,
              excerpts: Sequence[tuple[Sequence[str], Sequence[int] | None]]) -> list[dict]:
     """The chat messages asking about `excerpts` ((tokens, highlighted positions or None))."""
-    system, user = files(method)
+    system, user, example = files(method)
     listing = "\n".join(f"{k}) {excerpt_text(toks, hl)}"
                         for k, (toks, hl) in enumerate(excerpts, start=1))
+    # One worked exchange first: small models copy its answer format far more reliably.
+    shot, _, answer = prompts.load(example).partition("\n=====\n")
     return [{"role": "system", "content": prompts.load(system).strip()},
+            {"role": "user", "content": shot.strip()},
+            {"role": "assistant", "content": answer.strip()},
             {"role": "user", "content": prompts.render(user, explanation=explanation,
                                                        excerpts=listing,
                                                        n=len(excerpts)).strip()}]

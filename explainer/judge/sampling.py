@@ -1,4 +1,4 @@
-"""Which excerpts a judge sees, with which label: pure functions, no I/O (docs/reference.md §8).
+"""Which excerpts a judge sees, with which label: pure functions, no I/O (docs/reference.md §6b).
 
 A neuron's *side* decides its sign: `pos` reads the activations as recorded and its excerpts of
 kind `top`; `neg` (a gated neuron's negative side) negates them and reads kind `bottom`. From then
