@@ -7,6 +7,13 @@ handler can look up the recorded activations and answer in either protocol:
   (so every value slot is its own token), with a 0/9 mixture at each slot whose expected value is
   a linear function of the true activation;
 * chat: lines "index<TAB>value", with top_logprobs over the same mixture when asked.
+
+The endpoint probe (llm/probe.py) is answered in the handler's own convention: with `shift` 1
+each token's certain prediction sits one row early, and every row also lists its own token with
+a low log-probability, as llama-cpp-python does. `number_rows` makes excerpts look number-heavy
+to a simulator: the row just before each value slot holds most of the digit mass (a number that
+seems to continue), the slot's own row only a little, so guessing the convention from digit mass
+would pick the wrong row.
 """
 
 from __future__ import annotations
@@ -58,9 +65,10 @@ class Handler:
     """A fake simulator endpoint; `style` is truth | shuffled | garbage; `shift` mimics llama.cpp."""
 
     def __init__(self, style: str = "truth", ctx: int = 16, n_excerpts: int = 20,
-                 shift: int = 0, chat_logprobs: bool = True, seed: int = 0):
+                 shift: int = 0, chat_logprobs: bool = True, seed: int = 0,
+                 number_rows: bool = False):
         self.style, self.ctx, self.n_excerpts, self.shift = style, ctx, n_excerpts, shift
-        self.chat_logprobs = chat_logprobs
+        self.chat_logprobs, self.number_rows = chat_logprobs, number_rows
         self.rng = random.Random(seed)
 
     def _values(self, expl: str, tokens: list[str]) -> list[float]:
@@ -74,8 +82,8 @@ class Handler:
         if req.path.endswith("/chat/completions"):
             return self._chat(body)
         prompt = body["prompt"]
-        if "Neuron: " not in prompt:  # the endpoint probe of LLM.check()
-            return default_handler(req)
+        if "Neuron: " not in prompt:  # the endpoint probe (llm/probe.py)
+            return self._probe(prompt) if body.get("echo") else default_handler(req)
         toks, offsets = fake_tokens(prompt)
         top: list = [{t: -0.1} for t in toks]
         if self.style == "garbage":
@@ -89,6 +97,21 @@ class Handler:
         tokens = [ln.rsplit("\t", 1)[0] for ln in lines]
         for i, s in zip(slots, self._values(expl, tokens)):
             top[i - self.shift] = _mixture(s)
+            if self.number_rows:  # little digit mass at the slot, much on the row before it
+                top[i - self.shift] = {t: lp + math.log(0.2) for t, lp in _mixture(s).items()}
+                top[i - self.shift]["unknown"] = math.log(0.8)
+                top[i - self.shift - 1] = {"1": math.log(0.9), "\t": math.log(0.1)}
+        return Reply.completion(prompt, logprobs={"tokens": toks, "text_offset": offsets,
+                                                  "token_logprobs": [-0.1] * len(toks),
+                                                  "top_logprobs": top})
+
+    def _probe(self, prompt: str) -> Reply:
+        toks = re.findall(r" ?[^ ]+", prompt)  # words with their leading space
+        offsets = [sum(map(len, toks[:i])) for i in range(len(toks))]
+        top: list = [{t: -20.0} for t in toks]  # each row lists its own token, unlikely
+        for i, t in enumerate(toks):
+            if i - self.shift >= 0:
+                top[i - self.shift][t] = -0.01  # the certain prediction of token i
         return Reply.completion(prompt, logprobs={"tokens": toks, "text_offset": offsets,
                                                   "token_logprobs": [-0.1] * len(toks),
                                                   "top_logprobs": top})

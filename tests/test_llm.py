@@ -13,7 +13,7 @@ from explainer import ExplainError
 from explainer import config as C
 from explainer import llm as L
 from explainer.llm import server
-from tests.fake_openai import FakeOpenAI, Reply
+from tests.fake_openai import FakeOpenAI, Reply, default_handler
 
 FAST = C.LLMConfig(concurrency=4, timeout_s=5.0, max_retries=3, backoff_s=0.05,
                    retry_budget_s=20.0)
@@ -353,3 +353,59 @@ def test_check_passes_when_server_has_no_model_list(tmp_path):
                 return (await llm.chat(MSG, max_tokens=5)).text
 
         assert arun(go()) == "words about topic"
+
+
+def test_probe_reads_the_echo_convention_from_certain_tokens():
+    import importlib
+
+    P = importlib.import_module("explainer.llm.probe")
+    toks = [" a", " b", " c", " d", " e"]
+    aligned = [None] + [{t: -0.01, " z": -3.0} for t in toks[1:]]  # row i predicts token i
+    # llama-cpp-python: row i predicts token i+1 and also lists token i itself, unlikely
+    shifted = [{toks[i + 1]: -0.01, toks[i]: -9.0} for i in range(4)] + [{toks[4]: -9.0}]
+    assert P.echo_shift(toks, aligned) == 0
+    assert P.echo_shift(toks, shifted) == 1
+    assert P.echo_shift(toks, [{" z": -0.1}] * 5) is None  # neither fits: not usable
+    assert P.echo_shift(toks, [None] * 5) is None
+
+
+def _probe_fails(reply):
+    def handler(req):
+        body = req.body or {}
+        if req.path.endswith("/completions") and body.get("echo"):
+            return reply()
+        return default_handler(req)
+    return handler
+
+
+@pytest.mark.parametrize("reply,cfg", [
+    (lambda: Reply.error(500), FAST),
+    (lambda: Reply.error(503, retry_after=0.01), FAST),
+    (lambda: Reply.hang(2.0), C.LLMConfig(timeout_s=0.3, max_retries=1, backoff_s=0.01))])
+def test_probe_that_meets_a_server_error_fails_loudly_after_retries(tmp_path, reply, cfg):
+    with FakeOpenAI(_probe_fails(reply)) as fake:
+        async def go():
+            async with _llm(fake, tmp_path, cfg=cfg) as llm:
+                return await L.probe(llm)
+
+        with pytest.raises(ExplainError, match="failed the capability probe"):
+            arun(go())
+        probes = [r for r in fake.requests if (r.body or {}).get("echo")]
+        assert len(probes) == 1 + cfg.max_retries  # retried like any request, then loud
+
+
+def test_auto_mode_is_not_downgraded_to_chat_by_a_failing_probe(tmp_path):
+    from explainer.simulate import stage as simulate
+    from tests import runfactory as RF
+    from explainer import run as rundir
+
+    run = RF.make_run(tmp_path / "run", n_layers=1, d_mlp=2, n_excerpts=8, ctx=8)
+    rundir.write_rows(run, "explanations", [rundir.ExplanationRow(
+        RF.MODEL, 0, 0, "x", "p" * 12, 0, "words", 1, 1, "ok", None)])
+    with FakeOpenAI(_probe_fails(lambda: Reply.error(500))) as fake:
+        cfg = C.SimulateConfig(run=run, simulator="fake-model", mode="auto", llm=C.LLMConfig(
+            base_url=fake.base_url, max_retries=1, backoff_s=0.01))
+        with pytest.raises(ExplainError, match="failed the capability probe"):
+            simulate.run(cfg)
+        assert fake.count("/chat/completions") == 0  # no silent fall-back to chat
+    assert not (run / "simulations").exists() and not (run / "scores").exists()

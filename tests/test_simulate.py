@@ -57,6 +57,32 @@ def test_true_activations_score_near_one(tmp_path, mode, shift):
     # 5 valid top + 4 valid random excerpts per neuron, plus the same for the test split
     assert (sims["split"] == "valid").sum() == 4 * 9 and (sims["split"] == "test").sum() == 4 * 9
     assert all(len(p) == CTX for p in sims["predicted"])
+    if mode == "logprob":  # the probed convention is kept with the run, per endpoint
+        endpoints = rundir.read_run_json(run)["endpoints"]
+        assert list(endpoints.values()) == [{"echo_shift": shift}]
+        assert list(endpoints)[0].endswith("|fake-model")
+
+
+@pytest.mark.parametrize("shift", [0, 1])
+def test_number_heavy_excerpts_read_from_the_probed_row(tmp_path, shift):
+    # The row before every value slot holds 0.9 digit mass (a number that seems to go on), the
+    # slot itself 0.2: a guess from digit mass reads the wrong row; the probe does not guess.
+    run = _run(tmp_path, neurons=[0, 1])
+    with FakeOpenAI(simfake.Handler("truth", CTX, N_EXCERPTS, shift=shift,
+                                    number_rows=True)) as fake:
+        simulate.run(_cfg(run, fake, mode="auto"))
+    sc = _scores(run)
+    assert (sc["status"] == "ok").all() and (sc["score"] >= 0.99).all(), sc[["score", "status"]]
+    assert set(rundir.read(run, "simulations")["mode"]) == {"logprob"}
+
+
+def test_a_changed_echo_convention_is_refused(tmp_path):
+    run = _run(tmp_path, neurons=[0])
+    with FakeOpenAI(simfake.Handler("truth", CTX, N_EXCERPTS, shift=0)) as fake:
+        rundir.update_endpoint_meta(run, f"127.0.0.1:{fake.port}", "fake-model", echo_shift=1)
+        with pytest.raises(ExplainError, match="shifted by 0 row.*recorded 1"):
+            simulate.run(_cfg(run, fake, mode="logprob"))
+    assert not (run / "simulations").exists()
 
 
 def test_chat_without_logprobs_uses_stated_values(tmp_path):
@@ -239,14 +265,26 @@ def test_parse_echo_aligns_odd_tokens_by_position(shift):
         top[i - shift] = {str(v): -0.05, str((v + 1) % 10): -3.0}
         a, b = np.exp(-0.05), np.exp(-3.0)
         want.append(SP.TO_DISPLAY * (v * a + ((v + 1) % 10) * b) / (a + b))
-    got = SP.parse_echo(p, toks, top, offs)
+    got = SP.parse_echo(p, toks, top, offs, shift=shift)
     assert got.error is None and got.predicted == pytest.approx(want)
+
+
+def test_parse_echo_reads_the_given_row_even_where_its_neighbour_has_more_digit_mass():
+    p = SP.logprob_prompt("dates", [" 2019", "-", "03", "-", "12"], [])
+    toks, offs = simfake.fake_tokens(p.text)
+    top = [{t: -0.1} for t in toks]
+    for k, off in enumerate(p.offsets):
+        i = offs.index(off)
+        top[i] = {str(k): np.log(0.1), "unknown": np.log(0.9)}  # the slot: value k, little mass
+        top[i - 1] = {"0": np.log(0.5), "1": np.log(0.45), "\t": np.log(0.05)}  # digits go on
+    got = SP.parse_echo(p, toks, top, offs, shift=0)
+    assert got.predicted == pytest.approx([SP.TO_DISPLAY * k for k in range(5)])
 
 
 def test_parse_echo_fails_when_a_slot_is_merged():
     p = SP.logprob_prompt("x", ["a", "b"], [])
     toks, offs = simfake.fake_tokens(p.text.replace("\tunknown", "\u0001unknown"))
-    got = SP.parse_echo(p, toks, [{"0": -0.1}] * len(toks), offs)
+    got = SP.parse_echo(p, toks, [{"0": -0.1}] * len(toks), offs, shift=0)
     assert got.predicted is None and "token 0" in got.error
 
 
@@ -333,10 +371,12 @@ def test_in_process_matches_the_server_protocol_path(tmp_path):
         ep = L.resolve(C.EMBEDDED_LLM, None)
         async with L.LLM(ep, tmp_path, stage="test", cfg=C.LLMConfig(timeout_s=300)) as llm:
             # enough alternatives that all ten values are among them at every slot
-            return await llm.complete(prompt.text, max_tokens=1, echo=True, logprobs=200)
+            return (await llm.complete(prompt.text, max_tokens=1, echo=True, logprobs=200),
+                    await L.probe(llm))
 
-    c = asyncio.run(served())
-    remote = SP.parse_echo(prompt, c.tokens, c.top_logprobs, c.text_offset)
+    c, caps = asyncio.run(served())
+    assert caps.echo_shift == 1  # llama-cpp-python, a model without BOS: one row early
+    remote = SP.parse_echo(prompt, c.tokens, c.top_logprobs, c.text_offset, shift=caps.echo_shift)
     assert remote.error is None
     assert remote.predicted == pytest.approx(local.predicted, abs=0.02)
     assert np.std(local.predicted) > 0  # not a constant that would match trivially

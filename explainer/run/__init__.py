@@ -8,8 +8,8 @@ The names below are the package's interface: `from explainer import run as rundi
 `rundir.read(run_dir, "scores")`, `rundir.ScoreRow(...)`.
 """
 
-from explainer.run.meta import (clean_tmp, model_meta, read_run_json, update_run_json,
-                                write_run_json)
+from explainer.run.meta import (clean_tmp, endpoint_meta, model_meta, read_run_json,
+                                update_endpoint_meta, update_run_json, write_run_json)
 from explainer.run.parquet import (compact, file_order, files, layers_in, list_array, models_in,
                                    next_file_name, read, read_arrow, remove_files,
                                    remove_partition, write_columns, write_rows, writer_id)
@@ -22,4 +22,5 @@ __all__ = ["ExplanationRow", "JudgmentRow", "LIST_F32", "PuzzleRow", "RUN_JSON",
            "Table", "clean_tmp", "files", "layers_in", "list_array", "model_key", "model_meta",
            "models_in", "partition_dir", "read", "read_arrow", "read_run_json", "remove_files",
            "remove_partition", "table", "write_columns", "write_rows", "write_run_json",
-           "update_run_json", "file_order", "next_file_name", "writer_id", "compact"]
+           "update_run_json", "file_order", "next_file_name", "writer_id", "compact",
+           "endpoint_meta", "update_endpoint_meta"]

@@ -65,6 +65,24 @@ def model_meta(run: Path, model: str) -> dict | None:
     return read_run_json(run).get("models", {}).get(model_key(model))
 
 
+def endpoint_key(host: str, model: str) -> str:
+    """run.json's key of one LLM endpoint: `host|model`."""
+    return f"{host}|{model}"
+
+
+def endpoint_meta(run: Path, host: str, model: str) -> dict:
+    """What the run learned about one LLM endpoint (e.g. `echo_shift`); {} when nothing."""
+    return read_run_json(run).get("endpoints", {}).get(endpoint_key(host, model), {})
+
+
+def update_endpoint_meta(run: Path, host: str, model: str, **values) -> dict:
+    """Record facts about one LLM endpoint in run.json (under `endpoints`, keyed host|model)."""
+    def change(meta: dict) -> None:
+        meta.setdefault("endpoints", {}).setdefault(endpoint_key(host, model), {}).update(values)
+
+    return update_run_json(run, change)["endpoints"][endpoint_key(host, model)]
+
+
 def clean_tmp(run: Path) -> int:
     """Remove temporary files a killed writer left behind; returns how many."""
     n = 0

@@ -108,14 +108,16 @@ def expected_value(alternatives: Iterable[tuple[str, float]]) -> float | None:
     return TO_DISPLAY * sum(v * m for v, m in enumerate(mass)) / total
 
 
-def _value_mass(top: Mapping[str, float] | None) -> float:
-    return sum(math.exp(lp) for t, lp in (top or {}).items() if t.strip() in VALUES)
-
-
 def parse_echo(prompt: LogprobPrompt, tokens: Sequence[str] | None,
                top_logprobs: Sequence[Mapping[str, float] | None] | None,
-               text_offset: Sequence[int] | None) -> Parsed:
-    """Predictions from an echoed prompt's top log-probabilities at every value slot."""
+               text_offset: Sequence[int] | None, *, shift: int) -> Parsed:
+    """Predictions from an echoed prompt's top log-probabilities at every value slot.
+
+    `shift` is the endpoint's convention, probed once (llm/probe.py `echo_shift`): the
+    distribution that predicted prompt token i sits at row i - shift (0: OpenAI, vLLM; 1:
+    llama-cpp-python without BOS). It is never guessed from the answer: on number-heavy
+    excerpts the rows beside a slot can hold more digit mass than the slot's own.
+    """
     if not tokens or top_logprobs is None or text_offset is None:
         return Parsed(None, "the endpoint returned no prompt log-probabilities", "logprob")
     index = {}
@@ -128,12 +130,6 @@ def parse_echo(prompt: LogprobPrompt, tokens: Sequence[str] | None,
             return Parsed(None, f"token {k}: the simulator's tokenizer merged its value slot "
                                 "with a neighbour", "logprob")
         slots.append(i)
-    # The OpenAI convention puts the distribution of token i at i; llama-cpp-python (0.3.x)
-    # shifts it to i-1 when the model adds no BOS token. The slot rows tell which: only the row
-    # that predicts the slot puts its mass on digits.
-    here = sum(_value_mass(top_logprobs[i]) for i in slots)
-    before = sum(_value_mass(top_logprobs[i - 1]) for i in slots if i > 0)
-    shift = 1 if before > here else 0
     out = []
     for k, i in enumerate(slots):
         top = top_logprobs[i - shift] if i - shift >= 0 else None

@@ -39,13 +39,18 @@ class _Remote:
 class _Echo(_Remote):
     mode = "logprob"
 
+    def __init__(self, llm, workers: int, shift: int):
+        super().__init__(llm, workers)
+        self.shift = shift  # the endpoint's echo convention (probe.echo_shift), never guessed
+
     async def predict(self, explanation: str, tokens: Sequence[str], key: str) -> SP.Parsed:
         from explainer.llm import LLMError
 
         prompt = SP.logprob_prompt(explanation, tokens, self.examples)
 
         def parse(c) -> SP.Parsed:
-            return SP.parse_echo(prompt, c.tokens, c.top_logprobs, c.text_offset)
+            return SP.parse_echo(prompt, c.tokens, c.top_logprobs, c.text_offset,
+                                 shift=self.shift)
 
         try:
             # max_tokens=1: llama.cpp reads 0 as "no limit"; the one answer token is ignored.
@@ -127,7 +132,25 @@ async def open_simulator(cfg: C.SimulateConfig, endpoint):
         elif mode == "logprob" and caps.echo_logprobs is False:
             raise ExplainError(f"--mode logprob: the endpoint at {endpoint.host} does not return "
                                "prompt log-probabilities (legacy completions with echo and "
-                               "logprobs); use --mode chat")
+                               "logprobs) in a convention the probe could read; use --mode chat")
         # Each neuron sends ~10 excerpts at once; a few neurons in flight keep the semaphore full.
         workers = max(1, cfg.llm.concurrency)
-        yield (_Echo if mode == "logprob" else _Chat)(llm, workers)
+        if mode == "logprob":
+            yield _Echo(llm, workers, _echo_shift(Path(cfg.run), endpoint, caps.echo_shift))
+        else:
+            yield _Chat(llm, workers)
+
+
+def _echo_shift(run: Path, endpoint, probed: int) -> int:
+    """The endpoint's echo convention, kept in run.json; a change since refuses to go on."""
+    from explainer import run as rundir
+
+    stored = rundir.endpoint_meta(run, endpoint.host, endpoint.model).get("echo_shift")
+    if stored is None:
+        rundir.update_endpoint_meta(run, endpoint.host, endpoint.model, echo_shift=probed)
+    elif stored != probed:
+        raise ExplainError(f"--base-url {endpoint.host}: its prompt log-probabilities are now "
+                           f"shifted by {probed} row(s), but this run recorded {stored} for "
+                           f"{endpoint.model} there (the server changed); simulate into a new "
+                           "--run, or fix echo_shift under endpoints in its run.json")
+    return probed
