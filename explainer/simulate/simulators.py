@@ -26,7 +26,7 @@ LOGPROBS = 20  # top log-probabilities asked per prompt token (vLLM's default ca
 
 
 class _Remote:
-    """A simulator behind the LLM layer (any endpoint): one request per excerpt."""
+    """A simulator behind the LLM layer (any endpoint): one request per K excerpts."""
 
     def __init__(self, llm, workers: int):
         self.llm, self.workers = llm, workers
@@ -44,9 +44,15 @@ class _Echo(_Remote):
         self.shift = shift  # the endpoint's echo convention (probe.echo_shift), never guessed
 
     async def predict(self, explanation: str, tokens: Sequence[str], key: str) -> SP.Parsed:
+        return (await self.predict_many(explanation, [tokens], key))[0]
+
+    async def predict_many(self, explanation: str, excerpts: Sequence[Sequence[str]],
+                           key: str) -> list[SP.Parsed]:
+        """One request for K excerpts of one neuron; predictions per excerpt, by position."""
         from explainer.llm import LLMError
 
-        prompt = SP.logprob_prompt(explanation, tokens, self.examples)
+        prompt = SP.logprob_prompt_many(explanation, excerpts, self.examples)
+        lengths = [len(t) for t in excerpts]
 
         def parse(c) -> SP.Parsed:
             return SP.parse_echo(prompt, c.tokens, c.top_logprobs, c.text_offset,
@@ -58,29 +64,36 @@ class _Echo(_Remote):
                                         logprobs=LOGPROBS, key=key,
                                         accept=lambda c: parse(c).predicted is not None)
         except LLMError as err:
-            return SP.Parsed(None, str(err)[:300], self.mode)
-        return parse(c)
+            return SP.split_parsed(SP.Parsed(None, str(err)[:300], self.mode), lengths)
+        return SP.split_parsed(parse(c), lengths)
 
 
 class _Chat(_Remote):
     mode = "chat"
 
     async def predict(self, explanation: str, tokens: Sequence[str], key: str) -> SP.Parsed:
+        return (await self.predict_many(explanation, [tokens], key))[0]
+
+    async def predict_many(self, explanation: str, excerpts: Sequence[Sequence[str]],
+                           key: str) -> list[SP.Parsed]:
+        """One request for K excerpts, tokens numbered straight through; split by position."""
         from explainer.llm import LLMError
 
-        msgs = SP.chat_messages(explanation, tokens, self.examples)
+        msgs = SP.chat_messages_many(explanation, excerpts, self.examples)
+        lengths = [len(t) for t in excerpts]
+        n = sum(lengths)
 
         def parse(c) -> SP.Parsed:
-            return SP.parse_chat(c.text, len(tokens), c.chat_logprobs)
+            return SP.parse_chat(c.text, n, c.chat_logprobs)
 
         try:
             # ~4 answer tokens a line ("12", TAB, "3", newline), plus slack for a preamble.
-            c = await self.llm.chat(msgs, max_tokens=5 * len(tokens) + 32, logprobs=True,
+            c = await self.llm.chat(msgs, max_tokens=5 * n + 32, logprobs=True,
                                     top_logprobs=len(SP.VALUES), key=key,
                                     accept=lambda c: parse(c).predicted is not None)
         except LLMError as err:
-            return SP.Parsed(None, str(err)[:300], self.mode)
-        return parse(c)
+            return SP.split_parsed(SP.Parsed(None, str(err)[:300], self.mode), lengths)
+        return SP.split_parsed(parse(c), lengths)
 
 
 class _InProcess:
@@ -93,9 +106,14 @@ class _InProcess:
         self._lock = asyncio.Lock()
 
     async def predict(self, explanation: str, tokens: Sequence[str], key: str) -> SP.Parsed:
-        prompt = SP.logprob_prompt(explanation, tokens, self.examples)
+        return (await self.predict_many(explanation, [tokens], key))[0]
+
+    async def predict_many(self, explanation: str, excerpts: Sequence[Sequence[str]],
+                           key: str) -> list[SP.Parsed]:
+        prompt = SP.logprob_prompt_many(explanation, excerpts, self.examples)
         async with self._lock:  # off the event loop, so the progress bar keeps moving
-            return await asyncio.to_thread(self.embedded.predict, prompt)
+            parsed = await asyncio.to_thread(self.embedded.predict, prompt)
+        return SP.split_parsed(parsed, [len(t) for t in excerpts])
 
     def summary(self) -> str:
         e = self.embedded
@@ -104,9 +122,10 @@ class _InProcess:
                 "reused), $0")
 
 
-def prompt_hash(simulator: str) -> str:
-    """12 hex of what shapes a simulator's answers besides the model: its prompt files."""
-    return SP.prompt_hash()
+def prompt_hash(simulator: str, excerpts_per_prompt: int = 1) -> str:
+    """12 hex of what shapes a simulator's answers besides the model: its prompt files, and
+    how many excerpts share one prompt (K = 1 is the paper's format)."""
+    return SP.prompt_hash(excerpts_per_prompt)
 
 
 @contextlib.asynccontextmanager
@@ -124,7 +143,7 @@ async def open_simulator(cfg: C.SimulateConfig, endpoint):
         yield _InProcess(inprocess.EmbeddedTorch(embedded.gguf_path(),
                                                  embedded.embedded_checkpoint(), log))
         return
-    async with L.LLM(endpoint, cfg.run, stage="simulate", cfg=cfg.llm) as llm:
+    async with L.LLM(endpoint, cfg.run, stage=cfg.stage, cfg=cfg.llm) as llm:
         caps = await L.probe(llm, echo=cfg.mode != "chat")
         mode = cfg.mode
         if mode == "auto":
@@ -134,7 +153,7 @@ async def open_simulator(cfg: C.SimulateConfig, endpoint):
                                "prompt log-probabilities (legacy completions with echo and "
                                "logprobs) in a convention the probe could read; use --mode chat")
         # Each neuron sends ~10 excerpts at once; a few neurons in flight keep the semaphore full.
-        workers = max(1, cfg.llm.concurrency)
+        workers = max(1, llm.capacity())  # over every endpoint of the pool
         if mode == "logprob":
             yield _Echo(llm, workers, _echo_shift(Path(cfg.run), endpoint, caps.echo_shift))
         else:
