@@ -77,7 +77,8 @@ def _token_spans(ex: Excerpt, values, top: float, rgb: str, other: str) -> str:
 def _excerpts_html(view: NeuronView, top: float) -> str:
     parts = ['<div class="colhead"><div>real activation</div><div>simulated</div></div>']
     for e in view.excerpts:
-        meta = (f"{e.kind} #{e.rank} · {e.split} split · excerpt {e.excerpt_id} · "
+        kind = "bottom (negative side, negated)" if e.kind == "bottom" else e.kind
+        meta = (f"{kind} #{e.rank} · {e.split} split · excerpt {e.excerpt_id} · "
                 f"max {max(e.real, default=0):.3g}")
         parts.append(
             f'<div class="excerpt" data-kind="{e.kind}"><div class="meta">{html.escape(meta)}'
@@ -90,18 +91,20 @@ def _excerpts_html(view: NeuronView, top: float) -> str:
 def _explanations_html(view: NeuronView) -> str:
     if not view.scores:
         return '<div class="muted">Not explained or scored yet.</div>'
-    head = ("<tr><th></th><th>explainer</th><th>candidate</th><th>simulator</th><th>score</th>"
-            "<th>top</th><th>random</th><th>status</th><th>explanation</th></tr>")
+    head = ("<tr><th></th><th>side</th><th>explainer</th><th>candidate</th><th>simulator</th>"
+            "<th>score</th><th>top</th><th>random</th><th>status</th><th>explanation</th></tr>")
     body = []
+    heads = list((view.heads or {"pos": view.headline}).values())
     for r in view.scores:
-        cls = ' class="headline"' if r is view.headline else ""
-        mark = "★" if r is view.headline else ("chosen" if r["best"] else "")
+        chosen = any(r is h for h in heads)
+        cls = ' class="headline"' if chosen else ""
+        mark = "★" if chosen else ("chosen" if r["best"] else "")
         num = lambda x: "—" if x is None else f"{x:.3f}"  # noqa: E731
         text = r["explanation"] or r["error"] or ""
-        cells = [mark, r["explainer"], r["candidate"], r["simulator"], num(r["score"]),
-                 num(r["score_top"]), num(r["score_random"]), r["status"], text]
+        cells = [mark, r.get("side", "pos"), r["explainer"], r["candidate"], r["simulator"],
+                 num(r["score"]), num(r["score_top"]), num(r["score_random"]), r["status"], text]
         body.append(f"<tr{cls}>" + "".join(
-            f'<td{" class=num" if i in (2, 4, 5, 6) else ""}>{html.escape(str(c))}</td>'
+            f'<td{" class=num" if i in (3, 5, 6, 7) else ""}>{html.escape(str(c))}</td>'
             for i, c in enumerate(cells)) + "</tr>")
     return f'<table class="explanations">{head}{"".join(body)}</table>'
 
@@ -180,10 +183,10 @@ def neuron_page(view: NeuronView, records: list[dict], nav: str,
     top = max([max(e.real, default=0.0) for e in view.excerpts] or [0.0])
     series = {f"{k} excerpts": np.asarray([a for r in records if r["kind"] == k
                                            for a in r["activations"]], np.float32)
-              for k in ("top", "random")}
-    h = view.headline
-    source = "" if h is None else (f"from {h['explainer']} candidate {h['candidate']} "
-                                    f"via {h['simulator']}")
+              for k in ("top", "bottom", "random") if any(r["kind"] == k for r in records)}
+    source = "; ".join(f"{side}: {h['explainer']} candidate {h['candidate']} via "
+                       f"{h['simulator']}" for side, h in
+                       (view.heads or {"pos": view.headline}).items() if h is not None)
     index_href = f"../../../index.html#model={view.model_key}&layer={view.layer}"
     template = template or Template((ASSETS / "neuron.html").read_text())
     return template.substitute(

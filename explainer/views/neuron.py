@@ -20,9 +20,13 @@ N_RANDOM = 4
 
 @dataclass(frozen=True)
 class Excerpt:
-    """One excerpt of the neuron with its real and (maybe) simulated activations."""
+    """One excerpt of the neuron with its real and (maybe) simulated activations.
 
-    kind: str
+    A bottom excerpt (the negative side of a gated neuron) carries its activations negated,
+    as that side's explainer and simulator saw them, so one shading reads both sides.
+    """
+
+    kind: str  # top | bottom | random | quantile
     rank: int
     split: str
     excerpt_id: int
@@ -44,6 +48,7 @@ class NeuronView:
     headline: dict | None  # the chosen row whose simulations are shown
     excerpts: list[Excerpt]
     sides: tuple[str, ...] = ("pos",)  # ("pos", "neg") where the negative side was recorded
+    heads: dict | None = None  # side -> the chosen row whose simulations that side shows
 
 
 def output_sides(view: NeuronView) -> list[tuple[str, OutputTokens]]:
@@ -93,29 +98,48 @@ def neuron_view(name: str, mkey: str, layer: int, neuron: int, records: list[dic
                 stats: dict | None, scores: list[dict], sims: list[dict], tokens: dict,
                 n_top: int = N_TOP, n_random: int = N_RANDOM) -> NeuronView:
     """Assemble one neuron's view from its plain rows (see `rows_by_neuron`)."""
-    rows = sorted((r for r in scores if r["split"] == "valid"), key=lambda r: (
-        not r["best"], r["score"] is None, -(r["score"] or 0.0)))
-    best = [r for r in rows if r["best"] and r["score"] is not None]
-    head = max(best, key=lambda r: r["score"]) if best else (rows[0] if rows else None)
-    predicted: dict[int, list[float]] = {}
-    if head is not None:
-        predicted = {int(r["excerpt_id"]): list(r["predicted"]) for r in sims
-                     if r["predicted"] is not None and r["explainer"] == head["explainer"]
-                     and r["candidate"] == head["candidate"]
-                     and r["simulator"] == head["simulator"]}
+    own = [r for r in scores if r["split"] == "valid" and r.get("method", "simulation")
+           == "simulation" and r.get("control", "none") == "none"]
+    rows = sorted(own, key=lambda r: (r.get("side", "pos") != "pos", not r["best"],
+                                      r["score"] is None, -(r["score"] or 0.0)))
+    heads = {}
+    for side in ("pos", "neg"):
+        mine = [r for r in rows if r.get("side", "pos") == side]
+        best = [r for r in mine if r["best"] and r["score"] is not None]
+        head = max(best, key=lambda r: r["score"]) if best else (mine[0] if mine else None)
+        if head is not None:
+            heads[side] = head
+    predicted = {side: _predicted(sims, head) for side, head in heads.items()}
     excerpts = []
-    for kind, n in (("top", n_top), ("random", n_random), ("quantile", n_top)):
+    # The negative side's own excerpts are its bottom ones; random excerpts show the positive
+    # side's predictions (the negative side's are there too, on the neuron page of the viewer).
+    for kind, n, side in (("top", n_top, "pos"), ("bottom", n_top, "neg"),
+                          ("random", n_random, "pos"), ("quantile", n_top, "pos")):
+        pred = predicted.get(side, {})
+        sign = -1.0 if kind == "bottom" else 1.0
         # Simulated excerpts first: they are the ones whose two shadings can be compared.
         chosen = sorted((r for r in records if r["kind"] == kind),
-                        key=lambda r: (int(r["excerpt_id"]) not in predicted, r["rank"]))[:n]
+                        key=lambda r: (int(r["excerpt_id"]) not in pred, r["rank"]))[:n]
         for r in chosen:
             eid = int(r["excerpt_id"])
-            real = [float(a) for a in r["activations"]]
+            real = [sign * float(a) for a in r["activations"]]
             words = list(tokens.get(eid, [f"#{i}" for i in range(len(real))]))
             excerpts.append(Excerpt(kind, int(r["rank"]), r["split"], eid, words, real,
-                                    predicted.get(eid)))
+                                    pred.get(eid)))
     sides = ("pos", "neg") if any(r["kind"] == "bottom" for r in records) else ("pos",)
-    return NeuronView(name, mkey, int(layer), int(neuron), stats, rows, head, excerpts, sides)
+    head = heads.get("pos") or next(iter(heads.values()), None)
+    return NeuronView(name, mkey, int(layer), int(neuron), stats, rows, head, excerpts, sides,
+                      heads)
+
+
+def _predicted(sims: list[dict], head: dict) -> dict[int, list[float]]:
+    """excerpt id -> the predictions of the simulation behind a score row."""
+    return {int(r["excerpt_id"]): list(r["predicted"]) for r in sims
+            if r["predicted"] is not None and r["explainer"] == head["explainer"]
+            and r["candidate"] == head["candidate"] and r["simulator"] == head["simulator"]
+            and r.get("side", "pos") == head.get("side", "pos")
+            and r.get("control", "none") == "none"
+            and r.get("explanation_hash", "") == head.get("explanation_hash", "")}
 
 
 def load_neuron(run: Path, mkey: str, layer: int, neuron: int, n_top: int = N_TOP,

@@ -53,6 +53,8 @@ class ReportRow:
     # What the explainer saw (inputs | outputs | both); `explainer` is the stored name, NAME,
     # NAME+outputs or NAME+both (run/evidence.py), so each evidence is its own group.
     evidence: str = "inputs"
+    side: str = "pos"  # pos, or neg: the negative side of a gated neuron, scored on its own
+    mode: str = ""  # the simulator's mode: scores made in different modes are never pooled
 
 
 def bootstrap_ci(values, n_boot: int = 2000, seed: int = 0, level: float = 0.95):
@@ -72,17 +74,33 @@ def bootstrap_ci(values, n_boot: int = 2000, seed: int = 0, level: float = 0.95)
     return float(lo), float(hi)
 
 
+# One neuron's headline: per model, layer, neuron, side, explainer, simulator and mode.
+GROUP = ["model", "layer", "neuron", "side", "explainer", "simulator", "mode"]
+
+
+def own_simulation(scores):
+    """Simulation scores of each neuron's own explanations (judges and controls are reported
+    apart); a run written before these columns existed reads their defaults."""
+    keep = np.ones(len(scores), dtype=bool)
+    if "method" in scores:
+        keep &= (scores["method"] == "simulation").to_numpy()
+    if "control" in scores:
+        keep &= (scores["control"] == "none").to_numpy()
+    return scores[keep]
+
+
 def headline(scores):
     """One valid-split row per (model, layer, neuron, explainer, simulator): the chosen candidate.
 
     A neuron whose candidates all failed has no `best` row; its lowest candidate stands in, so it
     is counted as failed rather than silently dropped.
     """
-    valid = scores[scores["split"] == "valid"]
+    valid = own_simulation(scores)
+    valid = valid[valid["split"] == "valid"]
     if valid.empty:
         return valid
     order = valid.sort_values(["best", "candidate"], ascending=[False, True], kind="stable")
-    key = ["model", "layer", "neuron", "explainer", "simulator"]
+    key = GROUP
     return order.drop_duplicates(key, keep="first").sort_values(key).reset_index(drop=True)
 
 
@@ -90,8 +108,9 @@ def _test_scores(scores, head):
     """The chosen candidates' counted test-split scores, aligned to `head`'s rows (NaN where
     absent; 0 for a constant prediction, on either split: a neuron whose chosen explanation
     predicted nothing on valid and was never tested still counts as 0)."""
-    key = ["model", "layer", "neuron", "explainer", "simulator", "candidate"]
-    test = scores[scores["split"] == "test"][key + ["score", "status"]]
+    key = GROUP + ["candidate"]
+    test = own_simulation(scores)
+    test = test[test["split"] == "test"][key + ["score", "status"]]
     merged = head[key + ["status"]].merge(test.drop_duplicates(key, keep="last"), on=key,
                                           how="left", suffixes=("_valid", ""))
     out = _counted(merged["score"], merged["status"].fillna(""))
@@ -113,7 +132,7 @@ def _mean(values) -> float | None:
 
 
 def summarize(rows, meta: dict, layer, explainer: str, simulator: str, seed: int = 0,
-              n_boot: int = 2000) -> ReportRow:
+              n_boot: int = 2000, side: str = "pos", mode: str = "") -> ReportRow:
     """Aggregate headline rows (already one per neuron) into one ReportRow."""
     status = rows["status"].to_numpy()
     score = _counted(rows["score"], status)
@@ -141,7 +160,7 @@ def summarize(rows, meta: dict, layer, explainer: str, simulator: str, seed: int
         if "test_score" in rows else None,
         n_dead=int(dead.sum()),
         # Anything neither counted nor dead: failed to simulate, or no tokens to score.
-        n_failed=int((~ok & ~dead).sum()),
+        n_failed=int((~ok & ~dead).sum()), side=side, mode=mode,
     )
 
 
@@ -158,20 +177,22 @@ def aggregate(scores, models_meta: dict, by: str = "layer", seed: int = 0, n_boo
     head = head.assign(test_score=_test_scores(scores, head))
     mkeys = sorted(head["model"].unique(), key=lambda m: _size_key(models_meta.get(m, {}), m))
     out: list[ReportRow] = []
+    pair = ["explainer", "simulator", "mode", "side"]
     if by == "pair":
-        for (ex, sim), g in head.groupby(["explainer", "simulator"], sort=True):
+        for (ex, sim, mode, side), g in head.groupby(pair, sort=True):
             meta = {"model": ", ".join(models_meta.get(m, {}).get("model", m)
                                        for m in mkeys if m in set(g["model"]))}
-            out.append(summarize(g, meta, None, ex, sim, seed, n_boot))
+            out.append(summarize(g, meta, None, ex, sim, seed, n_boot, side, mode))
         return out
     for mkey in mkeys:
         meta = {"model": mkey, **models_meta.get(mkey, {})}
         mrows = head[head["model"] == mkey]
         # Layer first, pair second: the baseline explainer's row sits beside the LLM's.
-        keys = ["explainer", "simulator"] if by == "model" else ["layer", "explainer", "simulator"]
+        keys = pair if by == "model" else ["layer"] + pair
         for k, g in mrows.groupby(keys, sort=True):
             layer = None if by == "model" else int(k[0])
-            out.append(summarize(g, meta, layer, k[-2], k[-1], seed, n_boot))
+            ex, sim, mode, side = k[-4:]
+            out.append(summarize(g, meta, layer, ex, sim, seed, n_boot, side, mode))
     return out
 
 
@@ -211,19 +232,27 @@ def run(cfg: ReportConfig) -> str:
     rows = aggregate(scores, models_meta, cfg.by)
     per_model = aggregate(scores, models_meta, "model") if cfg.by == "layer" else rows
     pairs = aggregate(scores, models_meta, "pair")
+    from explainer.views import controls  # own vs shuffled explanations, where simulated
+
+    ctl_model = controls.aggregate(scores, models_meta, "model")
+    ctl = (controls.aggregate(scores, models_meta, "layer") if cfg.by == "layer" else []) \
+        + ctl_model
     if cfg.plot is not None:
         from explainer.views import plot
 
         layer_rows = rows if cfg.by == "layer" else aggregate(scores, models_meta, "layer")
-        plot.write(Path(cfg.plot), layer_rows, headline(scores), models_meta)
+        plot.write(Path(cfg.plot), layer_rows, headline(scores), models_meta,
+                   controls=ctl_model)
     if cfg.format == "csv":
         return to_csv(rows)
     if cfg.format == "json":
         return json.dumps({"run": str(cfg.run), "by": cfg.by, "rows": _dicts(rows),
                            "models": _dicts(per_model), "pairs": _dicts(pairs),
                            "puzzles": known[1] if known else [],
-                           "judges": _dicts(judges), "correlations": _dicts(corr)}, indent=2)
+                           "judges": _dicts(judges), "correlations": _dicts(corr),
+                           "controls": controls.dicts(ctl)}, indent=2)
     text = render_tables(rows, per_model, pairs, cfg.by) + (f"\n{known[0]}" if known else "")
+    text += f"\n{controls.render(ctl)}" if ctl else ""
     text += f"\n{judged.render(judges, corr)}" if judges else ""
     return text + (f"\nplot: {cfg.plot}" if cfg.plot is not None else "")
 
@@ -262,6 +291,8 @@ def _table(title: str, rows: list[ReportRow], first: list[tuple[str, callable]])
         cols[-1:] = [("explainer", lambda r: split_label(r.explainer)[0]),
                      ("evidence", lambda r: r.evidence)]
     cols += [("simulator", lambda r: r.simulator)] if several_sims else []
+    cols += [("mode", lambda r: r.mode)] if len({r.mode for r in rows}) > 1 else []
+    cols += [("side", lambda r: r.side)] if any(r.side != "pos" for r in rows) else []
     cols += [
         ("neurons", lambda r: str(r.n_neurons)),
         ("scored", lambda r: str(r.n_scored)),
@@ -275,7 +306,7 @@ def _table(title: str, rows: list[ReportRow], first: list[tuple[str, callable]])
         ("dead", lambda r: str(r.n_dead)),
         ("failed", lambda r: str(r.n_failed)),
     ]
-    text_cols = ("model", "models", "explainer", "evidence", "simulator")
+    text_cols = ("model", "models", "explainer", "evidence", "simulator", "mode", "side")
     for name, _ in cols:
         t.add_column(name, justify="left" if name in text_cols else "right", no_wrap=True)
     previous = None
@@ -285,7 +316,8 @@ def _table(title: str, rows: list[ReportRow], first: list[tuple[str, callable]])
         previous = r.model
         t.add_row(*(fn(r) for _, fn in cols))
     if not several_sims and rows:
-        t.caption = f"simulator: {rows[0].simulator}"
+        t.caption = f"simulator: {rows[0].simulator}" + (
+            f" ({rows[0].mode} mode)" if rows[0].mode else "")
         t.caption_justify = "left"
     return t
 
@@ -301,7 +333,7 @@ def render_tables(rows, per_model, pairs, by: str, width: int = 220) -> str:
                              model_cols + [("layer", lambda r: str(r.layer)),
                                            ("depth", lambda r: _num(r.depth, "{:.2f}"))]))
     console.print(_table("Score by model (smallest first)", per_model, model_cols))
-    if len({(r.explainer, r.simulator) for r in pairs}) > 1:
+    if len({(r.explainer, r.simulator, r.mode, r.side) for r in pairs}) > 1:
         console.print(_table("Score by explainer / simulator", pairs,
                              [("models", lambda r: r.model)]))
     # Tables take their natural width; strip the padding rich adds to the console's width.

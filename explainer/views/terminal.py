@@ -53,13 +53,16 @@ def renderables(view: NeuronView) -> list:
 
     out = [Panel.fit(f"[bold]{view.model}[/]  layer {view.layer}  neuron {view.neuron}")]
     expl = Table(title="Explanations (valid split)", title_justify="left", header_style="bold")
-    for col in ("", "explainer", "cand", "simulator", "score", "top", "random", "status",
-                "explanation"):
+    two_sides = len(view.sides) > 1
+    for col in ("", *(("side",) if two_sides else ()), "explainer", "cand", "simulator",
+                "score", "top", "random", "status", "explanation"):
         expl.add_column(col, overflow="fold", ratio=4 if col == "explanation" else None,
                         justify="right" if col in ("cand", "score", "top", "random") else "left")
     for r in view.scores:
-        mark = "★" if r is view.headline else ("best" if r["best"] else "")
-        expl.add_row(mark, r["explainer"], str(r["candidate"]), r["simulator"],
+        heads = view.heads or {"pos": view.headline}
+        mark = "★" if any(r is h for h in heads.values()) else ("best" if r["best"] else "")
+        side = (r.get("side", "pos"),) if two_sides else ()
+        expl.add_row(mark, *side, r["explainer"], str(r["candidate"]), r["simulator"],
                      _num(r["score"]), _num(r["score_top"]), _num(r["score_random"]),
                      r["status"], r["explanation"] or (r["error"] or ""))
     out.append(expl)
@@ -71,15 +74,20 @@ def renderables(view: NeuronView) -> list:
                    f"  quantiles [{q}]")
     out += output_lines(view)
     top = max([max(e.real) for e in view.excerpts if e.real] or [0.0])
-    if view.headline is not None:
-        out.append(f"[dim]simulated values (cyan superscripts, 0–10) from {view.headline['explainer']} "
-                   f"candidate {view.headline['candidate']} via {view.headline['simulator']}; "
+    for side, head in (view.heads or {"pos": view.headline}).items():
+        if head is None:
+            continue
+        shown_on = "bottom excerpts" if side == "neg" else "top, random and quantile excerpts"
+        out.append(f"[dim]{shown_on}: simulated values (cyan superscripts, 0–10) from "
+                   f"{head['explainer']} candidate {head['candidate']} via {head['simulator']}; "
                    f"shading = real activation (max shown {top:.3g})[/]")
-    for kind in ("top", "random", "quantile"):
+    for kind in ("top", "bottom", "random", "quantile"):
         shown = [e for e in view.excerpts if e.kind == kind]
         if not shown:
             continue
-        out.append(f"[bold]{kind} excerpts[/]")
+        title = "bottom excerpts (negative side, activations negated)" if kind == "bottom" \
+            else f"{kind} excerpts"
+        out.append(f"[bold]{title}[/]")
         for e in shown:
             from rich.text import Text
 
