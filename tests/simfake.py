@@ -90,12 +90,16 @@ class Handler:
             return Reply.completion(prompt, logprobs={"tokens": toks, "text_offset": offsets,
                                                       "token_logprobs": [-0.1] * len(toks),
                                                       "top_logprobs": top})
-        head, _, listing = prompt.rpartition("Neuron: ")
-        expl = listing.split("\n", 1)[0]
-        slots = [i for i, t in enumerate(toks) if t == "unknown" and offsets[i] > len(head)]
-        lines = listing.split("\n")[2:2 + len(slots)]
-        tokens = [ln.rsplit("\t", 1)[0] for ln in lines]
-        for i, s in zip(slots, self._values(expl, tokens)):
+        # One block per excerpt to predict (K of them in a merged prompt); few-shot blocks
+        # carry values, so only blocks with "unknown" slots are the question.
+        blocks = [b for b in prompt.split("Neuron: ")[1:] if "\tunknown\n" in b]
+        expl = blocks[-1].split("\n", 1)[0]
+        values: list[float] = []
+        for b in blocks:
+            lines = [ln for ln in b.split("\n")[2:] if ln.endswith("\tunknown")]
+            values += self._values(expl, [ln.rsplit("\t", 1)[0] for ln in lines])
+        slots = [i for i, t in enumerate(toks) if t == "unknown" and i and toks[i - 1] == "\t"]
+        for i, s in zip(slots, values):
             top[i - self.shift] = _mixture(s)
             if self.number_rows:  # little digit mass at the slot, much on the row before it
                 top[i - self.shift] = {t: lp + math.log(0.2) for t, lp in _mixture(s).items()}
@@ -121,9 +125,13 @@ class Handler:
             return Reply.chat("I am sorry, I cannot rate these tokens.")
         user = body["messages"][-1]["content"]
         expl = user.split("\n", 1)[0].removeprefix("Neuron: ")
-        lines = user.rstrip("\n").split("\n")[2:]
-        tokens = [ln.split("\t", 1)[1] for ln in lines]
-        vals = self._values(expl, tokens)
+        excerpts: list[list[str]] = []  # a merged turn opens each excerpt with "# excerpt j"
+        for ln in user.rstrip("\n").split("\n")[2:]:
+            if ln.startswith("# excerpt") or not excerpts:
+                excerpts.append([])
+            if not ln.startswith("# excerpt"):
+                excerpts[-1].append(ln.split("\t", 1)[1])
+        vals = [v for tokens in excerpts for v in self._values(expl, tokens)]
         text, lps = [], []
         for k, s in enumerate(vals):
             stated = "9" if s >= 0.5 else "0"

@@ -19,7 +19,7 @@ from pathlib import Path
 from explainer.llm.embedded import native_output_to
 from explainer.simulate import prompt as SP
 
-N_CTX = 2048  # an excerpt of 64 tokens with the few-shot prefix needs ~700
+N_CTX = 4096  # one 64-token excerpt with the few-shot prefix needs ~700; 10 merged ones ~3,000
 
 
 class _Evaluator:

@@ -27,6 +27,7 @@ TO_DISPLAY = 10.0 / 9.0  # prompt scale 0-9 -> stored scale 0-10
 PLACEHOLDER = "unknown"  # the value slot of a token whose activation the simulator predicts
 FILES = ("simulate_logprob", "simulate_logprob_shot", "simulate_chat_system",
          "simulate_chat_user", "simulate_examples")
+MERGED_FILE = "simulate_chat_user_many"  # the chat user turn listing K excerpts at once
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,18 @@ class Parsed:
     mode: str  # logprob | chat-logprob | chat
 
 
-def prompt_hash() -> str:
-    """12 hex identifying the simulator prompt files."""
-    return prompts.prompt_hash(*FILES)
+def prompt_hash(excerpts_per_prompt: int = 1) -> str:
+    """12 hex identifying the simulator prompt files (and K, when K excerpts share a prompt).
+
+    K = 1 keeps the hash of the paper's one-excerpt format; any other K hashes the merged
+    format's file and K too, so predictions made K at a time are never mixed with others.
+    """
+    if excerpts_per_prompt == 1:
+        return prompts.prompt_hash(*FILES)
+    import hashlib
+
+    base = prompts.prompt_hash(*FILES, MERGED_FILE)
+    return hashlib.sha256(f"{base}/k={excerpts_per_prompt}".encode()).hexdigest()[:12]
 
 
 def load_examples() -> list[Example]:
@@ -75,6 +85,17 @@ def load_examples() -> list[Example]:
 def logprob_prompt(explanation: str, tokens: Sequence[str],
                    examples: Sequence[Example]) -> LogprobPrompt:
     """The all-at-once prompt: few-shot listings with values, then `tokens` with value slots."""
+    return logprob_prompt_many(explanation, [tokens], examples)
+
+
+def logprob_prompt_many(explanation: str, excerpts: Sequence[Sequence[str]],
+                        examples: Sequence[Example]) -> LogprobPrompt:
+    """One prompt for K excerpts of one neuron: the few-shot preamble once, then each excerpt
+    as its own block, shaped like a few-shot block ("Neuron: ...", <start>, listing, <end>).
+
+    With one excerpt this is exactly the paper's one-excerpt prompt. `offsets` runs over the
+    excerpts' tokens in order; `split_parsed` cuts the predictions back per excerpt.
+    """
     shots = "".join(
         prompts.fill(prompts.load("simulate_logprob_shot"), "simulate_logprob_shot",
                      explanation=ex.explanation,
@@ -82,14 +103,33 @@ def logprob_prompt(explanation: str, tokens: Sequence[str],
         for ex in examples)
     head = prompts.render("simulate_logprob", examples=shots, explanation=explanation.strip())
     parts, offsets, pos = [head], [], len(head)
-    for tok in tokens:
-        line = f"{prompts.show_token(tok)}\t"
-        offsets.append(pos + len(line))
-        line += f"{PLACEHOLDER}\n"
-        parts.append(line)
-        pos += len(line)
+    # The shot file's block boundary, written out: the end of one block, the next one's head.
+    between = f"<end>\n\nNeuron: {explanation.strip()}\n<start>\n"
+    for j, tokens in enumerate(excerpts):
+        if j:
+            parts.append(between)
+            pos += len(between)
+        for tok in tokens:
+            line = f"{prompts.show_token(tok)}\t"
+            offsets.append(pos + len(line))
+            line += f"{PLACEHOLDER}\n"
+            parts.append(line)
+            pos += len(line)
     parts.append("<end>\n")
     return LogprobPrompt("".join(parts), tuple(offsets))
+
+
+def split_parsed(parsed: Parsed, lengths: Sequence[int]) -> list[Parsed]:
+    """A merged prompt's predictions cut back into one Parsed per excerpt (by position); a
+    failed prompt fails each of its excerpts with the same reason."""
+    if parsed.predicted is None or len(parsed.predicted) != sum(lengths):
+        why = parsed.error or f"{len(parsed.predicted or ())} predictions for {sum(lengths)} tokens"
+        return [Parsed(None, why, parsed.mode) for _ in lengths]
+    out, start = [], 0
+    for n in lengths:
+        out.append(Parsed(list(parsed.predicted[start:start + n]), None, parsed.mode))
+        start += n
+    return out
 
 
 def expected_value(alternatives: Iterable[tuple[str, float]]) -> float | None:
@@ -160,6 +200,26 @@ def chat_messages(explanation: str, tokens: Sequence[str],
         msgs.append({"role": "assistant",
                      "content": "\n".join(f"{k}\t{v}" for k, v in enumerate(ex.values))})
     msgs.append(user(explanation, tokens))
+    return msgs
+
+
+def chat_messages_many(explanation: str, excerpts: Sequence[Sequence[str]],
+                       examples: Sequence[Example]) -> list[dict]:
+    """The chat simulator's messages for K excerpts of one neuron: the same instructions and
+    few-shot turns once, then one user turn numbering the excerpts' tokens 0..N-1 across all
+    of them (a "# excerpt j" line opens each excerpt), so `parse_chat(text, N)` reads it."""
+    if len(excerpts) == 1:
+        return chat_messages(explanation, excerpts[0], examples)
+    msgs = chat_messages(explanation, [], examples)[:-1]
+    lines, k = [], 0
+    for j, tokens in enumerate(excerpts):
+        lines.append(f"# excerpt {j + 1}")
+        for t in tokens:
+            lines.append(f"{k}\t{prompts.show_token(t)}")
+            k += 1
+    msgs.append({"role": "user", "content": prompts.render(
+        MERGED_FILE, explanation=explanation.strip(), n_excerpts=len(excerpts), n_tokens=k,
+        last=k - 1, listing="\n".join(lines))})
     return msgs
 
 
