@@ -81,7 +81,7 @@ def main() -> None:
         from explainer import judge, simulate
 
         results = {}
-        for mode in ("logprob", "chat"):
+        for mode in ("chat",):  # logprob: the embedded simulator runs in-process (README)
             run = Path(tmp) / f"sim-{mode}"
             shutil.copytree(args.run, run, ignore=shutil.ignore_patterns(
                 "llm.sqlite*", "simulations", "scores", "judgments", "view"))
@@ -97,11 +97,11 @@ def main() -> None:
                                                 llm=llm))
             for stage, v in ledger(run).items():
                 results[f"{stage} ({mode})" if stage == "simulate" else stage] = v
-    sim = results.get("simulate (logprob)")
+    sim = results.get("simulate (chat)")
     print(f"prompt tokens per neuron (embedded tokenizer, scripted endpoint, "
           f"{args.explainer} explanations, neurons {args.neurons} of each layer):")
     for name, (n, calls, pt) in sorted(results.items()):
-        ratio = f"  {pt / sim[2]:.2f}x simulation (logprob)" if sim else ""
+        ratio = f"  {pt / n / (sim[2] / sim[0]):.2f}x simulation" if sim else ""
         print(f"  {name:22s} {n:3d} neurons  {calls / n:5.1f} calls  {pt / n:8,.0f} prompt tokens"
               f"{ratio}")
 
