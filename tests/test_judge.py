@@ -252,3 +252,12 @@ def test_messages_carry_a_worked_example_in_the_answer_format(method):
     assert n == 3 and all(a.prediction is not None for a in P.parse(shot, n))
     assert msgs[3]["content"].startswith("Description: the word x\n\n1) ")
     assert ("<< x>>" in msgs[3]["content"]) == (method == "fuzzing")
+
+
+def test_run_refuses_an_unknown_judge_method_before_recording(tmp_path):
+    from cli import app
+
+    res = CliRunner().invoke(app, ["run", "--run", str(tmp_path / "r"), "--judge-methods",
+                                   "detection,vibes"])
+    assert res.exit_code == 2 and "vibes" in res.output
+    assert not (tmp_path / "r").exists()
