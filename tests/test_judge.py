@@ -261,3 +261,15 @@ def test_run_refuses_an_unknown_judge_method_before_recording(tmp_path):
                                    "detection,vibes"])
     assert res.exit_code == 2 and "vibes" in res.output
     assert not (tmp_path / "r").exists()
+
+
+def test_a_plain_read_has_one_row_per_key_after_a_rerun(tmp_path):
+    import pandas as pd
+
+    run = JF.make_run(tmp_path / "run", d_mlp=2)
+    _judge(run, "garble", "detection")
+    _judge(run, "perfect", "detection")  # the partial rows are redone and replace the old
+    plain = pd.read_parquet(run / "judgments")
+    assert len(plain) == len(rundir.read(run, "judgments")) == 40
+    sc = pd.read_parquet(run / "scores")
+    assert len(sc) == 2 and (sc["status"] == "ok").all()

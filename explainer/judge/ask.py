@@ -40,6 +40,7 @@ async def run(cfg: C.JudgeConfig, endpoint, model: str, jobs: list[_Job], phash:
             writer.add(*_rows(cfg, model, endpoint.model, phash, job, []))
     if not asked:
         writer.flush()
+        writer.compact()
         return
     # The embedded llama.cpp server answers logprobs only when it keeps every position's logits.
     async with L.LLM(endpoint, cfg.run, stage=f"judge-{cfg.method}", cfg=cfg.llm,
@@ -63,6 +64,7 @@ async def run(cfg: C.JudgeConfig, endpoint, model: str, jobs: list[_Job], phash:
                 await asyncio.gather(*(worker(bar, task) for _ in range(n)))
             finally:
                 writer.flush()
+        writer.compact()
         print(f"judge: {writer.n_jobs} explanations judged by {cfg.method} "
               f"({writer.n_items} items, {writer.n_failed} unreadable; those are asked again "
               "on the next run)", file=sys.stderr)
@@ -143,6 +145,7 @@ class _Writer:
         self.judged: list = []
         self.scores: list = []
         self.n_jobs = self.n_items = self.n_failed = 0
+        self.touched: set[tuple[str, int]] = set()
 
     def add(self, judged: list, scores: list) -> None:
         self.judged += judged
@@ -158,4 +161,12 @@ class _Writer:
             rundir.write_rows(self.run_dir, "judgments", self.judged, prefix="judge")
         if self.scores:
             rundir.write_rows(self.run_dir, "scores", self.scores, prefix="judge")
+        self.touched |= {(r.model, r.layer) for r in self.scores}
         self.judged, self.scores = [], []
+
+    def compact(self) -> None:
+        """Merge the partitions written, so a plain read has one row per key (a re-judged
+        explanation's old rows go)."""
+        for model, layer in sorted(self.touched):
+            for table in ("judgments", "scores"):
+                rundir.compact(self.run_dir, table, model, layer)
