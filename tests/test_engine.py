@@ -106,7 +106,7 @@ def test_ray_describe_loses_no_neuron_when_an_endpoint_stops(tmp_path, ray_clust
     with FakeOpenAI(by_prompt, latency_s=0.05) as a, FakeOpenAI(by_prompt, latency_s=0.05) as b:
         def handler(req: Request) -> Reply:
             seen.append(1)
-            if len(seen) == 6:  # a third of the way in, endpoint b goes away for good
+            if len(seen) == 3:  # early on, endpoint b goes away for good
                 threading.Thread(target=b.stop, daemon=True).start()
             return by_prompt(req)
 

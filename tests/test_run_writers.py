@@ -77,3 +77,25 @@ def test_run_json_updates_from_concurrent_processes_are_all_kept(tmp_path):
     for w in range(4):  # each writer's updates in its own order
         mine = [e for e in log if e.startswith(f"{w}:")]
         assert mine == [f"{w}:{i}" for i in range(40)]
+
+
+def test_read_neurons_equals_a_filtered_read(tmp_path, monkeypatch):
+    from explainer.run import select
+
+    monkeypatch.setattr(select, "BATCH_ROWS", 7)  # many batches per file
+    run = RF.make_run(tmp_path / "run", d_mlp=8, n_excerpts=12)
+    rundir.write_rows(run, "explanations", [_expl(n, f"old {n}") for n in range(8)])
+    rundir.write_rows(run, "explanations", [_expl(n, f"new {n}") for n in (2, 5)])
+    for name in ("records", "explanations"):
+        full = rundir.read(run, name, model=RF.MODEL, layer=0)
+        want = full[full["neuron"].isin([2, 5, 6])].reset_index(drop=True)
+        got = rundir.read_neurons(run, name, RF.MODEL, 0, [6, 5, 2])
+        key = [c for c in rundir.TABLES[name].key if c in want.columns]
+        want, got = (d.sort_values(key).reset_index(drop=True) for d in (want, got))
+        assert list(got.columns) == list(want.columns) and len(got) == len(want) > 0
+        for c in want.columns:
+            assert [repr(list(v)) if hasattr(v, "tolist") else repr(v) for v in got[c]] == \
+                [repr(list(v)) if hasattr(v, "tolist") else repr(v) for v in want[c]], (name, c)
+    got = rundir.read_neurons(run, "explanations", RF.MODEL, 0, [2, 5, 6])
+    assert sorted(got["explanation"]) == ["new 2", "new 5", "old 6"]
+    assert rundir.read_neurons(run, "explanations", RF.MODEL, 0, [99]).empty

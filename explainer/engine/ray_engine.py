@@ -40,33 +40,16 @@ class Worker:
         """One block; returns its size, time, writer and the LLM calls it made."""
         import io
 
-        before = _calls(Path(cfg.run), self.writer)
+        from explainer.engine import ledger_counts
+
+        before = ledger_counts(Path(cfg.run), self.writer)
         t0 = time.monotonic()
         with contextlib.redirect_stderr(io.StringIO()):  # the driver shows the one bar
             stage_run(cfg)
         seconds = time.monotonic() - t0
-        after = _calls(Path(cfg.run), self.writer)
+        after = ledger_counts(Path(cfg.run), self.writer)
         return {"units": units, "seconds": seconds, "writer": self.writer,
                 "calls": after[0] - before[0], "requests": after[1] - before[1]}
-
-
-def _calls(run: Path, writer: str) -> tuple[int, int]:
-    """(calls, requests sent) in a worker's ledger file so far."""
-    import sqlite3
-
-    from explainer.llm.ledger import WORKERS_DIR
-
-    path = run / WORKERS_DIR / f"{writer}.sqlite"
-    if not path.exists():
-        return 0, 0
-    db = sqlite3.connect(path, timeout=60)
-    try:
-        n, sent = db.execute("SELECT count(*), coalesce(sum(cached = 0), 0) FROM calls").fetchone()
-        return int(n), int(sent)
-    except sqlite3.OperationalError:
-        return 0, 0
-    finally:
-        db.close()
 
 
 @contextlib.contextmanager
@@ -90,8 +73,10 @@ def connect(address: str | None) -> Iterator[None]:
         ray.shutdown()
 
 
-def run_blocks(cfg: C.EngineConfig, run: Path, args: Sequence[tuple], label: str) -> dict:
-    """Every (stage_run, cfg, units) of `args` on a pool of actors; returns the totals."""
+def run_blocks(cfg: C.EngineConfig, run: Path, args: Sequence[tuple], label: str,
+               unit: str = "neurons") -> dict:
+    """Every (stage_run, cfg, units) of `args` on a pool of actors; returns the totals
+    (`unit` names what `units` counts: neurons of a block, excerpts of a record shard)."""
     from explainer.llm.ledger import merge_workers
 
     if not args:
@@ -107,8 +92,8 @@ def run_blocks(cfg: C.EngineConfig, run: Path, args: Sequence[tuple], label: str
     total = {"units": sum(r["units"] for r in results), "workers": n, "wall_s": wall,
              "calls": sum(r["calls"] for r in results),
              "requests": sum(r["requests"] for r in results)}
-    print(f"{label}: {len(args)} blocks, {total['units']:,} neurons on {n} Ray workers in "
-          f"{wall:.1f} s; per worker: {total['units'] / busy:,.2f} neurons/s, "
+    print(f"{label}: {len(args)} blocks, {total['units']:,} {unit} on {n} Ray workers in "
+          f"{wall:.1f} s; per worker: {total['units'] / busy:,.2f} {unit}/s, "
           f"{total['requests'] / busy:,.1f} requests/s ({total['calls']:,} LLM calls, "
           f"{total['calls'] - total['requests']:,} cached)", file=sys.stderr)
     return total

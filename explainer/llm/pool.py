@@ -76,6 +76,7 @@ class Pool:
             raise ValueError("an endpoint pool needs at least one member")
         self.members = members
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        self._turn = 0
 
     def live(self, now: float | None = None) -> list[Member]:
         now = time.monotonic() if now is None else now
@@ -85,8 +86,11 @@ class Pool:
         """The member with the most room (members in `avoid` only when no other has room)."""
         while True:  # one event loop: nothing runs between the check and the wait
             now = time.monotonic()
+            # Ties go round-robin, so an idle pool spreads its requests over every member.
+            self._turn = (self._turn + 1) % len(self.members)
+            order = self.members[self._turn:] + self.members[:self._turn]
             for skip in (avoid, ()):
-                best = max((m for m in self.members if m not in skip),
+                best = max((m for m in order if m not in skip),
                            key=lambda m: m.room(now), default=None)
                 if best is not None and best.room(now) > 0:
                     best.in_flight += 1
