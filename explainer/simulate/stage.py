@@ -70,8 +70,11 @@ def run(cfg: C.SimulateConfig) -> Path:
     from explainer import engine
 
     engine.check(cfg.engine)
-    if cfg.engine.engine == "ray":  # this same function on blocks of neurons, on Ray actors
-        engine.run_stage(run, cfg, _explained(run_dir, model, layers, cfg), "simulate")
+    units = _explained(run_dir, model, layers, cfg)
+    if cfg.engine.engine == "ray" or engine.several_blocks(units, cfg.engine):
+        # This same function on blocks of neurons: on Ray actors, or one after another here,
+        # so memory follows one block, not the run.
+        engine.run_stage(run, cfg, units, "simulate")
         return run_dir / "scores"
     jobs: list[_Job] = []
     for layer in layers:
@@ -145,8 +148,9 @@ def _excerpts(run_dir: Path, model: str, layer: int, neurons: set[int], splits: 
     """Per (neuron, side), the first n_top top and n_random random excerpts (by rank) of each
     split: the positive side's top excerpts are kind 'top'; the negative side's are kind
     'bottom', and it sees every activation negated (its random excerpts are the same ones)."""
-    rec = rundir.read(run_dir, "records", model=model, layer=layer,
-                      columns=["neuron", "excerpt_id", "kind", "rank", "split", "activations"])
+    rec = rundir.read_neurons(run_dir, "records", model, layer, neurons,
+                              columns=["neuron", "excerpt_id", "kind", "rank", "split",
+                                       "activations"])
     rec = rec[rec["neuron"].isin(neurons) & rec["split"].isin(splits)
               & rec["kind"].isin(["top", "bottom", "random"])].sort_values(
         ["neuron", "split", "kind", "rank"])
@@ -187,11 +191,12 @@ class _Done:
     """
 
     def __init__(self, run_dir: Path, model: str, layer: int, simulator: str,
-                 mode: str | None, prompt_hash: str):
-        sims = rundir.read(run_dir, "simulations", model=model, layer=layer)
+                 mode: str | None, prompt_hash: str, neurons: set[int]):
+        # Only these neurons' rows: memory follows the block, not the layer.
+        sims = rundir.read_neurons(run_dir, "simulations", model, layer, neurons)
         sims = sims[(sims["simulator"] == simulator) & (sims["status"] == "ok")
                     & (sims["control"] == "none") & (sims["sim_prompt_hash"] == prompt_hash)]
-        sc = rundir.read(run_dir, "scores", model=model, layer=layer)
+        sc = rundir.read_neurons(run_dir, "scores", model, layer, neurons)
         sc = sc[(sc["simulator"] == simulator) & (sc["method"] == "simulation")
                 & (sc["control"] == "none") & (sc["sim_prompt_hash"] == prompt_hash)]
         if mode is not None:  # predictions of another mode are not reused
@@ -240,7 +245,8 @@ async def _run(cfg: C.SimulateConfig, endpoint, model: str, jobs: list[_Job]) ->
     # Before any endpoint is touched: with --mode auto, predictions of either mode count as done.
     mode = None if cfg.mode == "auto" else cfg.mode
     phash = simulators.prompt_hash(cfg.simulator)
-    done = {lay: _Done(cfg.run, model, lay, endpoint.model, mode, phash) for lay in layers}
+    done = {lay: _Done(cfg.run, model, lay, endpoint.model, mode, phash,
+                       {j.neuron for j in jobs if j.layer == lay}) for lay in layers}
     todo = [j for j in jobs if not done[j.layer].complete(j, splits)]
     if len(todo) < len(jobs):
         print(f"simulate: {len(jobs) - len(todo)} neurons already scored, skipped",
@@ -248,7 +254,8 @@ async def _run(cfg: C.SimulateConfig, endpoint, model: str, jobs: list[_Job]) ->
     if not todo:
         return
     async with simulators.open_simulator(cfg, endpoint) as sim:
-        done = {lay: _Done(cfg.run, model, lay, endpoint.model, sim.mode, phash)
+        done = {lay: _Done(cfg.run, model, lay, endpoint.model, sim.mode, phash,
+                           {j.neuron for j in todo if j.layer == lay})
                 for lay in layers}
         writer = _Writer(Path(cfg.run))
         queue: asyncio.Queue[_Job] = asyncio.Queue()
