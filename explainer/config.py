@@ -18,6 +18,10 @@ EMBEDDED_LLM = "smollm2-135m"
 BASELINE_EXPLAINER = "baseline-tokens"
 # Its output twin: the tokens the neuron's direct effect on the logits promotes most.
 BASELINE_LOGITS = "baseline-logits"
+# The simulator that needs no LLM: the words an explanation names, matched to each token.
+BASELINE_SIMULATOR = "baseline-lexical"
+# Controls of `explain simulate`: none, or each chosen explanation scored on another neuron too.
+CONTROLS = ("none", "shuffled")
 # Split of top excerpts by interleaved rank (REFERENCE.md): rank r goes to SPLITS[r % 4].
 SPLITS = ("explain", "calibrate", "valid", "test")
 # Random excerpts are never shown to the explainer, so they cycle over the other splits.
@@ -42,6 +46,8 @@ class RecordConfig:
     batch_size: int = 32
     seed: int = 0
     device: str = "cpu"
+    shards: int = 0  # excerpt-id ranges recorded and checkpointed apart (0: 4,096 excerpts each)
+    engine: "EngineConfig | None" = None  # None: this process
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ class LLMConfig:
     max_retries: int = 6
     backoff_s: float = 1.0  # first retry's wait (before jitter); doubles on each retry
     retry_budget_s: float = 600.0  # a request stops retrying once this much time has passed
+    cache: Path | None = None  # a shared answer cache (--cache); None: $EXPLAIN_LLM_CACHE or none
 
 
 ENGINES = ("local", "ray")
@@ -86,6 +93,7 @@ class DescribeConfig:
     evidence: str = "inputs"  # inputs (top excerpts, the paper) | outputs (top tokens) | both
     api: str = "chat"  # chat | completion (for base models served without a chat template)
     sides: str = "all"  # all (every side the run recorded) | pos | neg
+    level: int = 0  # cascade level (0: none); level N ledgers its calls as stage describe:LN
     llm: LLMConfig = LLMConfig()
     engine: EngineConfig = EngineConfig()
 
@@ -104,8 +112,31 @@ class SimulateConfig:
     n_top: int = 5  # valid-split top excerpts scored, as in the paper
     n_random: int = 5  # valid-split random excerpts scored
     calibrate: bool = False
+    excerpts_per_prompt: int = 1  # K excerpts of a neuron share one prompt (1: the paper's)
+    stage: str = "simulate"  # the ledger's name for these calls (a cascade level: simulate:L2)
+    test: bool = True  # also simulate the best candidate's test split (a cascade defers it)
+    explain_split: bool = False  # also simulate the explain split (what revision shows)
+    # shuffled: each neuron's chosen explanation is also scored on another neuron of its layer
+    # and side (a seeded derangement of the selected neurons), the specificity control
+    control: str = "none"
+    seed: int = 0  # of the control's derangement
     llm: LLMConfig = LLMConfig()
     engine: EngineConfig = EngineConfig()
+
+
+@dataclass(frozen=True)
+class CascadeConfig:
+    """Settings of `explain describe --cascade E1,E2,... --accept T` and `--revise N`.
+
+    Every level explains the neurons still pending with its explainer, the run's simulator
+    scores them on the valid split, those at or above `accept` keep that explanation, the rest
+    go on to the next level; the test split is simulated only for the explanation kept."""
+
+    describe: DescribeConfig  # the selection, and how every level explains (explainer unused)
+    simulate: SimulateConfig  # the simulator that judges every level (selection unused)
+    explainers: tuple[str, ...]  # cheapest first
+    accept: float | None = None  # None: no threshold (every neuron goes through every level)
+    revise: int = 0  # rounds of revision per level (a revision is kept only if it scores higher)
 
 
 @dataclass(frozen=True)
@@ -213,8 +244,15 @@ class RunConfig:
     explain_excerpts: int = 5  # as the paper explained; halves the embedded explainer's prompt
     simulator: str = EMBEDDED_LLM
     mode: str = "auto"
+    lexical: bool = True  # also score every explanation with baseline-lexical (no LLM)
+    control: str = "shuffled"  # the shuffled-explanation control beside every score
     llm: LLMConfig = LLMConfig()
     judge_methods: tuple[str, ...] = ()  # detection, fuzzing: judged by the simulator's LLM
+    # A cascade of explainers, cheapest first, after the explainers above (empty: none, the
+    # paper's method); a level's explanation is kept at valid score >= accept
+    cascade: tuple[str, ...] = ()
+    accept: float | None = None
+    excerpts_per_prompt: int = 1  # simulate K excerpts per prompt (1: the paper's format)
 
 
 def spread_layers(n_layers: int, count: int = 4) -> str:

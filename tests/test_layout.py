@@ -15,7 +15,8 @@ PLUMBING = {"run", "llm", "prompts", "config", "progress", "engine"}
 SHARED = {"score"}
 # Composition: may import anything.
 # puzzles runs the simulator (and explainer) on known answers, outside any run directory.
-COMPOSERS = {"pipeline", "cli", "puzzles"}
+# cascade (with revise) runs describe and simulate level by level, and asks for revisions.
+COMPOSERS = {"pipeline", "cli", "puzzles", "cascade", "revise"}
 
 
 def _package_of(path: Path) -> str:

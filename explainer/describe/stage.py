@@ -80,7 +80,7 @@ def run(cfg: C.DescribeConfig) -> Path:
         print(f"describe: nothing to do, every selected neuron is explained by {label}",
               file=sys.stderr)
         return run_dir / "explanations"
-    writer = _Writer(run_dir, model, label, phash, evidence)
+    writer = _Writer(run_dir, model, label, phash, evidence, cfg.level)
     if baseline:
         _run_baseline(jobs, writer, evidence)
     else:
@@ -195,9 +195,9 @@ class _Writer:
     """Buffers explanation rows and writes them in chunks (also on the way out of an error)."""
 
     def __init__(self, run_dir: Path, model: str, explainer: str, phash: str,
-                 evidence: str = "inputs"):
+                 evidence: str = "inputs", level: int = 0):
         self.run_dir, self.model, self.explainer, self.phash = run_dir, model, explainer, phash
-        self.evidence = evidence
+        self.evidence, self.level = evidence, level
         self.rows: list[rundir.ExplanationRow] = []
         self.last = time.monotonic()
         self.n_ok = self.n_failed = 0
@@ -212,7 +212,7 @@ class _Writer:
             prompt_hash=self.phash, candidate=job.candidate, explanation=explanation,
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
             status="ok" if ok else "failed", error=None if ok else error,
-            side=job.side, evidence=self.evidence))
+            side=job.side, evidence=self.evidence, level=self.level))
         if len(self.rows) >= FLUSH_ROWS or time.monotonic() - self.last > FLUSH_S:
             self.flush()
 
@@ -268,7 +268,9 @@ async def _run_llm(cfg: C.DescribeConfig, jobs: list[_Job], writer: _Writer) -> 
     endpoint = L.resolve(cfg.explainer, cfg.llm.base_url)
     temperature = cfg.temperature if cfg.temperature is not None else (
         1.0 if cfg.candidates > 1 else 0.0)
-    async with L.LLM(endpoint, cfg.run, stage="describe", cfg=cfg.llm,
+    # A cascade level's calls are its own in the ledger (describe:L2), so its cost is known.
+    stage = f"describe:L{cfg.level}" if cfg.level else "describe"
+    async with L.LLM(endpoint, cfg.run, stage=stage, cfg=cfg.llm,
                      prompt_logprobs=False) as llm:
         await L.probe(llm, echo=False)
         queue: asyncio.Queue[_Job] = asyncio.Queue()

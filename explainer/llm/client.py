@@ -21,7 +21,7 @@ from typing import Callable
 from explainer import ExplainError
 from explainer import config as C
 from explainer.llm.endpoint import DUMMY_KEY, Endpoint
-from explainer.llm.ledger import Ledger, cost_usd
+from explainer.llm.ledger import Ledger, cost_usd, shared_cache
 from explainer.llm.pool import Member, Pool, host_of
 from explainer.llm.transport import Transport
 from explainer.llm.wire import CHAT, COMPLETE, Completion
@@ -67,7 +67,8 @@ class LLM:
                 urls = [stack.enter_context(server.serve(
                     self.endpoint.model, self.run_dir / "llm_server.log",
                     logits_all=self.prompt_logprobs))]
-            self._ledger = Ledger(self.run_dir / "llm.sqlite", writer=self.writer)
+            self._ledger = Ledger(self.run_dir / "llm.sqlite", writer=self.writer,
+                                  shared=shared_cache(self.cfg.cache))
             stack.callback(self._ledger.close)
             key = self.endpoint.api_key or DUMMY_KEY
             # llama_cpp.server answers one request at a time; more in flight would only queue
@@ -149,7 +150,10 @@ class LLM:
         if hit is not None:
             c = Completion(**{**hit, "cached": True})
             self._stats["cached"] += 1
-            self._ledger.log(self._row(key, rkey, c, 0.0, "ok", cached=True))
+            # Paid nothing now; `saved_usd` keeps what sending it would have cost.
+            self._ledger.log(self._row(key, rkey, c, 0.0, "ok", cached=True), cost=0.0,
+                             saved=cost_usd(self.endpoint.model, c.prompt_tokens,
+                                            c.completion_tokens, free=self.endpoint.embedded))
             return c
         def failed(status: str, msg: str, latency_s: float, attempt: int, host: str) -> None:
             self._ledger.log({"stage": self.stage, "key": key, "request": rkey,

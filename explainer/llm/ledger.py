@@ -13,6 +13,11 @@ it works on a shared filesystem) and reads the answers of the others: its own fi
 files into `llm.sqlite` (`merge_workers`) when the stage ends, or when the next stage starts
 after a killed one. Commits are batched (every `COMMIT_EVERY` writes or `COMMIT_S` seconds, and
 on close): a kill loses at most that much cache, which only means asking again.
+
+A shared answer cache (`--cache PATH` or $EXPLAIN_LLM_CACHE, see `shared_cache`) is one more
+SQLite file with the same `cache` table, read after the run's own files and written beside them,
+so several run directories asking the same requests pay for each answer once. A cache hit is a
+`calls` row with `cached = 1`, cost 0 and, in `saved_usd`, what the answer would have cost.
 """
 
 from __future__ import annotations
@@ -42,9 +47,11 @@ CREATE TABLE IF NOT EXISTS calls (
     time REAL NOT NULL,        -- unix seconds
     stage TEXT, key TEXT, request TEXT, model TEXT, host TEXT,
     prompt_tokens INTEGER, completion_tokens INTEGER, latency_s REAL,
-    cached INTEGER, status TEXT, error TEXT, attempt INTEGER, cost_usd REAL
+    cached INTEGER, status TEXT, error TEXT, attempt INTEGER, cost_usd REAL,
+    saved_usd REAL             -- a cache hit: what the answer would have cost, sent
 );
 """
+CACHE_ENV = "EXPLAIN_LLM_CACHE"  # a shared answer cache for every run, when no --cache is given
 _COLS = ("stage", "key", "request", "model", "host", "prompt_tokens", "completion_tokens",
          "latency_s", "cached", "status", "error", "attempt")
 
@@ -56,7 +63,7 @@ class Ledger:
     `llm.d/<writer>.sqlite` instead and reads the others (see the module's docstring).
     """
 
-    def __init__(self, path: Path, writer: str | None = None):
+    def __init__(self, path: Path, writer: str | None = None, shared: Path | None = None):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.readers: list[sqlite3.Connection] = []
         if writer is None:
@@ -74,6 +81,15 @@ class Ledger:
                 self.readers.append(sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=60))
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        _migrate(self.db)
+        self.shared = None  # the shared answer cache, when one is named
+        if shared is not None and Path(shared).resolve() != path.resolve():
+            Path(shared).parent.mkdir(parents=True, exist_ok=True)
+            self.shared = sqlite3.connect(shared, timeout=60)
+            self.shared.execute("PRAGMA journal_mode=WAL")  # several runs read and write it
+            self.shared.executescript(_SCHEMA)
+            _migrate(self.shared)
+            self.readers.append(self.shared)
         self._writes, self._since = 0, time.monotonic()
 
     @staticmethod
@@ -95,15 +111,16 @@ class Ledger:
         return None
 
     def put(self, request: str, model: str, answer_json: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?)",
-                        (request, model, answer_json, time.time()))
+        for db in (self.db, self.shared) if self.shared is not None else (self.db,):
+            db.execute("INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?)",
+                       (request, model, answer_json, time.time()))
         self._wrote()
 
-    def log(self, row: dict, cost: float | None = None) -> None:
+    def log(self, row: dict, cost: float | None = None, saved: float | None = None) -> None:
         values = [row.get(c) for c in _COLS]
-        self.db.execute(f"INSERT INTO calls (time, {', '.join(_COLS)}, cost_usd) "
-                        f"VALUES ({', '.join('?' * (len(_COLS) + 2))})",
-                        [time.time(), *values, cost])
+        self.db.execute(f"INSERT INTO calls (time, {', '.join(_COLS)}, cost_usd, saved_usd) "
+                        f"VALUES ({', '.join('?' * (len(_COLS) + 3))})",
+                        [time.time(), *values, cost, saved])
         self._wrote()
 
     def _wrote(self) -> None:
@@ -113,6 +130,8 @@ class Ledger:
 
     def commit(self) -> None:
         self.db.commit()
+        if self.shared is not None:
+            self.shared.commit()
         self._writes, self._since = 0, time.monotonic()
 
     def close(self) -> None:
@@ -130,7 +149,7 @@ def merge_workers(path: Path) -> int:
     if not parts:
         return 0
     led = Ledger(path)
-    cols = ", ".join(("time", *_COLS, "cost_usd"))
+    cols = ", ".join(("time", *_COLS, "cost_usd", "saved_usd"))
     try:
         for p in parts:
             led.db.execute("ATTACH DATABASE ? AS w", (str(p),))
@@ -149,6 +168,21 @@ def merge_workers(path: Path) -> int:
     finally:
         led.close()
     return len(parts)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Ledgers written before a column existed gain it (SQLite adds it as NULL)."""
+    have = {r[1] for r in db.execute("PRAGMA table_info(calls)")}
+    if "saved_usd" not in have:
+        db.execute("ALTER TABLE calls ADD COLUMN saved_usd REAL")
+
+
+def shared_cache(path: Path | str | None) -> Path | None:
+    """The shared answer cache: `path` (--cache), else $EXPLAIN_LLM_CACHE, else none."""
+    import os
+
+    chosen = path or os.environ.get(CACHE_ENV) or None
+    return Path(chosen).expanduser() if chosen else None
 
 
 @lru_cache(maxsize=1)

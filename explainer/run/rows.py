@@ -22,6 +22,7 @@ class ExplanationRow:
     error: str | None
     side: str = "pos"  # pos: what makes the neuron fire; neg: what drives it most negative
     evidence: str = "inputs"  # what the explainer saw: inputs (excerpts) | outputs | both
+    level: int = 0  # cascade level that wrote it (explain describe --cascade): 1, 2, ...; 0: none
 
 
 @dataclass(frozen=True)

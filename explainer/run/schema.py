@@ -71,7 +71,8 @@ TABLES: dict[str, Table] = {
                        ("prompt_hash", pa.string()), ("candidate", pa.int32()),
                        ("explanation", pa.string()), ("prompt_tokens", pa.int64()),
                        ("completion_tokens", pa.int64()), ("status", pa.string()),
-                       ("error", pa.string()), ("side", pa.string()), ("evidence", pa.string())]),
+                       ("error", pa.string()), ("side", pa.string()), ("evidence", pa.string()),
+                       ("level", pa.int32())]),
             ("model", "layer", "neuron", "side", "explainer", "prompt_hash", "candidate"),
         ),
         Table(
@@ -142,7 +143,8 @@ TABLES: dict[str, Table] = {
 
 
 # Values of columns added to the contract later, for files written before them.
-DEFAULTS = {"side": "pos", "evidence": "inputs", "control": "none", "method": "simulation"}
+DEFAULTS = {"side": "pos", "evidence": "inputs", "control": "none", "method": "simulation",
+            "level": 0}
 
 
 def table(name: str) -> Table:
