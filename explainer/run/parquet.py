@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from dataclasses import astuple, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -116,7 +116,8 @@ def write_rows(run: Path, name: str, rows: Sequence[Any], prefix: str = "part",
     t = TABLES[name]
     groups: dict[tuple, list[tuple]] = {}
     for row in rows:
-        values = astuple(row)
+        # Shallow: astuple() deep-copies every list cell (each row's predictions), ~0.3 ms a row.
+        values = tuple(getattr(row, f.name) for f in fields(row))
         groups.setdefault(values[: 2 if t.by_layer else 1], []).append(values)
     names = [f.name for f in fields(rows[0])] if rows else []
     if rows and names != t.columns:
