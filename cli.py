@@ -43,7 +43,7 @@ RayAddressOpt = Annotated[Optional[str], typer.Option(
     "--ray-address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local one).")]
 WorkersOpt = Annotated[int, typer.Option(
     "--workers", help="Ray workers (0: one per CPU of the cluster).")]
-ConcOpt = Annotated[int, typer.Option("--concurrency", help="Requests in flight at once.")]
+ConcOpt = Annotated[int, typer.Option("--concurrency", help="Requests in flight at once, per endpoint.")]
 
 
 def _fail(err: ExplainError) -> None:
