@@ -37,10 +37,12 @@ class Truth:
     explanations: dict = field(default_factory=dict)  # (model, layer, neuron, explainer) -> text
 
 
-def _status(neuron: int) -> str:
-    # Neuron 1 gets a constant prediction (counts as 0), neuron 2 a failed call, neuron 4 is dead
-    # (constant real activation: left out and counted); the rest are scored.
-    return {1: "constant_prediction", 2: "failed", 4: "constant_activation"}.get(neuron, "ok")
+def _status(neuron: int, dead: int | None = None) -> str:
+    # Neuron 1 gets a constant prediction (counts as 0), neuron 2 a failed call, neuron `dead`
+    # (when given) a constant real activation (left out and counted); the rest are scored.
+    if neuron == dead:
+        return "constant_activation"
+    return {1: "constant_prediction", 2: "failed"}.get(neuron, "ok")
 
 
 def counted(score, status):
@@ -49,14 +51,14 @@ def counted(score, status):
     return score if status == "ok" else 0.0 if status == "constant_prediction" else None
 
 
-def _score_rows(model, layer, n_neurons, rng, truth: Truth):
+def _score_rows(model, layer, n_neurons, rng, truth: Truth, dead: int | None = None):
     rows = []
     for explainer in EXPLAINERS:
         key = (model, layer, explainer)
         truth.scores[key], truth.test[key] = [], []
         shift = 0.25 if explainer == EXPLAINERS[0] else 0.0
         for neuron in range(n_neurons):
-            status = _status(neuron)
+            status = _status(neuron, dead)
             s = float(np.clip(rng.normal(0.35 + shift - 0.1 * layer, 0.3), -1, 1))
             if neuron == 3:
                 s = 0.95  # at least one neuron clears 0.8 in every group
@@ -141,8 +143,10 @@ def _neuron_tables(run, model, layer, n_neurons, ids, rng):
     rundir.write_rows(run, "simulations", sims)
 
 
-def make_run(run: Path, n_neurons: int = 10, seed: int = 0, full: bool = True) -> Truth:
-    """Write a two-model run under `run`; `full` adds excerpts, records, neurons, simulations."""
+def make_run(run: Path, n_neurons: int = 10, seed: int = 0, full: bool = True,
+             dead: int | None = None) -> Truth:
+    """Write a two-model run under `run`; `full` adds excerpts, records, neurons, simulations;
+    `dead` names a neuron whose scores are undefined because its activation is constant."""
     rng = np.random.default_rng(seed)
     truth = Truth()
     meta = {"format": 1, "models": {}}
@@ -152,7 +156,8 @@ def make_run(run: Path, n_neurons: int = 10, seed: int = 0, full: bool = True) -
             "n_params": spec["n_params"]}
         ids = _excerpts(run, model, rng) if full else None
         for layer in spec["layers"]:
-            rundir.write_rows(run, "scores", _score_rows(model, layer, n_neurons, rng, truth))
+            rundir.write_rows(run, "scores", _score_rows(model, layer, n_neurons, rng, truth,
+                                                         dead))
             expl = [rundir.ExplanationRow(
                 model=model, layer=layer, neuron=n, explainer=ex, prompt_hash="abc123abc123",
                 candidate=0, explanation=truth.explanations[(model, layer, n, ex)],

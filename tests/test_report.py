@@ -17,7 +17,7 @@ from tests.reportfactory import EXPLAINERS, MODELS, counted, make_run
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
-    return run, make_run(run, n_neurons=10, full=False)
+    return run, make_run(run, n_neurons=10, full=False, dead=4)
 
 
 def _rows(run, by):
