@@ -158,3 +158,29 @@ def test_cli_describe_cascade(tmp_path, prices):
     assert "chosen: 10 neurons" in res.output
     meta = rundir.read_run_json(run)["cascades"][RF.MODEL]
     assert meta["levels"] == ["cheap-model", "strong-model"] and meta["accept"] == 0.8
+    res = CliRunner().invoke(app, ["report", "--run", str(run), "--cost"])
+    assert res.exit_code == 0, res.output
+    lines = {ln.split()[0]: ln.split() for ln in res.output.splitlines() if ln.strip()}
+    assert lines["L1"][1:3] == ["cheap-model", "10"] and lines["L2"][1:3] == ["strong-model", "6"]
+    assert lines["kept"][-2:] == ["10", "0.972"]  # every neuron kept once, its test score
+
+
+def test_a_shared_cache_answers_a_second_run_and_the_ledger_says_what_it_saved(tmp_path, prices,
+                                                                                monkeypatch):
+    import sqlite3
+
+    from explainer import describe
+
+    monkeypatch.setenv("EXPLAIN_LLM_CACHE", str(tmp_path / "shared.sqlite"))
+    with FakeOpenAI(CF.handler, models=CF.MODELS) as fake:
+        for name in ("first", "second"):
+            d, _ = _configs(_run(tmp_path / name), fake)
+            describe.run(d)
+        asked = [r for r in fake.requests if r.path.endswith("/chat/completions")]
+    assert len(asked) == D_MLP  # the second run sent nothing
+    with sqlite3.connect(tmp_path / "second" / "llm.sqlite") as db:
+        rows = db.execute("SELECT cached, cost_usd, saved_usd FROM calls").fetchall()
+    assert len(rows) == D_MLP and all(c == 1 and cost == 0 and saved > 0
+                                      for c, cost, saved in rows)
+    first = V.cost_rows(V.read_calls(tmp_path / "first"))
+    assert sum(r[2] for r in rows) == pytest.approx(sum(r.usd for r in first))

@@ -114,4 +114,7 @@ def render(rows: list[CostRow], width: int = 200) -> str:
 
 def run(run_dir: Path) -> str:
     """`explain report --run DIR --cost`."""
-    return render(cost_rows(read_calls(run_dir)))
+    from explainer.views import cascade_cost
+
+    rows = cost_rows(read_calls(run_dir))
+    return "\n\n".join(p for p in (render(rows), cascade_cost.render(run_dir, rows)) if p)
