@@ -83,9 +83,9 @@ def test_ray_describe_equals_local(tmp_path, ray_cluster):
     want, got = _table(local, "explanations"), _table(remote, "explanations")
     assert len(want) == 16 and (want["status"] == "ok").all()
     assert want.equals(got)
-    # Every worker wrote its own files; the driver merged the ledger files into llm.sqlite.
-    writers = {f.name.split("-")[1] for f in rundir.files(remote, "explanations")}
-    assert len(writers) == 2 and not list((remote / ledger.WORKERS_DIR).glob("*.sqlite"))
+    # The driver merged the workers' ledger files into llm.sqlite (file names by writer id are
+    # tested in test_run_writers.py; describe compacts its partitions when a block ends).
+    assert not list((remote / ledger.WORKERS_DIR).glob("*.sqlite"))
     assert _cache(remote) == _cache(local)  # every distinct answer, none lost in the merge
 
 

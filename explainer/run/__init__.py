@@ -17,11 +17,12 @@ from explainer.run.rows import (ExplanationRow, JudgmentRow, PuzzleRow, ScoreRow
                                 SimulationRow)
 from explainer.run.schema import (LIST_F32, RUN_JSON, TABLES, Table, model_key,
                                   partition_dir, table)
-from explainer.run.select import read_neurons
+from explainer.run.select import explained_neurons, read_neurons
 
 __all__ = ["ExplanationRow", "JudgmentRow", "LIST_F32", "PuzzleRow", "RUN_JSON", "ScoreRow", "SimulationRow", "TABLES",
            "Table", "clean_tmp", "files", "layers_in", "list_array", "model_key", "model_meta",
            "models_in", "partition_dir", "read", "read_arrow", "read_run_json", "remove_files",
            "remove_partition", "table", "write_columns", "write_rows", "write_run_json",
            "update_run_json", "file_order", "next_file_name", "writer_id", "compact",
-           "endpoint_meta", "update_endpoint_meta", "read_neurons"]
+           "endpoint_meta", "update_endpoint_meta", "read_neurons",
+           "explained_neurons"]

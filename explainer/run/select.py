@@ -66,3 +66,17 @@ def _filtered(path: Path, columns: list[str], wanted: pa.Array, t) -> list[pa.Ta
                                           else pa.array([value] * part.num_rows, typ))
         out.append(part.select(columns).cast(pa.schema([t.schema.field(c) for c in columns])))
     return out
+
+
+def explained_neurons(run: Path, model: str, layer: int, explainer: str | None = None,
+                      among: Collection[int] | None = None) -> list[int]:
+    """Neurons of a layer with an `ok` explanation (by `explainer`, among `among` if given)."""
+    from explainer.run.parquet import read
+
+    ex = read(run, "explanations", model=model, layer=layer,
+              columns=["neuron", "explainer", "status"])
+    ok = ex["status"] == "ok"
+    if explainer is not None:
+        ok &= ex["explainer"] == explainer
+    found = {int(n) for n in ex.loc[ok, "neuron"]}
+    return sorted(found if among is None else found & set(among))

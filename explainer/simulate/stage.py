@@ -71,9 +71,9 @@ def run(cfg: C.SimulateConfig) -> Path:
 
     engine.check(cfg.engine)
     units = _explained(run_dir, model, layers, cfg)
-    if cfg.engine.engine == "ray" or engine.several_blocks(units, cfg.engine):
-        # This same function on blocks of neurons: on Ray actors, or one after another here,
-        # so memory follows one block, not the run.
+    if units and (cfg.engine.engine == "ray" or engine.several_blocks(units, cfg.engine)):
+        # Blocks of neurons, each this same function on a Ray actor or here (memory follows a
+        # block).
         engine.run_stage(run, cfg, units, "simulate")
         return run_dir / "scores"
     jobs: list[_Job] = []
@@ -356,21 +356,10 @@ def _progress():
 
 
 def _explained(run_dir: Path, model: str, layers: list[int], cfg: C.SimulateConfig) -> list:
-    """(layer, neurons with an explanation to simulate): what the Ray engine cuts into blocks."""
-    d_mlp = (rundir.model_meta(run_dir, model) or {}).get("d_mlp")
-    units = []
-    for layer in layers:
-        ex = rundir.read(run_dir, "explanations", model=model, layer=layer,
-                         columns=["neuron", "explainer", "status"])
-        ex = ex[(ex["status"] == "ok") & ((ex["explainer"] == cfg.explainer)
-                                          if cfg.explainer is not None else True)]
-        neurons = set(int(n) for n in ex["neuron"])
-        if neurons and str(cfg.neurons).strip() != "all":
-            neurons &= set(C.parse_spec(cfg.neurons, int(d_mlp or max(neurons) + 1), "neuron",
-                                        f"{model} layer"))
-        if neurons:
-            units.append((layer, sorted(neurons)))
-    if not units:
-        raise ExplainError(f"--neurons {cfg.neurons}: no explained neuron among them in layer(s) "
-                           f"{', '.join(map(str, layers))}; run `explain describe` for them first")
-    return units
+    """(layer, neurons with an explanation to simulate): what the engines cut into blocks."""
+    d_mlp = int((rundir.model_meta(run_dir, model) or {}).get("d_mlp") or 1 << 30)
+    among = None if str(cfg.neurons).strip() == "all" else \
+        C.parse_spec(cfg.neurons, d_mlp, "neuron", f"{model} layer")
+    units = [(lay, rundir.explained_neurons(run_dir, model, lay, cfg.explainer, among))
+             for lay in layers]
+    return [(lay, ns) for lay, ns in units if ns]
