@@ -91,6 +91,9 @@ def _rescore_layer(run_dir: Path, model: str, layer: int, calibrate: bool) -> li
             (c, items))
     out = []
     for cands in by_neuron.values():
+        if cands[0][0].control != "none":  # a control: valid split only, never a chosen one
+            out += [score_row(c, "valid", items, False) for c, items in cands]
+            continue
         valid, best = mark_best([score_row(c, "valid", items, calibrate) for c, items in cands])
         out += valid
         for c, items in cands:

@@ -1,4 +1,4 @@
-"""The three ways to ask a simulator for predictions, behind one `predict` call.
+"""The ways to ask a simulator for predictions, behind one `predict` call.
 
 * `_Echo` (`logprob` mode, any endpoint with legacy completions + echo + logprobs): one
   all-at-once prompt per excerpt; the expected value at every value slot.
@@ -7,6 +7,8 @@
 * `_InProcess` (`logprob` mode on the embedded model): the same prompt as `_Echo`, evaluated in
   this process by PyTorch on the dequantised weights (see inprocess.py for why), one prompt at
   a time.
+* `baseline.LexicalSimulator` (`lexical` mode, `--simulator baseline-lexical`): no LLM, no
+  endpoint; the words the explanation names, matched to each token (lexical.py).
 
 `auto` picks logprob where the endpoint returns prompt log-probabilities, else chat.
 """
@@ -124,14 +126,26 @@ class _InProcess:
 
 def prompt_hash(simulator: str, excerpts_per_prompt: int = 1) -> str:
     """12 hex of what shapes a simulator's answers besides the model: its prompt files, and
-    how many excerpts share one prompt (K = 1 is the paper's format)."""
+    how many excerpts share one prompt (K = 1 is the paper's format); for baseline-lexical, the
+    matcher's source (editing it re-simulates)."""
+    if simulator == C.BASELINE_SIMULATOR:
+        from explainer.simulate import baseline
+
+        return baseline.source_hash()
     return SP.prompt_hash(excerpts_per_prompt)
 
 
 @contextlib.asynccontextmanager
 async def open_simulator(cfg: C.SimulateConfig, endpoint):
-    """The simulator for `cfg.mode` at `endpoint`, ready to `predict` (and closed afterwards)."""
+    """The simulator for `cfg.mode` at `endpoint`, ready to `predict` (and closed afterwards);
+    baseline-lexical has no endpoint (None) and no mode."""
     from explainer import llm as L
+
+    if cfg.simulator == C.BASELINE_SIMULATOR:
+        from explainer.simulate import baseline
+
+        yield baseline.LexicalSimulator()
+        return
 
     if endpoint.embedded and cfg.mode in ("auto", "logprob"):
         from explainer.simulate import inprocess

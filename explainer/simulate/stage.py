@@ -6,6 +6,8 @@ valid-split random ones (plus the calibrate split with `--calibrate`), scores ev
 the valid split, marks the best, and simulates and scores the best one on the held-back test
 split too, so that choosing among candidates does not inflate the reported number.
 
+`--control shuffled` (control.py) then scores each chosen explanation on another neuron too.
+
 Resumable: predictions already stored (same simulator, mode and explanation) are reused, and a
 neuron whose scores are complete is skipped; failed excerpts are retried on the next run.
 """
@@ -22,6 +24,7 @@ from explainer import ExplainError
 from explainer import run as rundir
 from explainer import config as C
 from explainer.score import rows as SS
+from explainer.simulate import grouped
 
 log = logging.getLogger(__name__)
 
@@ -62,27 +65,38 @@ def run(cfg: C.SimulateConfig) -> Path:
     if cfg.n_top < 0 or cfg.n_random < 0 or cfg.n_top + cfg.n_random == 0:
         raise ExplainError(f"--n-top {cfg.n_top} --n-random {cfg.n_random}: need at least one "
                            "excerpt to score (both >= 0)")
+    if cfg.excerpts_per_prompt < 1:
+        raise ExplainError(f"--excerpts-per-prompt {cfg.excerpts_per_prompt}: must be 1 or more")
+    if cfg.control not in C.CONTROLS:
+        raise ExplainError(f"--control {cfg.control}: expected one of {', '.join(C.CONTROLS)}")
     from explainer import llm as L
 
     run_dir = Path(cfg.run)
-    endpoint = L.resolve(cfg.simulator, cfg.llm.base_url)
+    # baseline-lexical needs no LLM, so no endpoint either
+    endpoint = None if cfg.simulator == C.BASELINE_SIMULATOR else \
+        L.resolve(cfg.simulator, cfg.llm.base_url)
     model, layers = _select(run_dir, cfg)
+    from dataclasses import replace
+
     from explainer import engine
 
     engine.check(cfg.engine)
     units = _explained(run_dir, model, layers, cfg)
     if units and (cfg.engine.engine == "ray" or engine.several_blocks(units, cfg.engine)):
         # Blocks of neurons, each this same function on a Ray actor or here (memory follows a
-        # block).
-        engine.run_stage(run, cfg, units, "simulate")
-        return run_dir / "scores"
+        # block). Controls derange whole layers, so they run here once the blocks are done.
+        engine.run_stage(run, replace(cfg, control="none"), units, "simulate")
+        if cfg.control == "none":
+            return run_dir / "scores"
+        cfg = replace(cfg, engine=C.EngineConfig())
     jobs: list[_Job] = []
     for layer in layers:
         jobs += _jobs(run_dir, model, layer, cfg)
     if not jobs:
         raise ExplainError(f"--neurons {cfg.neurons}: no explained neuron among them in layer(s) "
                            f"{', '.join(map(str, layers))}; run `explain describe` for them first")
-    asyncio.run(_run(cfg, endpoint, model, jobs))
+    name = cfg.simulator if endpoint is None else endpoint.model
+    asyncio.run(_run(cfg, endpoint, name, model, jobs))
     for layer in sorted({j.layer for j in jobs}):  # one file, one row per key, for plain readers
         for table in ("simulations", "scores"):
             rundir.compact(run_dir, table, model, layer)
@@ -134,6 +148,7 @@ def _jobs(run_dir: Path, model: str, layer: int, cfg: C.SimulateConfig) -> list[
     if ex.empty:
         return []
     splits = ("calibrate", "valid", "test") if cfg.calibrate else ("valid", "test")
+    splits += ("explain",) if cfg.explain_split else ()  # for revision: what the explainer saw
     chosen = _excerpts(run_dir, model, layer, set(int(n) for n in ex["neuron"]), splits, cfg)
     cands: dict[tuple, dict[int, str]] = {}
     for r in ex.itertuples(index=False):  # newest row last: a re-described candidate wins
@@ -218,7 +233,7 @@ class _Done:
         return self.pred.get((job.neuron, job.side, job.explainer, cand, ex.kind,
                               ex.excerpt_id, SS.text_hash(text)))
 
-    def complete(self, job: _Job, splits: tuple) -> bool:
+    def complete(self, job: _Job, splits: tuple, test: bool = True) -> bool:
         texts = dict(job.candidates)
         for cand, text in job.candidates:
             if (job.neuron, job.side, job.explainer, cand, "valid",
@@ -229,7 +244,7 @@ class _Done:
                         self.reusable(job, cand, text, ex) is None:
                     return False
         best = self.best.get((job.neuron, job.side, job.explainer))
-        return best is None or best not in texts or (
+        return not test or best is None or best not in texts or (
             job.neuron, job.side, job.explainer, best, "test",
             SS.text_hash(texts[best])) in self.scored
 
@@ -237,62 +252,75 @@ class _Done:
 # --- running ------------------------------------------------------------------------------
 
 
-async def _run(cfg: C.SimulateConfig, endpoint, model: str, jobs: list[_Job]) -> None:
-    from explainer.simulate import simulators
+async def _run(cfg: C.SimulateConfig, endpoint, name: str, model: str,
+               jobs: list[_Job]) -> None:
+    from explainer.simulate import control, simulators
 
-    layers = sorted({j.layer for j in jobs})
     splits = ("calibrate", "valid") if cfg.calibrate else ("valid",)
+    splits += ("explain",) if cfg.explain_split else ()  # simulated, never scored
     # Before any endpoint is touched: with --mode auto, predictions of either mode count as done.
-    mode = None if cfg.mode == "auto" else cfg.mode
-    phash = simulators.prompt_hash(cfg.simulator)
-    done = {lay: _Done(cfg.run, model, lay, endpoint.model, mode, phash,
-                       {j.neuron for j in jobs if j.layer == lay}) for lay in layers}
-    todo = [j for j in jobs if not done[j.layer].complete(j, splits)]
+    mode = None if cfg.mode == "auto" or endpoint is None else cfg.mode
+    phash = simulators.prompt_hash(cfg.simulator, cfg.excerpts_per_prompt)
+    done = {lay: _Done(cfg.run, model, lay, name, mode, phash,
+                       {j.neuron for j in jobs if j.layer == lay})
+            for lay in sorted({j.layer for j in jobs})}
+    todo = [j for j in jobs if not done[j.layer].complete(j, splits, cfg.test)]
     if len(todo) < len(jobs):
         print(f"simulate: {len(jobs) - len(todo)} neurons already scored, skipped",
               file=sys.stderr)
-    if not todo:
+    shuffled = cfg.control == control.SHUFFLED
+    if not todo and not (shuffled and control.pending(cfg.run, model, jobs, name, mode, phash,
+                                                      cfg.seed)):
         return
     async with simulators.open_simulator(cfg, endpoint) as sim:
-        done = {lay: _Done(cfg.run, model, lay, endpoint.model, sim.mode, phash,
-                           {j.neuron for j in todo if j.layer == lay})
-                for lay in layers}
-        writer = _Writer(Path(cfg.run))
-        queue: asyncio.Queue[_Job] = asyncio.Queue()
-        for job in todo:
-            queue.put_nowait(job)
+        if todo:
+            await _own(sim, cfg, name, model, todo, splits, phash)
+        if shuffled:
+            await control.run(sim, Path(cfg.run), model, jobs, name, phash, cfg.seed,
+                              _Writer(Path(cfg.run)))
+        print(f"simulate: {'LLM ' if endpoint is not None else ''}{sim.summary()}",
+              file=sys.stderr)
 
-        async def worker(bar, task) -> None:
-            while not queue.empty():
-                job = queue.get_nowait()
-                writer.add(*await _neuron(sim, job, model, endpoint.model, done[job.layer],
-                                          splits, cfg.calibrate, phash))
-                bar.advance(task)
 
-        with _progress() as bar:
-            task = bar.add_task("simulate", total=len(todo))
-            try:
-                n = max(1, min(len(todo), sim.workers))
-                await asyncio.gather(*(worker(bar, task) for _ in range(n)))
-            finally:
-                writer.flush()
-        print(f"simulate: {writer.n_scores} neurons x explanations scored "
-              f"({writer.n_defined} defined, {writer.n_failed} failed excerpts; failures are "
-              f"retried on the next run), mode {sim.mode}", file=sys.stderr)
-        print(f"simulate: LLM {sim.summary()}", file=sys.stderr)
+async def _own(sim, cfg: C.SimulateConfig, name: str, model: str, todo: list[_Job],
+               splits: tuple, phash: str) -> None:
+    """Simulate and score each job's own explanations with an open simulator."""
+    done = {lay: _Done(cfg.run, model, lay, name, sim.mode, phash,
+                       {j.neuron for j in todo if j.layer == lay})
+            for lay in sorted({j.layer for j in todo})}
+    writer = _Writer(Path(cfg.run))
+    queue: asyncio.Queue[_Job] = asyncio.Queue()
+    for job in todo:
+        queue.put_nowait(job)
+
+    async def worker(bar, task) -> None:
+        while not queue.empty():
+            job = queue.get_nowait()
+            writer.add(*await _neuron(sim, job, model, name, done[job.layer],
+                                      splits, cfg.calibrate, phash,
+                                      k=cfg.excerpts_per_prompt, test=cfg.test))
+            bar.advance(task)
+
+    with _progress() as bar:
+        task = bar.add_task("simulate", total=len(todo))
+        try:
+            n = max(1, min(len(todo), sim.workers))
+            await asyncio.gather(*(worker(bar, task) for _ in range(n)))
+        finally:
+            writer.flush()
+    print(f"simulate: {writer.n_scores} neurons x explanations scored "
+          f"({writer.n_defined} defined, {writer.n_failed} failed excerpts; failures are "
+          f"retried on the next run), mode {sim.mode}", file=sys.stderr)
 
 
 async def _neuron(sim, job: _Job, model: str, simulator: str, done: _Done, splits: tuple,
-                  calibrate: bool, phash: str) -> tuple[list, list]:
-    """Simulate and score one job; returns (simulation rows, score rows)."""
+                  calibrate: bool, phash: str, *, k: int = 1,
+                  test: bool = True) -> tuple[list, list]:
+    """Simulate and score one job, K excerpts per prompt (grouped.py); returns (simulation
+    rows, score rows). With `test` False the best one's test split waits (a cascade level)."""
     sims: list[rundir.SimulationRow] = []
 
-    async def one(cand: int, text: str, ex: _Excerpt) -> SS.Item:
-        pred = done.reusable(job, cand, text, ex)
-        if pred is not None:
-            return SS.Item(ex.scored_as, ex.split, ex.real, pred, None)
-        key = f"L{job.layer}/N{job.neuron}/c{cand}/{ex.split}/{ex.excerpt_id}"
-        parsed = await sim.predict(text, ex.tokens, key)
+    def item(cand: int, text: str, ex: _Excerpt, parsed) -> SS.Item:
         ok = parsed.predicted is not None and len(parsed.predicted) == len(ex.tokens)
         err = None if ok else (parsed.error or "wrong number of predictions")
         sims.append(rundir.SimulationRow(
@@ -305,8 +333,13 @@ async def _neuron(sim, job: _Job, model: str, simulator: str, done: _Done, split
                        err)
 
     async def items_of(cand: int, text: str, wanted: tuple) -> list[SS.Item]:
-        return list(await asyncio.gather(*(one(cand, text, ex) for ex in job.excerpts
-                                           if ex.split in wanted)))
+        def reuse(ex: _Excerpt) -> SS.Item | None:
+            pred = done.reusable(job, cand, text, ex)
+            return None if pred is None else SS.Item(ex.scored_as, ex.split, ex.real, pred, None)
+
+        return await grouped.items(sim, [ex for ex in job.excerpts if ex.split in wanted], k,
+                                   text, f"L{job.layer}/N{job.neuron}/c{cand}", reuse,
+                                   lambda ex, parsed: item(cand, text, ex, parsed))
 
     per_cand = await asyncio.gather(*(items_of(c, t, splits) for c, t in job.candidates))
     cands = [SS.Candidate(model, job.layer, job.neuron, job.explainer, c, simulator, t,
@@ -314,10 +347,10 @@ async def _neuron(sim, job: _Job, model: str, simulator: str, done: _Done, split
                           explanation_hash=SS.text_hash(t)) for c, t in job.candidates]
     rows, best = SS.mark_best([SS.score_row(c, "valid", it, calibrate)
                                for c, it in zip(cands, per_cand)])
-    if best is not None:
-        k = [c.candidate for c in cands].index(best)
-        test = await items_of(best, cands[k].explanation, ("test",))
-        rows.append(SS.score_row(cands[k], "test", per_cand[k] + test, calibrate, best=True))
+    if best is not None and test:
+        i = [c.candidate for c in cands].index(best)
+        held = await items_of(best, cands[i].explanation, ("test",))
+        rows.append(SS.score_row(cands[i], "test", per_cand[i] + held, calibrate, best=True))
     return sims, rows
 
 
