@@ -17,13 +17,21 @@ GOOD = 0.8
 _STYLES = ("-", "--", ":", "-.")
 
 
-def _pairs(rows) -> list[tuple[str, str]]:
-    return sorted({(r.explainer, r.simulator) for r in rows})
+def _pairs(rows) -> list[tuple[str, str, str]]:
+    """(explainer, simulator, side): each is its own line; the positive side first."""
+    return sorted({(r.explainer, r.simulator, r.side) for r in rows},
+                  key=lambda p: (p[2] != "pos", p))
 
 
-def _title(pairs: list[tuple[str, str]]) -> str:
-    explainers = sorted({e for e, _ in pairs})
-    simulators = sorted({s for _, s in pairs})
+def _label(pair: tuple[str, str, str], pairs: list) -> str:
+    """What tells this line apart: the explainer, and the side when there are two."""
+    two_sides = len({p[2] for p in pairs}) > 1
+    return pair[0] + (f" · {pair[2]}" if two_sides else "")
+
+
+def _title(pairs: list[tuple[str, str, str]]) -> str:
+    explainers = sorted({p[0] for p in pairs})
+    simulators = sorted({p[1] for p in pairs})
     return (f"explainer{'s' if len(explainers) > 1 else ''}: {', '.join(explainers)}"
             f"  ·  simulator{'s' if len(simulators) > 1 else ''}: {', '.join(simulators)}")
 
@@ -32,15 +40,15 @@ def _depth_panel(ax, layer_rows, pairs, model_order: list[str]) -> None:
     colors = {m: f"C{i % 10}" for i, m in enumerate(model_order)}
     for m in model_order:
         for pi, pair in enumerate(pairs):
-            pts = sorted((r for r in layer_rows if r.model == m and (r.explainer, r.simulator)
-                          == pair and r.mean is not None and r.depth is not None),
+            pts = sorted((r for r in layer_rows if r.model == m and (r.explainer, r.simulator,
+                          r.side) == pair and r.mean is not None and r.depth is not None),
                          key=lambda r: r.depth)
             if not pts:
                 continue
             x = np.array([r.depth for r in pts])
             y = np.array([r.mean for r in pts])
             name = f"{m} ({format_params(pts[0].n_params)})"
-            label = name if len(pairs) == 1 else f"{name} · {pair[0]}"
+            label = name if len(pairs) == 1 else f"{name} · {_label(pair, pairs)}"
             ax.plot(x, y, _STYLES[pi % len(_STYLES)], marker="o", color=colors[m], label=label)
             ax.fill_between(x, [r.ci_low for r in pts], [r.ci_high for r in pts],
                             color=colors[m], alpha=0.15 / len(pairs), linewidth=0)
@@ -60,12 +68,14 @@ def _hist_panel(ax, head, model_names: dict[str, str], model_order_keys: list[st
     ok = head[(head["status"] == "ok") & head["score"].notna()]
     bins = np.linspace(-1.0, 1.0, 41)
     for i, mkey in enumerate(model_order_keys):
-        for pi, (ex, sim) in enumerate(pairs):
-            sel = (ok["model"] == mkey) & (ok["explainer"] == ex) & (ok["simulator"] == sim)
+        for pi, (ex, sim, side) in enumerate(pairs):
+            sel = (ok["model"] == mkey) & (ok["explainer"] == ex) & (ok["simulator"] == sim) \
+                & (ok["side"] == side)
             s = ok[sel]["score"].to_numpy(dtype=np.float64)
             if not s.size:
                 continue
-            name = model_names.get(mkey, mkey) + ("" if len(pairs) == 1 else f" · {ex}")
+            name = model_names.get(mkey, mkey) + (
+                "" if len(pairs) == 1 else f" · {_label((ex, sim, side), pairs)}")
             ax.hist(s, bins=bins, histtype="step", linewidth=1.8, color=f"C{i % 10}",
                     linestyle=_STYLES[pi % len(_STYLES)], label=f"{name} (n={s.size})")
     ax.axvline(GOOD, color="0.3", linestyle="--", linewidth=1, label=f"score = {GOOD}")
@@ -80,8 +90,11 @@ def _hist_panel(ax, head, model_names: dict[str, str], model_order_keys: list[st
     ax.legend(fontsize="small", loc="upper left")
 
 
-def write(path: Path, layer_rows, head, models_meta: dict) -> Path:
-    """Write the two-panel PNG to `path`; `layer_rows` from report.aggregate(by='layer')."""
+def write(path: Path, layer_rows, head, models_meta: dict, controls=None) -> Path:
+    """Write the two-panel PNG to `path`; `layer_rows` from report.aggregate(by='layer').
+
+    With `controls` (views.controls rows), a third panel shows own − shuffled per pair, and
+    flags the pairs with no signal."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -92,10 +105,15 @@ def write(path: Path, layer_rows, head, models_meta: dict) -> Path:
     model_order = list(dict.fromkeys(r.model for r in layer_rows))  # already smallest first
     keys_by_name = {names.get(k, k): k for k in head["model"].unique()}
     order_keys = [keys_by_name[m] for m in model_order if m in keys_by_name]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110)
+    ctl = [r for r in controls or [] if r.diff is not None]
+    fig, axes = plt.subplots(1, 3 if ctl else 2, figsize=(19 if ctl else 12, 4.8), dpi=110)
     try:
-        _depth_panel(left, layer_rows, pairs, model_order)
-        _hist_panel(right, head, names, order_keys, pairs)
+        _depth_panel(axes[0], layer_rows, pairs, model_order)
+        _hist_panel(axes[1], head, names, order_keys, pairs)
+        if ctl:
+            from explainer.views import controls as control_panel
+
+            control_panel.draw(axes[2], ctl)
         fig.suptitle(_title(pairs), fontsize=12)
         fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
