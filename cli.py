@@ -85,7 +85,7 @@ def record(
     n_excerpts: Annotated[int, typer.Option(help="Excerpts to read from the corpus.")] = 2048,
     ctx: Annotated[int, typer.Option(help="Tokens per excerpt.")] = 64,
     top_k: Annotated[int, typer.Option(help="Top excerpts kept per neuron.")] = 40,
-    random_k: Annotated[int, typer.Option(help="Random excerpts kept (shared by all neurons).")] = 30,
+    random_k: Annotated[int, typer.Option(help="Random excerpts kept per neuron (its own sample).")] = 30,
     quantile_k: Annotated[int, typer.Option(help="Excerpts per activation-quantile bin (0: off; costs a second pass).")] = 0,
     quantile_bins: Annotated[int, typer.Option(help="Equal-width bins of (0, max activation] for --quantile-k.")] = 5,
     sides: Annotated[str, typer.Option(help="Signs to explain: auto (both on a gated MLP such as SwiGLU, positive only otherwise), pos or both.")] = "auto",
@@ -99,7 +99,8 @@ def record(
     cfg = C.RecordConfig(run=run, model=model, corpus=corpus, layers=layers, n_excerpts=n_excerpts,
                          ctx=ctx, top_k=top_k, random_k=random_k, quantile_k=quantile_k,
                          quantile_bins=quantile_bins, sides=sides,
-                         batch_size=batch_size, seed=seed, device=device)
+                         batch_size=batch_size, seed=seed, device=device, shards=shards,
+                         engine=C.EngineConfig(engine, ray_address, workers))
     typer.echo(_call(stage.run, cfg))
 
 
@@ -107,6 +108,10 @@ def record(
 def report(
     run: RunOpt,
     by: Annotated[str, typer.Option(help="Rows per layer (and per model after), or per model only: layer | model.")] = "layer",
+    shards: Annotated[int, typer.Option(help="Excerpt-id ranges recorded (and checkpointed) apart; 0: 4,096 excerpts each.")] = 0,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 0,
     format: Annotated[str, typer.Option("--format", help="table | csv | json.")] = "table",
     plot: Annotated[Optional[Path], typer.Option(help="Also write a PNG: mean score by layer depth per model, and the score histogram.")] = None,
     cost: Annotated[bool, typer.Option("--cost", help="Instead: LLM calls, tokens and dollars per neuron by stage and model, from llm.sqlite.")] = False,

@@ -13,31 +13,31 @@ layers not marked done.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import hashlib
-import itertools
+import json
 import logging
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from explainer import ExplainError
-from explainer.record import corpus, logits, tables
+from explainer import config as C
+from explainer.record import corpus, logits, shards, tables
 from explainer.record import subject as models
 from explainer import run as rundir
 from explainer.config import RANDOM_SPLITS, SPLITS, RecordConfig, parse_spec
+from explainer.record.samplers import stream_id
 from explainer.record.tables import QUANTILE_PROBS
 
 log = logging.getLogger(__name__)
-TRIM_EVERY = 64  # batches between heap trims: a safety net against fragmentation on long runs
-STAGE_ROWS = 1024  # excerpts per staged Parquet file: bounded memory, few files
 # Settings that define what a model's recorded tables mean: a rerun must match them.
 SETTINGS = ("model_id", "corpus", "n_excerpts", "ctx", "top_k", "random_k", "quantile_k",
             "quantile_bins", "seed", "sides", "bos_id", "sampling")
 LOADED = ("sides", "bos_id")  # settings known only once the model is loaded
-SAMPLING = 2  # version of the sampling rules (2: per-neuron hashed random sample, BOS first)
+SAMPLING = 3  # version of the sampling rules (2: per-neuron hashed random sample, BOS first)
 SIDES = ("auto", "pos", "both")
 
 
@@ -45,13 +45,17 @@ def _check_numbers(cfg: RecordConfig) -> None:
     for name in ("n_excerpts", "ctx", "top_k", "batch_size"):
         if getattr(cfg, name) < 1:
             raise ExplainError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be >= 1")
-    for name in ("random_k", "quantile_k"):
+    for name in ("random_k", "quantile_k", "shards"):
         if getattr(cfg, name) < 0:
             raise ExplainError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be >= 0")
     if cfg.top_k > cfg.n_excerpts:
         raise ExplainError(f"--top-k {cfg.top_k}: larger than --n-excerpts {cfg.n_excerpts}")
     if cfg.quantile_k and cfg.quantile_bins < 1:
         raise ExplainError(f"--quantile-bins {cfg.quantile_bins}: must be >= 1")
+    if cfg.engine is not None:
+        from explainer import engine
+
+        engine.check(cfg.engine)
     if cfg.sides not in SIDES:
         raise ExplainError(f"--sides {cfg.sides!r}: expected one of {', '.join(SIDES)}")
 
@@ -111,11 +115,13 @@ def run(cfg: RecordConfig) -> Path:
         return run_dir
     created = not run_dir.exists()
     try:
-        result = _record(cfg, subject, todo, sides)
+        result = _record(cfg, subject, todo, sides, settings)
         _check_same_text(run_dir, spec.name, result)
-    except BaseException:
-        shutil.rmtree(_staging(run_dir, spec.name), ignore_errors=True)
-        if created:  # bad input found mid-pass (e.g. empty corpus): leave no files at all
+    except ExplainError:
+        # Bad input found mid-pass (e.g. an empty corpus): leave no files at all. A kill or
+        # Ctrl-C keeps the finished shards in the staging folder; a rerun resumes from them.
+        shutil.rmtree(shards.staging(run_dir, spec.name), ignore_errors=True)
+        if created:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     _write(run_dir, cfg, subject, settings, todo, result)
@@ -137,113 +143,92 @@ def _check_same_text(run_dir: Path, name: str, res: dict) -> None:
                                "changed; record into a new --run")
 
 
-def _staging(run_dir: Path, name: str) -> Path:
-    return run_dir / f".staging-{rundir.model_key(name)}"
+def _record(cfg: RecordConfig, subject, layers: list[int], sides: tuple[str, ...],
+            settings: dict) -> dict:
+    """Record the corpus shard by shard (resuming finished shards), then merge the shards."""
+    run_dir = Path(cfg.run)
+    stage = shards.staging(run_dir, subject.name)
+    _reset_if_stale(stage, {**settings, "layers": list(layers)})
+    tasks = [shards.ShardTask(run_dir, cfg, k, a, b, tuple(layers), sides)
+             for k, (a, b) in enumerate(shards.plan(cfg, cfg.shards))]
+    todo = [t for t in tasks if shards.done(stage, t.index) is None]
+    if len(todo) < len(tasks):
+        print(f"record: {len(tasks) - len(todo)} of {len(tasks)} shards already recorded, "
+              "resumed", file=sys.stderr)
+    engine = cfg.engine or C.EngineConfig()
+    if todo and engine.engine == "ray":
+        from explainer.engine import ray_engine
 
-
-@contextlib.contextmanager
-def steady_heap(trim_every: int = TRIM_EVERY):
-    """Keep freed memory in glibc's heap for the pass; yields a per-batch callback that trims.
-
-    By default glibc hands the top of its heap back to the OS whenever enough of it is free,
-    and each batch's large temporaries then page-fault it in again: up to a GB of faults per
-    batch on GPT-2 small, depending on what else lives in the heap. Here large blocks come
-    from the heap and stay, and every trim_every batches malloc_trim bounds the peak; the
-    defaults come back afterwards. A no-op off glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
-    except (OSError, AttributeError):
-        yield lambda: None
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    mallopt(m_mmap_threshold, 32 << 20)  # the most glibc allows
-    mallopt(m_trim_threshold, (1 << 31) - 1)
-    batches = itertools.count(1)
-    try:
-        yield lambda: malloc_trim(0) if next(batches) % trim_every == 0 else None
-    finally:
-        mallopt(m_mmap_threshold, 128 << 10)  # glibc's defaults
-        mallopt(m_trim_threshold, 128 << 10)
-        malloc_trim(0)
-
-
-def _record(cfg: RecordConfig, subject, layers: list[int], sides: tuple[str, ...]) -> dict:
-    """The streaming pass: returns per-layer samplers and the staged excerpt files."""
-    import torch
-    from rich.progress import TextColumn
-
-    from explainer import progress
-    from explainer.record.samplers import RandomSample, Stats, TopK, stream_id
-
-    stage = _staging(Path(cfg.run), subject.name)
-    shutil.rmtree(stage, ignore_errors=True)
-    d_mlp, mkey = subject.d_mlp, rundir.model_key(subject.name)
-    tops = {la: TopK(cfg.top_k, d_mlp, cfg.ctx) for la in layers}
-    bottoms = {la: TopK(cfg.top_k, d_mlp, cfg.ctx) for la in layers} if "neg" in sides else {}
-    stats = {la: Stats(d_mlp) for la in layers}
-    # Candidates beyond random_k let the neuron's own top/bottom excerpts be excluded at the end.
-    extra = cfg.top_k * len(sides)
-    randoms = {la: RandomSample(cfg.random_k, extra, d_mlp, cfg.ctx,
-                                stream_id(cfg.seed, "random", mkey, la)) for la in layers}
-    digest = hashlib.sha256()
-    n_read = 0
-    pending: list = []  # excerpts staged in files of up to STAGE_ROWS rows
-    source = corpus.excerpts(cfg.corpus, subject.tokenizer, cfg.ctx, cfg.n_excerpts)
-    first = next(source, None)  # an unreadable corpus fails here, before the bar is drawn
-    if first is None:
+        ray_engine.run_blocks(engine, run_dir, [(shards.run_shard, t, t.stop - t.start)
+                                                for t in todo], "record", unit="excerpts")
+    elif todo:
+        shards.remember(cfg, subject)
+        _run_here(cfg, subject, todo)
+    infos = [shards.done(stage, t.index) for t in tasks]
+    n_read = sum(i["n_read"] for i in infos)
+    if n_read == 0:
         raise ExplainError(f"--corpus {cfg.corpus}: holds fewer than {cfg.ctx} tokens "
                            f"for {subject.name}'s tokenizer")
-    source = itertools.chain([first], source)
-    tps = TextColumn("{task.fields[tps]:,.0f} tok/s")
-    with progress.bar(f"record {subject.name}", tps) as bar, torch.inference_mode(), \
-            steady_heap() as trim:
-        task = bar.add_task("record", total=cfg.n_excerpts, tps=0.0)
-        for batch in _batches(source, cfg.batch_size):
-            ids = torch.tensor([e.excerpt_id for e in batch])
-            tokens = torch.tensor([e.token_ids for e in batch])  # (B, ctx)
-            digest.update(tokens.numpy().astype(np.int32).tobytes())
-
-            def consume(la, acts):  # acts (B, ctx, d_mlp), called as layer la's MLP fires
-                bmax, bmin = stats[la].update(acts)  # (B, d_mlp) each excerpt's max and min
-                tops[la].update(acts, ids, bmax)
-                if bottoms:
-                    bottoms[la].update(acts, ids, -bmin)  # the most negative rank first
-                randoms[la].update(acts, ids)
-
-            subject.stream(tokens, layers, consume)
-            pending.extend(batch)
-            if len(pending) >= STAGE_ROWS:
-                _stage_excerpts(stage, subject, pending)
-                pending = []
-            n_read += len(batch)
-            trim()
-            elapsed = bar.tasks[0].elapsed or 1e-9
-            bar.update(task, advance=len(batch), tps=n_read * cfg.ctx / elapsed)
-        bar.update(task, total=n_read)
-    if pending:
-        _stage_excerpts(stage, subject, pending)
     if cfg.top_k > n_read:
         raise ExplainError(f"--top-k {cfg.top_k}: the corpus gave only {n_read} excerpts "
                            f"of {cfg.ctx} tokens")
-    res = {"tops": tops, "bottoms": bottoms, "stats": stats, "randoms": randoms,
-           "n_read": n_read, "corpus_sha256": digest.hexdigest(), "stage": stage}
+    used = [t.index for t, i in zip(tasks, infos) if i["n_read"]]
+    res = {"tops": {}, "bottoms": {}, "stats": {}, "randoms": {}, "n_read": n_read,
+           "corpus_sha256": hashlib.sha256("".join(i["sha256"] for i in infos).encode())
+           .hexdigest(), "stage": stage, "shards": used}
+    mkey = rundir.model_key(subject.name)
+    for la in layers:
+        m = shards.merge_layer(stage, used, la, cfg, sides, subject.d_mlp,
+                               stream_id(cfg.seed, "random", mkey, la))
+        res["tops"][la], res["stats"][la], res["randoms"][la] = m["top"], m["stats"], m["random"]
+        if m["bottom"] is not None:
+            res["bottoms"][la] = m["bottom"]
     res["quantiles"] = _quantile_pass(cfg, subject, layers, res) if cfg.quantile_k else {}
     return res
+
+
+def _run_here(cfg: RecordConfig, subject, tasks: list) -> None:
+    """The local engine: the shards one after another in this process, under one bar."""
+    from rich.progress import TextColumn
+
+    from explainer import progress
+
+    tps = TextColumn("{task.fields[tps]:,.0f} tok/s")
+    total = sum(t.stop - t.start for t in tasks)
+    with progress.bar(f"record {subject.name}", tps) as bar:
+        task = bar.add_task("record", total=total, tps=0.0)
+        seen = {"tokens": 0}
+
+        def advance(n: int, tokens: int) -> None:
+            seen["tokens"] += tokens
+            bar.update(task, advance=n, tps=seen["tokens"] / (bar.tasks[0].elapsed or 1e-9))
+
+        read = sum(shards.run_shard(t, advance)["units"] for t in tasks)
+        bar.update(task, total=read, completed=read)
+
+
+def _reset_if_stale(stage: Path, wanted: dict) -> None:
+    """Staged shards are reused only by a rerun with the same settings and layers."""
+    path = stage / "settings.json"
+    if path.exists() and json.loads(path.read_text()) == json.loads(json.dumps(wanted)):
+        return
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    path.write_text(json.dumps(wanted))
 
 
 def _quantile_pass(cfg: RecordConfig, subject, layers: list[int], res: dict) -> dict:
     """A second pass: per neuron, quantile_k random excerpts from each of quantile_bins bins.
 
     Bin b holds the excerpts whose max activation lies in (b/B, (b+1)/B] of the neuron's
-    maximum (known only after the first pass, hence the second). Within a bin the excerpts with
-    the smallest hashed keys win, a uniform sample that does not depend on reading order; the
-    neuron's own top and bottom excerpts are left out, so no split sees an excerpt twice.
+    maximum (known only after the first pass, hence the second, run in this process). Within a
+    bin the excerpts with the smallest hashed keys win, a uniform sample that does not depend
+    on reading order; the neuron's own top and bottom excerpts are left out, so no split sees
+    an excerpt twice.
     """
     import torch
 
-    from explainer.record.samplers import TopK, hashed_keys, stream_id
+    from explainer.record.samplers import TopK, hashed_keys
 
     n_bins, q = cfg.quantile_bins, cfg.quantile_k
     mkey = rundir.model_key(subject.name)
@@ -253,8 +238,8 @@ def _quantile_pass(cfg: RecordConfig, subject, layers: list[int], res: dict) -> 
             for la in layers}  # (N, m) excerpt ids each neuron already keeps
     bins = {la: [TopK(q, subject.d_mlp, cfg.ctx) for _ in range(n_bins)] for la in layers}
     source = corpus.excerpts(cfg.corpus, subject.tokenizer, cfg.ctx, cfg.n_excerpts)
-    with torch.inference_mode(), steady_heap() as trim:
-        for batch in _batches(source, cfg.batch_size):
+    with torch.inference_mode(), shards.steady_heap() as trim:
+        for batch in shards._batches(source, cfg.batch_size):
             ids = torch.tensor([e.excerpt_id for e in batch])
 
             def consume(la, acts):
@@ -273,25 +258,6 @@ def _quantile_pass(cfg: RecordConfig, subject, layers: list[int], res: dict) -> 
     return bins
 
 
-def _batches(source, size: int):
-    batch = []
-    for ex in source:
-        batch.append(ex)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _stage_excerpts(stage: Path, subject, batch) -> None:
-    cols = {"excerpt_id": [e.excerpt_id for e in batch],
-            "token_ids": [e.token_ids for e in batch],
-            "tokens": [subject.token_strings(e.token_ids) for e in batch]}
-    rundir.write_columns(stage, "excerpts", cols, model=subject.name,
-                        prefix=f"{batch[0].excerpt_id:09d}")
-
-
 def _write(run_dir: Path, cfg: RecordConfig, subject, settings: dict, layers: list[int],
            res: dict) -> None:
     key = rundir.model_key(subject.name)
@@ -300,9 +266,11 @@ def _write(run_dir: Path, cfg: RecordConfig, subject, settings: dict, layers: li
     if entry is None or not rundir.files(run_dir, "excerpts", key):
         rundir.remove_partition(run_dir, "excerpts", key)
         target = rundir.partition_dir(run_dir, "excerpts", key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        (res["stage"] / "excerpts" / f"model={key}").rename(target)
-    shutil.rmtree(res["stage"], ignore_errors=True)
+        target.mkdir(parents=True, exist_ok=True)
+        # Linked, not moved: a kill half-way leaves the staged shards whole for the rerun.
+        for k in res["shards"]:  # each shard's staged excerpt files, in excerpt-id order
+            for f in rundir.files(shards.shard_dir(res["stage"], k), "excerpts", key):
+                _link(f, target / f"{k:05d}-{f.name}")
     entry = entry or {**subject.meta(), "settings": settings, "layers_done": [],
                       "n_excerpts_read": res["n_read"], "corpus_sha256": res["corpus_sha256"],
                       "splits": {"top": list(SPLITS), "bottom": list(SPLITS),
@@ -320,3 +288,11 @@ def _write(run_dir: Path, cfg: RecordConfig, subject, settings: dict, layers: li
         entry["layers_done"] = sorted(set(entry["layers_done"]) | {la})
         meta["models"][key] = entry
         rundir.write_run_json(run_dir, meta)
+    shutil.rmtree(res["stage"], ignore_errors=True)  # every layer is written: shards done
+
+
+def _link(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or no hard links there
+        shutil.copy2(src, dst)

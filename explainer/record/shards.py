@@ -1,0 +1,288 @@
+"""Recording in shards: consecutive ranges of excerpt ids, each recorded on its own, checkpointed,
+then merged exactly.
+
+Shard k reads excerpts [start, stop) of the corpus and keeps, per layer and neuron, its own
+top-k, bottom-k and random-sample candidates and moment sums (`run_shard`). A finished shard's
+state goes to the run's staging folder (one file per layer, then `done.json` last), so a killed
+`record` resumes from the shards already finished, on either engine. The merge is exact
+because every ranking is a total order on (key, excerpt id) that does not depend on reading
+order: top-k by (max desc, id asc), bottom-k by (min asc, id asc), the random sample by hashed
+key; moments are sums. The driver merges one shard's layer file at a time into the running
+result, so it holds at most two layer states at once, whatever the number of shards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import itertools
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from explainer import run as rundir
+from explainer.config import RecordConfig
+from explainer.record import corpus
+from explainer.record import subject as models
+from explainer.record.samplers import RandomSample, Stats, TopK, stream_id
+
+TRIM_EVERY = 64  # batches between heap trims: a safety net against fragmentation on long runs
+STAGE_ROWS = 1024  # excerpts per staged Parquet file: bounded memory, few files
+SHARD_EXCERPTS = 4096  # default shard size: minutes of GPT-2 small, a checkpoint each
+_SUBJECTS: dict = {}  # (model, device) -> the loaded subject, reused by a worker's next shard
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard of a recording: what a worker needs, and nothing it would have to share."""
+
+    run: Path  # the run directory (staging lives inside it)
+    cfg: RecordConfig
+    index: int
+    start: int  # first excerpt id
+    stop: int  # one past the last excerpt id
+    layers: tuple[int, ...]
+    sides: tuple[str, ...]
+
+
+def plan(cfg: RecordConfig, n_shards: int = 0) -> list[tuple[int, int]]:
+    """[start, stop) of each shard: `n_shards` equal ranges (0: SHARD_EXCERPTS each), cut at
+    multiples of the batch size so both engines run the very same batches."""
+    n = cfg.n_excerpts
+    size = -(-n // n_shards) if n_shards else SHARD_EXCERPTS
+    size = max(cfg.batch_size, -(-size // cfg.batch_size) * cfg.batch_size)
+    return [(a, min(n, a + size)) for a in range(0, n, size)]
+
+
+def shard_dir(stage: Path, index: int) -> Path:
+    return stage / f"shard-{index:05d}"
+
+
+def done(stage: Path, index: int) -> dict | None:
+    """A finished shard's summary (excerpts read, token digest), or None."""
+    path = shard_dir(stage, index) / "done.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def subject_for(cfg: RecordConfig):
+    """The subject model, loaded once per process (a Ray worker records many shards)."""
+    key = (cfg.model, cfg.device)
+    if key not in _SUBJECTS:
+        _SUBJECTS.clear()  # one model at a time
+        _SUBJECTS[key] = models.load(models.resolve(cfg.model), cfg.device)
+    return _SUBJECTS[key]
+
+
+def remember(cfg: RecordConfig, subject) -> None:
+    """Hand this process's loaded subject to its shards (the local engine loads it once)."""
+    _SUBJECTS.clear()
+    _SUBJECTS[(cfg.model, cfg.device)] = subject
+
+
+def run_shard(task: ShardTask, advance=lambda n, tokens: None) -> dict:
+    """Record one shard into its checkpoint folder; returns {"units": excerpts read}.
+
+    `advance(n_excerpts, n_tokens)` is called after every batch (the local engine's bar)."""
+    import torch
+
+    cfg, stage = task.cfg, Path(task.run) / _staging_name(task.cfg)
+    out = shard_dir(stage, task.index)
+    if done(stage, task.index) is not None:
+        return {"units": 0}
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)  # a shard killed half-way starts again
+    out.mkdir(parents=True)
+    subject = subject_for(cfg)
+    state = _State(cfg, subject, task)
+    digest = hashlib.sha256()
+    n_read, pending = 0, []
+    source = corpus.excerpts(cfg.corpus, subject.tokenizer, cfg.ctx, task.stop)
+    source = itertools.dropwhile(lambda e: e.excerpt_id < task.start, source)
+    with torch.inference_mode(), steady_heap() as trim:
+        for batch in _batches(source, cfg.batch_size):
+            tokens = torch.tensor([e.token_ids for e in batch])  # (B, ctx)
+            digest.update(tokens.numpy().astype(np.int32).tobytes())
+            state.add(torch.tensor([e.excerpt_id for e in batch]), tokens)
+            pending.extend(batch)
+            if len(pending) >= STAGE_ROWS:
+                _stage_excerpts(out, subject, pending)
+                pending = []
+            n_read += len(batch)
+            trim()
+            advance(len(batch), len(batch) * cfg.ctx)
+    if pending:
+        _stage_excerpts(out, subject, pending)
+    state.save(out)
+    _atomic_text(out / "done.json", json.dumps({"n_read": n_read, "sha256": digest.hexdigest()}))
+    return {"units": n_read}
+
+
+class _State:
+    """One shard's samplers, per layer, updated inside the hook of each layer."""
+
+    def __init__(self, cfg: RecordConfig, subject, task: ShardTask):
+        d, mkey = subject.d_mlp, rundir.model_key(subject.name)
+        self.subject, self.layers = subject, list(task.layers)
+        self.tops = {la: TopK(cfg.top_k, d, cfg.ctx) for la in task.layers}
+        self.bottoms = {la: TopK(cfg.top_k, d, cfg.ctx) for la in task.layers} \
+            if "neg" in task.sides else {}
+        self.stats = {la: Stats(d) for la in task.layers}
+        # Candidates beyond random_k let the neuron's own top/bottom excerpts be left out.
+        extra = cfg.top_k * len(task.sides)
+        self.randoms = {la: RandomSample(cfg.random_k, extra, d, cfg.ctx,
+                                         stream_id(cfg.seed, "random", mkey, la))
+                        for la in task.layers}
+
+    def add(self, ids, tokens) -> None:
+        def consume(la, acts):  # acts (B, ctx, d_mlp), called as layer la's MLP fires
+            bmax, bmin = self.stats[la].update(acts)  # (B, d_mlp) each excerpt's max and min
+            self.tops[la].update(acts, ids, bmax)
+            if self.bottoms:
+                self.bottoms[la].update(acts, ids, -bmin)  # the most negative rank first
+            self.randoms[la].update(acts, ids)
+
+        self.subject.stream(tokens, self.layers, consume)
+
+    def save(self, out: Path) -> None:
+        for la in self.layers:
+            arrays = {**_ranked("top", self.tops[la]), **_moments(self.stats[la])}
+            if self.bottoms:
+                arrays.update(_ranked("bottom", self.bottoms[la]))
+            if self.randoms[la].pool is not None:
+                arrays.update(_ranked("random", self.randoms[la].pool))
+            tmp = out / f".layer-{la}.npz.tmp"
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, out / f"layer-{la}.npz")
+
+
+def _ranked(name: str, top: TopK) -> dict:
+    ids, vals, acts = top.ranked()
+    return {f"{name}_ids": ids, f"{name}_vals": vals, f"{name}_acts": acts}
+
+
+def _moments(st: Stats) -> dict:
+    return {"sum": st.sum, "sumsq": st.sumsq, "pos": st.pos, "min": st.min, "max": st.max,
+            "n": np.array(st.n)}
+
+
+# --- merging ----------------------------------------------------------------------------------
+
+
+def merge_layer(stage: Path, indices: list[int], layer: int, cfg: RecordConfig,
+                sides: tuple[str, ...], n_neurons: int, stream: int) -> dict:
+    """One layer's samplers merged over the finished shards, one shard file at a time."""
+    acc: dict | None = None
+    for k in indices:
+        with np.load(shard_dir(stage, k) / f"layer-{layer}.npz") as z:
+            part = {name: z[name] for name in z.files}
+        acc = part if acc is None else _merge(acc, part, cfg)
+    top = _top_k(acc, "top", cfg.top_k, n_neurons, cfg.ctx)
+    stats = Stats(n_neurons)
+    stats.sum, stats.sumsq, stats.pos = acc["sum"], acc["sumsq"], acc["pos"]
+    stats.min, stats.max, stats.n = acc["min"], acc["max"], int(acc["n"])
+    rs = RandomSample(cfg.random_k, cfg.top_k * len(sides), n_neurons, cfg.ctx, stream)
+    if rs.pool is not None:
+        rs.pool = _top_k(acc, "random", rs.pool.k, n_neurons, cfg.ctx)
+    bottom = _top_k(acc, "bottom", cfg.top_k, n_neurons, cfg.ctx) if "neg" in sides else None
+    return {"top": top, "bottom": bottom, "random": rs, "stats": stats}
+
+
+def _merge(a: dict, b: dict, cfg: RecordConfig) -> dict:
+    out = {"sum": a["sum"] + b["sum"], "sumsq": a["sumsq"] + b["sumsq"], "pos": a["pos"] + b["pos"],
+           "min": np.minimum(a["min"], b["min"]), "max": np.maximum(a["max"], b["max"]),
+           "n": np.array(int(a["n"]) + int(b["n"]))}
+    for name in ("top", "bottom", "random"):
+        if f"{name}_ids" in a:
+            k = a[f"{name}_ids"].shape[1]
+            out.update(merge_ranked(a, b, name, k))
+    return out
+
+
+def merge_ranked(a: dict, b: dict, name: str, k: int) -> dict:
+    """The k best of two ranked buffers per neuron, by (value desc, excerpt id asc)."""
+    ids = np.concatenate([a[f"{name}_ids"], b[f"{name}_ids"]], axis=1)  # (N, 2k)
+    vals = np.concatenate([a[f"{name}_vals"], b[f"{name}_vals"]], axis=1)
+    acts = np.concatenate([a[f"{name}_acts"], b[f"{name}_acts"]], axis=1)  # (N, 2k, ctx)
+    # Empty slots (-inf, id -1) sort last; every real excerpt id appears in one shard only.
+    order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -vals), axis=-1)[:, :k]
+    return {f"{name}_ids": np.take_along_axis(ids, order, axis=1),
+            f"{name}_vals": np.take_along_axis(vals, order, axis=1),
+            f"{name}_acts": np.take_along_axis(acts, order[:, :, None], axis=1)}
+
+
+def _top_k(acc: dict, name: str, k: int, n_neurons: int, ctx: int) -> TopK:
+    """A TopK holding merged ranked arrays (slot i holds rank i)."""
+    top = TopK(k, n_neurons, ctx)
+    top.ids, top.vals, top.acts = acc[f"{name}_ids"], acc[f"{name}_vals"], acc[f"{name}_acts"]
+    return top
+
+
+# --- plumbing of the pass ---------------------------------------------------------------------
+
+
+def staging(run_dir: Path, model: str) -> Path:
+    """The hidden folder a recording stages its shards in until the tables are written."""
+    return Path(run_dir) / f".staging-{rundir.model_key(model)}"
+
+
+def _staging_name(cfg: RecordConfig) -> str:
+    return staging(Path("."), models.resolve(cfg.model).name).name
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _batches(source, size: int):
+    batch = []
+    for ex in source:
+        batch.append(ex)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _stage_excerpts(out: Path, subject, batch) -> None:
+    cols = {"excerpt_id": [e.excerpt_id for e in batch],
+            "token_ids": [e.token_ids for e in batch],
+            "tokens": [subject.token_strings(e.token_ids) for e in batch]}
+    rundir.write_columns(out, "excerpts", cols, model=subject.name,
+                         prefix=f"{batch[0].excerpt_id:09d}")
+
+
+@contextlib.contextmanager
+def steady_heap(trim_every: int = TRIM_EVERY):
+    """Keep freed memory in glibc's heap for the pass; yields a per-batch callback that trims.
+
+    By default glibc hands the top of its heap back to the OS whenever enough of it is free,
+    and each batch's large temporaries then page-fault it in again: up to a GB of faults per
+    batch on GPT-2 small, depending on what else lives in the heap. Here large blocks come
+    from the heap and stay, and every trim_every batches malloc_trim bounds the peak; the
+    defaults come back afterwards. A no-op off glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError):
+        yield lambda: None
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 32 << 20)  # the most glibc allows
+    mallopt(m_trim_threshold, (1 << 31) - 1)
+    batches = itertools.count(1)
+    try:
+        yield lambda: malloc_trim(0) if next(batches) % trim_every == 0 else None
+    finally:
+        mallopt(m_mmap_threshold, 128 << 10)  # glibc's defaults
+        mallopt(m_trim_threshold, 128 << 10)
+        malloc_trim(0)
