@@ -163,3 +163,18 @@ def test_ray_simulate_equals_local_and_survives_a_stopped_endpoint(tmp_path, ray
         assert len(want) > 0 and want.equals(got), table
     scores = rundir.read(remote, "scores")
     assert (scores["status"] == "ok").all() and set(scores["neuron"]) == set(range(8))
+
+
+def test_local_engine_in_blocks_equals_one_pass(tmp_path):
+    from explainer.simulate import stage as simulate
+    from tests import simfake
+
+    whole, blocked = _sim_run(tmp_path / "whole"), _sim_run(tmp_path / "blocked")
+    with FakeOpenAI(simfake.Handler("truth", 16, 20)) as fake:
+        for run, eng in ((whole, C.EngineConfig()), (blocked, C.EngineConfig(block=3))):
+            llm = dataclasses.replace(LLM, base_url=fake.base_url)
+            simulate.run(C.SimulateConfig(run=run, simulator="fake-model", mode="logprob",
+                                          llm=llm, engine=eng))
+    for table in ("simulations", "scores"):
+        want, got = _table(whole, table), _table(blocked, table)
+        assert len(want) > 0 and want.equals(got), table

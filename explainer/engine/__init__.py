@@ -83,6 +83,7 @@ def _run_here(run: Path, args: Sequence[tuple], label: str) -> dict:
         for stage_run, sub, units in args:
             with contextlib.redirect_stderr(io.StringIO()):  # each block's own bar and lines
                 stage_run(sub)
+            _trim_heap()
             bar.update(task, advance=units)
     after, wall = ledger_counts(run), time.monotonic() - t0
     total = {"units": sum(a[2] for a in args), "workers": 1, "wall_s": wall,
@@ -92,6 +93,19 @@ def _run_here(run: Path, args: Sequence[tuple], label: str) -> dict:
           f"({total['calls']:,} LLM calls, {total['calls'] - total['requests']:,} cached)",
           file=sys.stderr)
     return total
+
+
+def _trim_heap() -> None:
+    """Give the freed heap of a finished block back to the OS (glibc keeps it otherwise, and
+    the next block's allocations land elsewhere, so the process grows block after block)."""
+    import ctypes
+    import ctypes.util
+
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()  # Arrow's own pool (jemalloc or mimalloc) too
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
 
 
 def ledger_counts(run: Path, writer: str | None = None) -> tuple[int, int]:
