@@ -122,23 +122,43 @@ def run_shard(task: ShardTask, advance=lambda n, tokens: None) -> dict:
     return {"units": n_read}
 
 
+def on_device(cfg: RecordConfig) -> bool:
+    """Whether the samplers run on the model's device (record/device.py): on a CUDA GPU.
+    Elsewhere (the CPU; MPS, which has no float64) the Numba samplers do."""
+    import torch
+
+    return torch.device(cfg.device).type == "cuda"
+
+
 class _State:
     """One shard's samplers, per layer, updated inside the hook of each layer."""
 
     def __init__(self, cfg: RecordConfig, subject, task: ShardTask):
         d, mkey = subject.d_mlp, rundir.model_key(subject.name)
         self.subject, self.layers = subject, list(task.layers)
-        self.tops = {la: TopK(cfg.top_k, d, cfg.ctx) for la in task.layers}
-        self.bottoms = {la: TopK(cfg.top_k, d, cfg.ctx) for la in task.layers} \
+        self.on_device = on_device(cfg)
+        top, stats, rand = TopK, Stats, RandomSample
+        if self.on_device:
+            from functools import partial
+
+            from explainer.record import device
+
+            top, stats, rand = (partial(c, device=subject.device)
+                                for c in (device.TopK, device.Stats, device.RandomSample))
+        self.tops = {la: top(cfg.top_k, d, cfg.ctx) for la in task.layers}
+        self.bottoms = {la: top(cfg.top_k, d, cfg.ctx) for la in task.layers} \
             if "neg" in task.sides else {}
-        self.stats = {la: Stats(d) for la in task.layers}
+        self.stats = {la: stats(d) for la in task.layers}
         # Candidates beyond random_k let the neuron's own top/bottom excerpts be left out.
         extra = cfg.top_k * len(task.sides)
-        self.randoms = {la: RandomSample(cfg.random_k, extra, d, cfg.ctx,
-                                         stream_id(cfg.seed, "random", mkey, la))
+        self.randoms = {la: rand(cfg.random_k, extra, d, cfg.ctx,
+                                 stream_id(cfg.seed, "random", mkey, la))
                         for la in task.layers}
 
     def add(self, ids, tokens) -> None:
+        if self.on_device:  # once per batch, not per layer; enqueued without a wait
+            ids = ids.to(self.subject.device, non_blocking=True)
+
         def consume(la, acts):  # acts (B, ctx, d_mlp), called as layer la's MLP fires
             bmax, bmin = self.stats[la].update(acts)  # (B, d_mlp) each excerpt's max and min
             self.tops[la].update(acts, ids, bmax)
@@ -146,7 +166,7 @@ class _State:
                 self.bottoms[la].update(acts, ids, -bmin)  # the most negative rank first
             self.randoms[la].update(acts, ids)
 
-        self.subject.stream(tokens, self.layers, consume)
+        self.subject.stream(tokens, self.layers, consume, on_device=self.on_device)
 
     def save(self, out: Path) -> None:
         for la in self.layers:
@@ -167,6 +187,7 @@ def _ranked(name: str, top: TopK) -> dict:
 
 
 def _moments(st: Stats) -> dict:
+    st = st.to_numpy() if hasattr(st, "to_numpy") else st  # the device's sums, to the host
     return {"sum": st.sum, "sumsq": st.sumsq, "pos": st.pos, "min": st.min, "max": st.max,
             "n": np.array(st.n)}
 

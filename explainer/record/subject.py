@@ -148,10 +148,11 @@ class Subject:
             return tokens
         return torch.cat([torch.full_like(tokens[:, :1], self.bos_id), tokens], dim=1)
 
-    def stream(self, tokens, layers: list[int], consume) -> None:
+    def stream(self, tokens, layers: list[int], consume, on_device: bool = False) -> None:
         """Run tokens (B, ctx) behind a BOS token, calling consume(layer, (B, ctx, d_mlp) float32
         on the CPU, the BOS position dropped) as each selected layer's MLP fires, and stop right
-        after the last one.
+        after the last one. on_device: the activations stay on the model's device (a GPU's
+        samplers, record/device.py, keep them there), and the tokens go to it without a wait.
 
         Consuming inside the hook reads each activation while it is still in cache and frees
         it before the next layer; stopping there skips the later blocks and the logits.
@@ -164,14 +165,16 @@ class Subject:
 
         def hook_for(layer):
             def hook(x, hook):
-                consume(layer, x[:, skip:].detach().float().cpu().contiguous())
+                acts = x[:, skip:].detach().float()
+                consume(layer, (acts if on_device else acts.cpu()).contiguous())
                 if layer == last:  # TransformerLens's own early-stop signal
                     raise StopAtLayerException(x)
                 return x
             return hook
 
         hooks = [(HOOK.format(layer=la), hook_for(la)) for la in layers]
-        self.bridge.run_with_hooks(tokens.to(self.device), fwd_hooks=hooks, return_type=None)
+        tokens = tokens.to(self.device, non_blocking=on_device)  # pageable: safe to enqueue
+        self.bridge.run_with_hooks(tokens, fwd_hooks=hooks, return_type=None)
 
     def forward(self, tokens) -> None:
         """A bare forward pass with no hooks, BOS included (the benchmark's reference)."""
