@@ -2,6 +2,7 @@
 
     python bench/bench_record.py                 # GPT-2-small-shaped random model + embedded model
     python bench/bench_record.py --models gpt2-arch --n 256
+    python bench/bench_record.py --device cuda   # record ÷ bare forward on the GPU
 
 Prints ratios measured in one run (seconds on a shared machine are noise; ratios are not):
   throughput ratio = recorded tokens/s (every layer hooked, samplers updated, excerpts staged)
@@ -9,6 +10,11 @@ Prints ratios measured in one run (seconds on a shared machine are noise; ratios
   ratio vs hooked forward = the same, over a forward that stops where record stops (after the
                      last hooked MLP, no logits) with hooks that only read: the samplers' cost.
   memory ratio     = peak RSS recording 4N excerpts / peak RSS recording N excerpts.
+With --device cuda (GPT-2-small-shaped model, every layer hooked, the device samplers):
+  device ratio     = tokens/s of the recording pass (forward, samplers on the GPU, the kept
+                     excerpts copied to the host at the end; files not written) / tokens/s of a
+                     bare forward pass on the GPU; floor 0.8. Without a CUDA device it says so,
+                     measures nothing and exits 0.
 """
 
 from __future__ import annotations
@@ -74,6 +80,83 @@ def throughput(model: str, n: int, batch_size: int, repeats: int = 3) -> dict:
             "ratio_vs_hooked_forward": round(reach / rec, 3)}
 
 
+DEVICE_FLOOR = 0.8
+
+
+def device_throughput(model: str, n: int, batch_size: int, repeats: int, dev: str) -> dict:
+    """The recording pass on a GPU against a bare forward pass there (best of `repeats`)."""
+    import torch
+
+    from explainer.config import RecordConfig
+    from explainer.record import corpus, shards
+    from explainer.record import subject as models
+
+    spec = models.resolve(model)
+    subject = models.load(spec, dev)
+    layers = list(range(spec.n_layers))
+    cfg = RecordConfig(run=Path("unused"), model=model, n_excerpts=n, batch_size=batch_size,
+                       top_k=40, random_k=30, device=dev)
+    ex = list(corpus.excerpts("embedded", subject.tokenizer, cfg.ctx, n))
+    batches = [(torch.tensor([e.excerpt_id for e in ex[i:i + batch_size]]),
+                torch.tensor([e.token_ids for e in ex[i:i + batch_size]]))
+               for i in range(0, len(ex), batch_size)]
+    task = shards.ShardTask(Path("unused"), cfg, 0, 0, len(ex), tuple(layers), ("pos",))
+    sync = torch.cuda.synchronize if torch.device(dev).type == "cuda" else lambda: None
+
+    def bare(todo):
+        for _, tokens in todo:
+            subject.forward(tokens)
+
+    def hooked(todo):  # the forward record runs, stopped after the last MLP, hooks that read
+        for _, tokens in todo:
+            subject.stream(tokens, layers, lambda la, a: None, on_device=True)
+
+    def record(todo):
+        state = shards._State(cfg, subject, task)
+        for ids, tokens in todo:
+            state.add(ids, tokens)
+        for la in layers:  # what a shard keeps, on the host
+            shards._ranked("top", state.tops[la])
+            shards._ranked("random", state.randoms[la].pool)
+            shards._moments(state.stats[la])
+
+    best = {}
+    with torch.inference_mode():
+        for run in (bare, hooked, record):
+            run(batches[:2])  # warm-up: kernels chosen, caches filled
+        for _ in range(repeats):
+            for run in (bare, hooked, record):
+                sync()
+                t0 = time.perf_counter()
+                run(batches)
+                sync()
+                best[run.__name__] = min(best.get(run.__name__, float("inf")),
+                                         time.perf_counter() - t0)
+    tokens = len(ex) * cfg.ctx
+    return {"model": spec.name, "device": dev, "excerpts": len(ex), "batch_size": batch_size,
+            "layers_hooked": len(layers), "bare_tok_s": round(tokens / best["bare"]),
+            "record_tok_s": round(tokens / best["record"]),
+            "device_ratio": round(best["bare"] / best["record"], 3),
+            "ratio_vs_hooked_forward": round(best["hooked"] / best["record"], 3)}
+
+
+def on_device(args, cache: Path) -> None:
+    """--device: the GPU figure, or a note that it was not measured."""
+    import torch
+
+    dev = torch.device(args.device)
+    if dev.type != "cuda" or not torch.cuda.is_available():
+        print(f"device {args.device}: no CUDA device here (torch.cuda.is_available() is "
+              f"{torch.cuda.is_available()}); record ÷ bare forward on a GPU was not measured")
+        return
+    model = str(gpt2_small_shaped(cache))
+    res = device_throughput(model, args.n or 2048, args.batch_size, args.repeats, args.device)
+    print(json.dumps(res))
+    ok = res["device_ratio"] >= DEVICE_FLOOR
+    print(f"record ÷ bare forward on {torch.cuda.get_device_name(dev)}: {res['device_ratio']:.3f}"
+          f" (floor {DEVICE_FLOOR}: {'met' if ok else 'NOT met'}); measured")
+
+
 def peak_rss_mb(model: str, n: int) -> float:
     """Peak RSS of a fresh `explain record` process (MiB)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,16 +173,21 @@ def peak_rss_mb(model: str, n: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="gpt2-arch,smollm2-135m")
-    ap.add_argument("--n", type=int, default=256, help="excerpts for the throughput run")
+    ap.add_argument("--n", type=int, default=None,
+                    help="excerpts for the throughput run (256; 2048 with --device)")
     ap.add_argument("--mem-n", type=int, default=256,
                     help="N for the N vs 4N memory run (0 skips it)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3, help="alternating timings; best kept")
+    ap.add_argument("--device", default="cpu",
+                    help="cuda: record ÷ bare forward on the GPU instead (GPT-2-small shape)")
     args = ap.parse_args()
     cache = ROOT / ".test-cache" / "gpt2-small"
+    if args.device != "cpu":
+        return on_device(args, cache)
     for name in args.models.split(","):
         model = str(gpt2_small_shaped(cache)) if name == "gpt2-arch" else name
-        res = throughput(model, args.n, args.batch_size, args.repeats)
+        res = throughput(model, args.n or 256, args.batch_size, args.repeats)
         if args.mem_n:
             small, big = peak_rss_mb(model, args.mem_n), peak_rss_mb(model, 4 * args.mem_n)
             res.update(peak_rss_mb_n=round(small), peak_rss_mb_4n=round(big),
