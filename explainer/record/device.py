@@ -21,6 +21,8 @@ Nothing here synchronises with the device during the pass: no value is read back
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from explainer.record import samplers
@@ -59,16 +61,22 @@ def hashed_keys(stream: int, excerpt_ids, n_neurons: int):
 
 class _NeuronMajor:
     """acts (B, ctx, N) as a contiguous (N, B, ctx) copy, made once per layer and shared by
-    the layer's samplers (the one acts tensor last seen is held, so `is` cannot be fooled)."""
+    the layer's samplers; dropped as soon as acts itself is freed."""
 
-    acts = None
+    ref = None
     out = None
 
     @classmethod
     def of(cls, acts):
-        if cls.acts is not acts:
-            cls.acts, cls.out = acts, acts.permute(2, 0, 1).contiguous()
+        if cls.ref is None or cls.ref() is not acts:
+            cls.ref = weakref.ref(acts, cls._drop)
+            cls.out = acts.permute(2, 0, 1).contiguous()
         return cls.out
+
+    @classmethod
+    def _drop(cls, ref) -> None:
+        if ref is cls.ref:
+            cls.ref = cls.out = None
 
 
 class TopK:
