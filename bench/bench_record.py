@@ -42,9 +42,11 @@ def gpt2_small_shaped(folder: Path) -> Path:
 
 
 def throughput(model: str, n: int, batch_size: int, repeats: int = 3) -> dict:
+    import shutil
+
     import torch
 
-    from explainer.record import corpus
+    from explainer.record import corpus, shards
     from explainer.record import subject as models
     from explainer.record import stage as record
     from explainer.config import RecordConfig
@@ -60,7 +62,7 @@ def throughput(model: str, n: int, batch_size: int, repeats: int = 3) -> dict:
         bare = reach = rec = float("inf")
         for _ in range(repeats):  # alternate, keep the best: this machine's noise is large
             # The baselines get record's heap settings too, so the ratios measure recording.
-            with torch.inference_mode(), record.steady_heap():
+            with torch.inference_mode(), shards.steady_heap():
                 subject.forward(batches[0])  # warm-up
                 t0 = time.perf_counter()
                 for b in batches:
@@ -70,8 +72,9 @@ def throughput(model: str, n: int, batch_size: int, repeats: int = 3) -> dict:
                 for b in batches:  # the same forward as record, hooks that only read
                     subject.stream(b, layers, lambda la, a: None)
                 reach = min(reach, time.perf_counter() - t0)
+            shutil.rmtree(cfg.run, ignore_errors=True)  # no finished shard to resume from
             t0 = time.perf_counter()
-            record._record(cfg, subject, layers)
+            record._record(cfg, subject, layers, ("pos",), {"bench": True})
             rec = min(rec, time.perf_counter() - t0)
     tokens = len(ex) * cfg.ctx
     return {"model": spec.name, "excerpts": len(ex), "layers_hooked": len(layers),
