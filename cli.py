@@ -44,6 +44,21 @@ RayAddressOpt = Annotated[Optional[str], typer.Option(
 WorkersOpt = Annotated[int, typer.Option(
     "--workers", help="Ray workers (0: one per CPU of the cluster).")]
 ConcOpt = Annotated[int, typer.Option("--concurrency", help="Requests in flight at once, per endpoint.")]
+ControlOpt = Annotated[str, typer.Option(
+    "--control", help="shuffled: also score each neuron's chosen explanation on another neuron "
+    "of its layer and side (a seeded derangement), the specificity control; or none.")]
+CascadeOpt = Annotated[Optional[str], typer.Option(
+    "--cascade", help="Explainers E1,E2,... cheapest first: each explains the neurons the "
+    "previous one left below --accept (judged by the simulation score on the valid split).")]
+AcceptOpt = Annotated[Optional[float], typer.Option(
+    "--accept", help="With --cascade: a level's explanation is kept at this valid score or "
+    "above (default: none is; each neuron keeps its best level).")]
+CacheOpt = Annotated[Optional[Path], typer.Option(
+    "--cache", help="A shared LLM answer cache (SQLite) for several runs (default: "
+    "$EXPLAIN_LLM_CACHE, else only the run's own llm.sqlite).")]
+ExcerptsPerPromptOpt = Annotated[int, typer.Option(
+    "--excerpts-per-prompt", help="Excerpts of a neuron simulated in one prompt, sharing one "
+    "few-shot preamble (1: the paper's format; 5 bills about half the prompt tokens).")]
 
 
 def _fail(err: ExplainError) -> None:
@@ -92,6 +107,10 @@ def record(
     batch_size: Annotated[int, typer.Option(help="Excerpts per forward pass.")] = 32,
     seed: Annotated[int, typer.Option(help="Seed of the random sample and corpus order.")] = 0,
     device: Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1, mps.")] = "cpu",
+    shards: Annotated[int, typer.Option(help="Excerpt-id ranges recorded (and checkpointed) apart; 0: 4,096 excerpts each.")] = 0,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 0,
 ):
     """Run the subject model over a corpus and keep each neuron's top and random excerpts."""
     from explainer import record as stage
@@ -108,10 +127,6 @@ def record(
 def report(
     run: RunOpt,
     by: Annotated[str, typer.Option(help="Rows per layer (and per model after), or per model only: layer | model.")] = "layer",
-    shards: Annotated[int, typer.Option(help="Excerpt-id ranges recorded (and checkpointed) apart; 0: 4,096 excerpts each.")] = 0,
-    engine: EngineOpt = "local",
-    ray_address: RayAddressOpt = None,
-    workers: WorkersOpt = 0,
     format: Annotated[str, typer.Option("--format", help="table | csv | json.")] = "table",
     plot: Annotated[Optional[Path], typer.Option(help="Also write a PNG: mean score by layer depth per model, and the score histogram.")] = None,
     cost: Annotated[bool, typer.Option("--cost", help="Instead: LLM calls, tokens and dollars per neuron by stage and model, from llm.sqlite.")] = False,
@@ -184,16 +199,20 @@ def simulate(
     neurons: NeuronsOpt = "all",
     model: ModelSel = None,
     explainer: Annotated[Optional[str], typer.Option(help="Simulate only this explainer's explanations (default: all).")] = None,
-    simulator: Annotated[str, typer.Option(help=f"Simulator LLM at the endpoint ({C.EMBEDDED_LLM}: the embedded one).")] = C.EMBEDDED_LLM,
+    simulator: Annotated[str, typer.Option(help=f"Simulator LLM at the endpoint ({C.EMBEDDED_LLM}: the embedded one), or {C.BASELINE_SIMULATOR} (no LLM: the words the explanation names).")] = C.EMBEDDED_LLM,
     base_url: BaseUrlOpt = None,
     mode: Annotated[str, typer.Option(help="auto, logprob (prompt log-probabilities) or chat (values by token index).")] = "auto",
     n_top: Annotated[int, typer.Option(help="Valid-split top excerpts scored per neuron.")] = 5,
     n_random: Annotated[int, typer.Option(help="Valid-split random excerpts scored per neuron.")] = 5,
     calibrate: Annotated[bool, typer.Option("--calibrate", help="Fit a linear calibration on the calibrate split (for R² and abs. deviation).")] = False,
+    excerpts_per_prompt: ExcerptsPerPromptOpt = 1,
+    control: ControlOpt = "none",
+    seed: Annotated[int, typer.Option(help="Seed of --control shuffled's derangement.")] = 0,
     concurrency: ConcOpt = 8,
     engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = 0,
+    cache: CacheOpt = None,
 ):
     """Predict activations from each explanation with a simulator LLM, and score them."""
     from explainer import simulate as stage
@@ -202,7 +221,9 @@ def simulate(
                            layers=layers, neurons=neurons, model=model,
                            explainer=explainer, simulator=simulator, mode=mode, n_top=n_top,
                            n_random=n_random, calibrate=calibrate,
-                           llm=C.LLMConfig(base_url=base_url, concurrency=concurrency))
+                           excerpts_per_prompt=excerpts_per_prompt, control=control, seed=seed,
+                           llm=C.LLMConfig(base_url=base_url, concurrency=concurrency,
+                                           cache=cache))
     typer.echo(_call(stage.run, cfg))
 
 
@@ -241,16 +262,35 @@ def describe(
     engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = 0,
+    cascade: CascadeOpt = None,
+    accept: AcceptOpt = None,
+    revise: Annotated[int, typer.Option(help="Rounds in which the explainer sees where its explanation's simulation went wrong and revises it (kept only if its valid score is higher); simulates with --simulator.")] = 0,
+    simulator: Annotated[str, typer.Option(help="With --cascade/--revise: the simulator that scores each level.")] = C.EMBEDDED_LLM,
+    simulator_base_url: Annotated[Optional[list[str]], typer.Option("--simulator-base-url", callback=_urls, help="With --cascade/--revise: the simulator's endpoint (default: --base-url; none for the embedded one).")] = None,
+    mode: Annotated[str, typer.Option(help="With --cascade/--revise: simulation mode (auto, logprob or chat).")] = "auto",
+    excerpts_per_prompt: ExcerptsPerPromptOpt = 1,
+    cache: CacheOpt = None,
 ):
     """Ask an explainer LLM for a one-phrase explanation of each neuron's top excerpts."""
     from explainer import describe as stage
 
-    llm = C.LLMConfig(base_url=base_url, concurrency=concurrency, timeout_s=timeout)
+    llm = C.LLMConfig(base_url=base_url, concurrency=concurrency, timeout_s=timeout, cache=cache)
     cfg = C.DescribeConfig(run=run, engine=C.EngineConfig(engine, ray_address, workers),
                            layers=layers, neurons=neurons, model=model,
                            explainer=explainer, candidates=candidates, temperature=temperature,
                            n_excerpts=n_excerpts, api=api, evidence=evidence, sides=side, llm=llm)
-    typer.echo(_call(stage.run, cfg))
+    if cascade is None and not revise:
+        typer.echo(_call(stage.run, cfg))
+        return
+    from explainer import cascade as composer
+
+    sim_url = simulator_base_url or (None if simulator == C.EMBEDDED_LLM else base_url)
+    sim = C.SimulateConfig(run=run, simulator=simulator, mode=mode,
+                           excerpts_per_prompt=excerpts_per_prompt,
+                           llm=C.LLMConfig(base_url=sim_url, concurrency=concurrency, cache=cache))
+    names = tuple(e.strip() for e in (cascade or explainer).split(","))
+    typer.echo(_call(composer.run, C.CascadeConfig(describe=cfg, simulate=sim, explainers=names,
+                                                   accept=accept, revise=revise)))
 
 
 @app.command()
@@ -293,18 +333,24 @@ def run_all(
     run: RunOpt = Path("runs/demo"),
     model: Annotated[str, typer.Option(help="Subject model (see `explain models`).")] = "smollm2-135m",
     corpus: Annotated[str, typer.Option(help="Corpus spec (see `explain record`).")] = "embedded",
-    layers: Annotated[Optional[str], typer.Option("--layers", "--layer", help="Layers (default: first, middle and last).")] = None,
-    neurons: NeuronsOpt = "0-2",
+    layers: Annotated[Optional[str], typer.Option("--layers", "--layer", help="Layers (default: the first and the last).")] = None,
+    neurons: NeuronsOpt = "0-1",
     n_excerpts: Annotated[int, typer.Option(help="Excerpts to read from the corpus.")] = 256,
     explainer: Annotated[Optional[list[str]], typer.Option(help=f"Explainer(s); repeat the option for several (default: {C.BASELINE_EXPLAINER} and {C.EMBEDDED_LLM}).")] = None,
     explain_excerpts: Annotated[int, typer.Option(help="Top excerpts shown to the explainer.")] = 5,
     simulator: Annotated[str, typer.Option(help="Simulator LLM at the endpoint.")] = C.EMBEDDED_LLM,
     base_url: BaseUrlOpt = None,
     mode: Annotated[str, typer.Option(help="Simulation mode: auto, logprob or chat.")] = "auto",
+    lexical: Annotated[bool, typer.Option("--lexical/--no-lexical", help=f"Also score every explanation with {C.BASELINE_SIMULATOR} (no LLM, seconds).")] = True,
+    control: ControlOpt = "shuffled",
     judge_methods: Annotated[str, typer.Option(help="Also judge with these methods (detection,fuzzing), by the simulator's LLM.")] = "",
     concurrency: ConcOpt = 8,
     seed: Annotated[int, typer.Option(help="Seed of the random sample.")] = 0,
     device: Annotated[str, typer.Option(help="torch device of the subject model.")] = "cpu",
+    cascade: CascadeOpt = None,
+    accept: AcceptOpt = None,
+    excerpts_per_prompt: ExcerptsPerPromptOpt = 1,
+    cache: CacheOpt = None,
 ):
     """The whole pipeline: record, describe, simulate, score, report and viewer (resumable)."""
     from explainer import pipeline
@@ -313,8 +359,10 @@ def run_all(
     cfg = C.RunConfig(run=run, model=model, corpus=corpus, layers=layers, neurons=neurons,
                       n_excerpts=n_excerpts, seed=seed, device=device, explainers=explainers,
                       explain_excerpts=explain_excerpts,
-                      simulator=simulator, mode=mode,
-                      llm=C.LLMConfig(base_url=base_url, concurrency=concurrency),
+                      simulator=simulator, mode=mode, lexical=lexical, control=control,
+                      cascade=tuple(e.strip() for e in cascade.split(",")) if cascade else (),
+                      accept=accept, excerpts_per_prompt=excerpts_per_prompt,
+                      llm=C.LLMConfig(base_url=base_url, concurrency=concurrency, cache=cache),
                       judge_methods=tuple(m.strip() for m in judge_methods.split(",") if m.strip()))
     typer.echo(_call(pipeline.run, cfg))
 

@@ -1,4 +1,4 @@
-"""`explain run`: record -> describe -> simulate (+ score) -> report, in one command.
+"""`explain run`: record -> describe -> simulate (+ score, + controls) -> report, in one command.
 
 This module only composes the stages; each keeps its own resume logic, so a killed `run`
 continues where it stopped when rerun with the same options.
@@ -21,8 +21,12 @@ def run(cfg: C.RunConfig) -> str:
 
     run_dir = Path(cfg.run)
     _check_judges(cfg.judge_methods)
+    if cfg.control not in C.CONTROLS:
+        from explainer import ExplainError
+
+        raise ExplainError(f"--control {cfg.control}: expected one of {', '.join(C.CONTROLS)}")
     spec = models.resolve(cfg.model)
-    layers = cfg.layers or C.spread_layers(spec.n_layers, 3)
+    layers = cfg.layers or C.spread_layers(spec.n_layers, 2)
     _say(f"[1/5] record {spec.name} layers {layers}")
     record.run(C.RecordConfig(run=run_dir, model=cfg.model, corpus=cfg.corpus, layers=layers,
                               n_excerpts=cfg.n_excerpts, ctx=cfg.ctx, seed=cfg.seed,
@@ -32,10 +36,26 @@ def run(cfg: C.RunConfig) -> str:
         describe.run(C.DescribeConfig(run=run_dir, layers=layers, neurons=cfg.neurons,
                                       model=spec.name, explainer=name,
                                       n_excerpts=cfg.explain_excerpts, llm=cfg.llm))
-    _say(f"[3/5] simulate and score with {cfg.simulator}")
-    simulate.run(C.SimulateConfig(run=run_dir, layers=layers, neurons=cfg.neurons,
-                                  model=spec.name, simulator=cfg.simulator, mode=cfg.mode,
-                                  llm=cfg.llm))
+    # The lexical baseline first (seconds): the floor the LLM simulator's scores must beat.
+    sims = [C.BASELINE_SIMULATOR] if cfg.lexical and cfg.simulator != C.BASELINE_SIMULATOR else []
+    for sim in sims + [cfg.simulator]:
+        _say(f"[3/5] simulate and score with {sim}"
+             + (f", and the {cfg.control} control" if cfg.control != "none" else ""))
+        simulate.run(C.SimulateConfig(run=run_dir, layers=layers, neurons=cfg.neurons,
+                                      model=spec.name, simulator=sim, mode=cfg.mode,
+                                      control=cfg.control, seed=cfg.seed, llm=cfg.llm,
+                                      excerpts_per_prompt=cfg.excerpts_per_prompt))
+    if cfg.cascade:
+        from explainer import cascade
+
+        _say(f"[3/5] cascade {' > '.join(cfg.cascade)}, judged by {cfg.simulator}")
+        _say(cascade.run(C.CascadeConfig(
+            describe=C.DescribeConfig(run=run_dir, layers=layers, neurons=cfg.neurons,
+                                      model=spec.name, n_excerpts=cfg.explain_excerpts,
+                                      llm=cfg.llm),
+            simulate=C.SimulateConfig(run=run_dir, simulator=cfg.simulator, mode=cfg.mode,
+                                      excerpts_per_prompt=cfg.excerpts_per_prompt, llm=cfg.llm),
+            explainers=cfg.cascade, accept=cfg.accept)))
     for method in cfg.judge_methods:
         from explainer import judge
 

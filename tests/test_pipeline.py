@@ -37,8 +37,9 @@ def _run(run_dir, model, corpus, url, *extra):
         "--simulator", "fake-model", "--base-url", url, "--mode", "chat", *extra])
 
 
-def _scores(run_dir):
-    df = rundir.read(run_dir, "scores").sort_values(
+def _scores(run_dir, simulator="fake-model", control="none"):
+    df = rundir.read(run_dir, "scores")
+    df = df[(df["simulator"] == simulator) & (df["control"] == control)].sort_values(
         ["layer", "neuron", "explainer", "candidate", "split"]).reset_index(drop=True)
     return df[["layer", "neuron", "explainer", "split", "score", "status"]]
 
@@ -75,6 +76,14 @@ def test_killed_after_describe_then_resumed_matches_uninterrupted(
     a, b = _scores(tmp_path / "a"), _scores(tmp_path / "b")
     assert len(a) == 24 and (a.status == "ok").all()
     assert a.equals(b)
+    # By default every explanation is also scored by baseline-lexical, and each simulator's
+    # chosen explanations by the shuffled control (valid split, one per neuron and explainer).
+    for sim in ("fake-model", "baseline-lexical"):
+        assert len(_scores(tmp_path / "a", sim)) == 24
+        ctl = _scores(tmp_path / "a", sim, "shuffled")
+        assert len(ctl) == 12 and (ctl.split == "valid").all()
+        assert _scores(tmp_path / "b", sim, "shuffled").equals(ctl)
+    assert "Specificity" in whole.output
 
 
 def test_two_models_in_one_run_compared_by_size(tmp_path, tiny_gpt2, tiny_corpus):

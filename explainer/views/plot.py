@@ -26,7 +26,8 @@ def _pairs(rows) -> list[tuple[str, str, str]]:
 def _label(pair: tuple[str, str, str], pairs: list) -> str:
     """What tells this line apart: the explainer, and the side when there are two."""
     two_sides = len({p[2] for p in pairs}) > 1
-    return pair[0] + (f" · {pair[2]}" if two_sides else "")
+    two_sims = len({p[1] for p in pairs}) > 1
+    return pair[0] + (f" × {pair[1]}" if two_sims else "") + (f" · {pair[2]}" if two_sides else "")
 
 
 def _title(pairs: list[tuple[str, str, str]]) -> str:
