@@ -1,6 +1,7 @@
 """Benchmark the endpoint pool: simulate throughput with 4 endpoints ÷ with 1.
 
     PYTHONPATH=. python bench/bench_pool.py [--neurons 24] [--latency 0.2] [--slots 8]
+    PYTHONPATH=. python bench/bench_pool.py --overhead [--neurons 64]
 
 Each fake endpoint runs in its own process (so its threads do not share the client's
 interpreter lock) and serves at most `--slots` requests at a time, each taking `--latency`
@@ -8,6 +9,9 @@ seconds, like a vLLM server with max_num_seqs = slots: a request beyond that wai
 server's queue. `simulate --concurrency slots` (in flight per endpoint) runs over the same
 neurons against 1 endpoint, then against 4 (fresh run directories, so nothing is cached); the
 ratio of throughputs should be near 4 (floor 3.5). Prints requests/s and neurons/s per process.
+
+`--overhead`: the client's own cost instead: one endpoint answering at once (no latency, no
+slot limit), `--concurrency 32`; requests/s of a whole `simulate` (floor 300 on 2 cores).
 """
 
 from __future__ import annotations
@@ -72,9 +76,11 @@ def simulate(urls: list[str], n_neurons: int, slots: int) -> tuple[float, int]:
     stage.run(cfg)
     wall = time.perf_counter() - t0
     db = sqlite3.connect(run / "llm.sqlite")
-    sent = db.execute("SELECT count(*) FROM calls WHERE cached = 0 AND status = 'ok'"
-                      ).fetchone()[0]
+    sent, t0, t1 = db.execute("SELECT count(*), min(time), max(time) FROM calls "
+                              "WHERE cached = 0 AND status = 'ok'").fetchone()
     db.close()
+    print(f"  ({sent / (t1 - t0):,.1f} requests/s from the first answer to the last, without "
+          f"start-up and the final writes: {wall - (t1 - t0):.1f} s)")
     scores = rundir.read(run, "scores")
     assert len(scores) and (scores["status"] == "ok").all(), "every neuron scored"
     return wall, sent
@@ -85,7 +91,10 @@ def main() -> None:
     ap.add_argument("--neurons", type=int, default=24)
     ap.add_argument("--latency", type=float, default=0.2)
     ap.add_argument("--slots", type=int, default=8)
+    ap.add_argument("--overhead", action="store_true")
     args = ap.parse_args()
+    if args.overhead:
+        args.latency, args.slots = 0.0, 1024
     ctx = mp.get_context("fork")
     ports, stop = ctx.Queue(), ctx.Event()
     procs = [ctx.Process(target=_serve, args=(args.slots, args.latency, ports, stop),
@@ -94,7 +103,12 @@ def main() -> None:
         p.start()
     urls = [f"http://127.0.0.1:{ports.get(timeout=30)}/v1" for _ in procs]
     try:
-        simulate(urls[:1], 2, args.slots)  # warm-up: imports, first connections
+        simulate(urls[:1], 2, 8)  # warm-up: imports, first connections
+        if args.overhead:
+            wall, sent = simulate(urls[:1], args.neurons, 32)
+            print(f"zero-latency endpoint, concurrency 32: {sent} requests in {wall:.2f} s: "
+                  f"{sent / wall:,.1f} requests/s (floor 300)")
+            return
         out = {}
         for k in (1, 4):
             wall, sent = simulate(urls[:k], args.neurons, args.slots)
