@@ -120,6 +120,7 @@ class SimulateConfig:
     # and side (a seeded derangement of the selected neurons), the specificity control
     control: str = "none"
     seed: int = 0  # of the control's derangement
+    compact: bool = True  # False in a block of a larger run: the driver compacts once, at the end
     llm: LLMConfig = LLMConfig()
     engine: EngineConfig = EngineConfig()
 

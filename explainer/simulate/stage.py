@@ -24,6 +24,7 @@ from explainer import ExplainError
 from explainer import run as rundir
 from explainer import config as C
 from explainer.score import rows as SS
+from explainer.simulate.reuse import Done as _Done
 from explainer.simulate import grouped
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ def run(cfg: C.SimulateConfig) -> Path:
     if units and (cfg.engine.engine == "ray" or engine.several_blocks(units, cfg.engine)):
         # Blocks of neurons, each this same function on a Ray actor or here (memory follows a
         # block). Controls derange whole layers, so they run here once the blocks are done.
-        engine.run_stage(run, replace(cfg, control="none"), units, "simulate")
+        engine.run_stage(run, replace(cfg, control="none", compact=False), units, "simulate")
+        _compact(run_dir, model, [la for la, _ in units])  # once, not once per block
         if cfg.control == "none":
             return run_dir / "scores"
         cfg = replace(cfg, engine=C.EngineConfig())
@@ -97,10 +99,15 @@ def run(cfg: C.SimulateConfig) -> Path:
                            f"{', '.join(map(str, layers))}; run `explain describe` for them first")
     name = cfg.simulator if endpoint is None else endpoint.model
     asyncio.run(_run(cfg, endpoint, name, model, jobs))
-    for layer in sorted({j.layer for j in jobs}):  # one file, one row per key, for plain readers
+    if cfg.compact:
+        _compact(run_dir, model, sorted({j.layer for j in jobs}))
+    return run_dir / "scores"
+
+
+def _compact(run_dir: Path, model: str, layers) -> None:
+    for layer in sorted(set(layers)):  # one file, one row per key, for plain readers
         for table in ("simulations", "scores"):
             rundir.compact(run_dir, table, model, layer)
-    return run_dir / "scores"
 
 
 # --- what to simulate ---------------------------------------------------------------------
@@ -134,7 +141,13 @@ def _select(run_dir: Path, cfg: C.SimulateConfig) -> tuple[str, list[int]]:
 
 
 def _jobs(run_dir: Path, model: str, layer: int, cfg: C.SimulateConfig) -> list[_Job]:
-    ex = rundir.read(run_dir, "explanations", model=model, layer=layer)
+    if str(cfg.neurons).strip() == "all":
+        ex = rundir.read(run_dir, "explanations", model=model, layer=layer)
+    else:  # a block (or a selection) reads only its own neurons' rows
+        d_mlp = int((rundir.model_meta(run_dir, model) or {}).get("d_mlp") or 0)
+        wanted = C.parse_spec(cfg.neurons, d_mlp, "neuron", f"{model} layer") if d_mlp else []
+        ex = rundir.read_neurons(run_dir, "explanations", model, layer, wanted) if d_mlp \
+            else rundir.read(run_dir, "explanations", model=model, layer=layer)
     ex = ex[ex["status"] == "ok"]
     if cfg.explainer is not None:
         if not (ex["explainer"] == cfg.explainer).any():
@@ -191,62 +204,6 @@ def _excerpts(run_dir: Path, model: str, layer: int, neurons: set[int], splits: 
             neg = tuple(-x for x in real)
             out.setdefault((int(n), "neg"), []).append(_Excerpt(int(e), k, s, toks[int(e)], neg))
     return {n: tuple(v) for n, v in out.items()}
-
-
-def _family(mode: str) -> str:
-    return mode.split("-")[0]  # chat-logprob is chat: the same prompt and answer
-
-
-class _Done:
-    """Stored predictions that can be reused, and the neurons whose scores are complete.
-
-    A prediction is reused only when everything that made it matches: the simulator, its mode,
-    its prompt files (sim_prompt_hash) and the explanation's text (explanation_hash); a change
-    of any of them re-simulates. Controls are never reused as own scores.
-    """
-
-    def __init__(self, run_dir: Path, model: str, layer: int, simulator: str,
-                 mode: str | None, prompt_hash: str, neurons: set[int]):
-        # Only these neurons' rows: memory follows the block, not the layer.
-        sims = rundir.read_neurons(run_dir, "simulations", model, layer, neurons)
-        sims = sims[(sims["simulator"] == simulator) & (sims["status"] == "ok")
-                    & (sims["control"] == "none") & (sims["sim_prompt_hash"] == prompt_hash)]
-        sc = rundir.read_neurons(run_dir, "scores", model, layer, neurons)
-        sc = sc[(sc["simulator"] == simulator) & (sc["method"] == "simulation")
-                & (sc["control"] == "none") & (sc["sim_prompt_hash"] == prompt_hash)]
-        if mode is not None:  # predictions of another mode are not reused
-            sims = sims[sims["mode"].map(_family) == _family(mode)]
-            sc = sc[sc["mode"].map(_family) == _family(mode)]
-        self.pred = {(int(n), sd, e, int(c), k, int(x), h): tuple(float(v) for v in p)
-                     for n, sd, e, c, k, x, h, p in zip(
-                         sims["neuron"], sims["side"], sims["explainer"], sims["candidate"],
-                         sims["kind"], sims["excerpt_id"], sims["explanation_hash"],
-                         sims["predicted"])}
-        self.scored = {(int(n), sd, e, int(c), s, h) for n, sd, e, c, s, h, st in zip(
-            sc["neuron"], sc["side"], sc["explainer"], sc["candidate"], sc["split"],
-            sc["explanation_hash"], sc["status"]) if st != "failed"}
-        self.best = {(int(n), sd, e): int(c) for n, sd, e, c, s, b in zip(
-            sc["neuron"], sc["side"], sc["explainer"], sc["candidate"], sc["split"], sc["best"])
-            if s == "valid" and b}
-
-    def reusable(self, job: _Job, cand: int, text: str, ex: _Excerpt) -> tuple | None:
-        return self.pred.get((job.neuron, job.side, job.explainer, cand, ex.kind,
-                              ex.excerpt_id, SS.text_hash(text)))
-
-    def complete(self, job: _Job, splits: tuple, test: bool = True) -> bool:
-        texts = dict(job.candidates)
-        for cand, text in job.candidates:
-            if (job.neuron, job.side, job.explainer, cand, "valid",
-                    SS.text_hash(text)) not in self.scored:
-                return False
-            for ex in job.excerpts:
-                if ex.split in splits and ex.split != "test" and \
-                        self.reusable(job, cand, text, ex) is None:
-                    return False
-        best = self.best.get((job.neuron, job.side, job.explainer))
-        return not test or best is None or best not in texts or (
-            job.neuron, job.side, job.explainer, best, "test",
-            SS.text_hash(texts[best])) in self.scored
 
 
 # --- running ------------------------------------------------------------------------------
