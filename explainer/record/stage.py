@@ -286,8 +286,11 @@ def _write(run_dir: Path, cfg: RecordConfig, subject, settings: dict, layers: li
         rundir.remove_partition(run_dir, "neurons", key, la)
         tables.write_layer(run_dir, key, la, res, logits.layer_columns(subject, la))
         entry["layers_done"] = sorted(set(entry["layers_done"]) | {la})
-        meta["models"][key] = entry
-        rundir.write_run_json(run_dir, meta)
+
+        def mark_done(meta: dict, entry=dict(entry)) -> None:  # under run.json's lock: other
+            meta.setdefault("models", {})[key] = entry  # stages may update it meanwhile
+
+        rundir.update_run_json(run_dir, mark_done)
     shutil.rmtree(res["stage"], ignore_errors=True)  # every layer is written: shards done
 
 
