@@ -8,6 +8,7 @@ samples. Ranks are dealt to splits by interleaving (docs/reference.md, Splits).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,9 @@ def _quantiles(ids: np.ndarray, acts: np.ndarray) -> np.ndarray:
     if r == 0:
         return np.zeros((n, 0), np.float32)
     tokens = np.where((ids >= 0)[:, :, None], acts, np.nan).reshape(n, r * ctx)
-    return np.nanquantile(tokens, QUANTILE_PROBS, axis=1).T.astype(np.float32)
+    with warnings.catch_warnings():  # a neuron with no random excerpt at all gets NaNs, quietly
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanquantile(tokens, QUANTILE_PROBS, axis=1).T.astype(np.float32)
 
 
 def _quantile_rows(bins: list) -> dict:
