@@ -67,7 +67,7 @@ def run(cfg: C.JudgeConfig) -> Path:
 
     run_dir = Path(cfg.run)
     endpoint = L.resolve(cfg.judge, cfg.llm.base_url)
-    model, layers = _select(run_dir, cfg)
+    model, layers = rundir.explained_layers(run_dir, cfg.model, cfg.layers)
     phash = P.prompt_hash(cfg.method, _settings(cfg))
     jobs: list[_Job] = []
     n_explained = 0
@@ -104,29 +104,6 @@ def _settings(cfg: C.JudgeConfig) -> str:
 
 
 # --- what to judge -------------------------------------------------------------------------
-
-
-def _select(run_dir: Path, cfg: C.JudgeConfig) -> tuple[str, list[int]]:
-    models = rundir.models_in(run_dir, "explanations")
-    if not models:
-        raise ExplainError(f"--run {run_dir}: no explanations yet; run `explain describe` first")
-    if cfg.model is None and len(models) > 1:
-        raise ExplainError(f"--run {run_dir} has explanations of several models "
-                           f"({', '.join(models)}); pick one with --model")
-    model = models[0] if cfg.model is None else rundir.model_key(cfg.model)
-    if model not in models:
-        raise ExplainError(f"--model {cfg.model}: no explanations of it in this run "
-                           f"(have: {', '.join(models)})")
-    have = rundir.layers_in(run_dir, "explanations", model)
-    if str(cfg.layers).strip() == "all":
-        return model, have
-    n_layers = int((rundir.model_meta(run_dir, model) or {}).get("n_layers") or max(have) + 1)
-    layers = C.parse_spec(cfg.layers, n_layers, "layer", model)
-    missing = [lay for lay in layers if lay not in have]
-    if missing:
-        raise ExplainError(f"--layer {cfg.layers}: no explanations for layer {missing[0]} of "
-                           f"{model} yet (explained layers: {', '.join(map(str, have))})")
-    return model, layers
 
 
 def _explanations(run_dir: Path, model: str, layer: int, cfg: C.JudgeConfig):

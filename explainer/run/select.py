@@ -80,3 +80,34 @@ def explained_neurons(run: Path, model: str, layer: int, explainer: str | None =
         ok &= ex["explainer"] == explainer
     found = {int(n) for n in ex.loc[ok, "neuron"]}
     return sorted(found if among is None else found & set(among))
+
+
+def explained_layers(run: Path, model: str | None, layers: str) -> tuple[str, list[int]]:
+    """The model key and layers of a run that have explanations, narrowed to `--model` and
+    `--layer` (a spec); an ExplainError names what is missing and what would be valid."""
+    from explainer import ExplainError
+    from explainer.config import parse_spec
+    from explainer.run.meta import model_meta
+    from explainer.run.parquet import layers_in, models_in
+
+    models = models_in(run, "explanations")
+    if not models:
+        raise ExplainError(f"--run {run}: no explanations yet; run `explain describe` first")
+    if model is None and len(models) > 1:
+        raise ExplainError(f"--run {run} has explanations of several models "
+                           f"({', '.join(models)}); pick one with --model")
+    key = models[0] if model is None else model_key(model)
+    if key not in models:
+        raise ExplainError(f"--model {model}: no explanations of it in this run "
+                           f"(have: {', '.join(models)})")
+    have = layers_in(run, "explanations", key)
+    if str(layers).strip() == "all":
+        return key, have
+    n_layers = int((model_meta(run, key) or {}).get("n_layers") or max(have) + 1)
+    wanted = parse_spec(layers, n_layers, "layer", key)
+    missing = [lay for lay in wanted if lay not in have]
+    if missing:
+        raise ExplainError(f"--layer {layers}: no explanations for layer {missing[0]} of {key} "
+                           f"yet; run `explain describe --layer {missing[0]}` first (explained "
+                           f"layers: {', '.join(map(str, have))})")
+    return key, wanted

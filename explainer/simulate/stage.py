@@ -76,7 +76,7 @@ def run(cfg: C.SimulateConfig) -> Path:
     # baseline-lexical needs no LLM, so no endpoint either
     endpoint = None if cfg.simulator == C.BASELINE_SIMULATOR else \
         L.resolve(cfg.simulator, cfg.llm.base_url)
-    model, layers = _select(run_dir, cfg)
+    model, layers = rundir.explained_layers(run_dir, cfg.model, cfg.layers)
     from dataclasses import replace
 
     from explainer import engine
@@ -111,33 +111,6 @@ def _compact(run_dir: Path, model: str, layers) -> None:
 
 
 # --- what to simulate ---------------------------------------------------------------------
-
-
-def _select(run_dir: Path, cfg: C.SimulateConfig) -> tuple[str, list[int]]:
-    models = rundir.models_in(run_dir, "explanations")
-    if not models:
-        raise ExplainError(f"--run {run_dir}: no explanations yet; run `explain describe` first")
-    if cfg.model is None:
-        if len(models) > 1:
-            raise ExplainError(f"--run {run_dir} has explanations of several models "
-                               f"({', '.join(models)}); pick one with --model")
-        model = models[0]
-    else:
-        model = rundir.model_key(cfg.model)
-        if model not in models:
-            raise ExplainError(f"--model {cfg.model}: no explanations of it in this run "
-                               f"(have: {', '.join(models)})")
-    have = rundir.layers_in(run_dir, "explanations", model)
-    if str(cfg.layers).strip() == "all":
-        return model, have
-    n_layers = int((rundir.model_meta(run_dir, model) or {}).get("n_layers") or max(have) + 1)
-    layers = C.parse_spec(cfg.layers, n_layers, "layer", model)
-    missing = [lay for lay in layers if lay not in have]
-    if missing:
-        raise ExplainError(f"--layer {cfg.layers}: no explanations for layer {missing[0]} of "
-                           f"{model} yet; run `explain describe --layer {missing[0]}` first "
-                           f"(explained layers: {', '.join(map(str, have))})")
-    return model, layers
 
 
 def _jobs(run_dir: Path, model: str, layer: int, cfg: C.SimulateConfig) -> list[_Job]:
