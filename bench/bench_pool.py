@@ -66,11 +66,12 @@ def make_run(root: Path, n_neurons: int) -> Path:
     return run
 
 
-def simulate(urls: list[str], n_neurons: int, slots: int) -> tuple[float, int]:
+def simulate(urls: list[str], n_neurons: int, slots: int,
+             mode: str = "logprob") -> tuple[float, int]:
     from explainer.simulate import stage
 
     run = make_run(Path(tempfile.mkdtemp(prefix="bench-pool-")), n_neurons)
-    cfg = C.SimulateConfig(run=run, simulator="fake-model", mode="logprob",
+    cfg = C.SimulateConfig(run=run, simulator="fake-model", mode=mode,
                            llm=C.LLMConfig(base_url=tuple(urls), concurrency=slots))
     t0 = time.perf_counter()
     stage.run(cfg)
@@ -92,6 +93,8 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.2)
     ap.add_argument("--slots", type=int, default=8)
     ap.add_argument("--overhead", action="store_true")
+    ap.add_argument("--mode", default="logprob", help="logprob (echo answers of ~600 logprob "
+                    "rows, heavy for the fake servers) or chat (index/value lines, light)")
     args = ap.parse_args()
     if args.overhead:
         args.latency, args.slots = 0.0, 1024
@@ -111,7 +114,7 @@ def main() -> None:
             return
         out = {}
         for k in (1, 4):
-            wall, sent = simulate(urls[:k], args.neurons, args.slots)
+            wall, sent = simulate(urls[:k], args.neurons, args.slots, args.mode)
             out[k] = sent / wall
             print(f"{k} endpoint(s): {args.neurons} neurons, {sent} requests in {wall:.2f} s: "
                   f"{sent / wall:,.1f} requests/s, {args.neurons / wall:,.2f} neurons/s per "
