@@ -107,19 +107,7 @@ def _settings(cfg: C.JudgeConfig) -> str:
 
 
 def _explanations(run_dir: Path, model: str, layer: int, cfg: C.JudgeConfig):
-    ex = rundir.read(run_dir, "explanations", model=model, layer=layer)
-    ex = ex[ex["status"] == "ok"]
-    if cfg.explainer is not None:
-        if not (ex["explainer"] == cfg.explainer).any():
-            have = ", ".join(sorted(set(ex["explainer"]))) or "none"
-            raise ExplainError(f"--explainer {cfg.explainer}: no explanations by it in layer "
-                               f"{layer} (have: {have})")
-        ex = ex[ex["explainer"] == cfg.explainer]
-    if str(cfg.neurons).strip() != "all":
-        d_mlp = int((rundir.model_meta(run_dir, model) or {}).get("d_mlp")
-                    or ex["neuron"].max() + 1)
-        ex = ex[ex["neuron"].isin(C.parse_spec(cfg.neurons, d_mlp, "neuron", f"{model} layer"))]
-    return ex
+    return rundir.selected_explanations(run_dir, model, layer, cfg.explainer, cfg.neurons)
 
 
 def _jobs(run_dir: Path, model: str, layer: int, cfg: C.JudgeConfig, judge: str,

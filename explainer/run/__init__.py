@@ -17,7 +17,8 @@ from explainer.run.rows import (ExplanationRow, JudgmentRow, PuzzleRow, ScoreRow
                                 SimulationRow)
 from explainer.run.schema import (LIST_F32, RUN_JSON, TABLES, Table, model_key,
                                   partition_dir, table)
-from explainer.run.select import explained_layers, explained_neurons, read_neurons
+from explainer.run.select import (explained_layers, explained_neurons, read_neurons,
+                                  selected_explanations)
 
 __all__ = ["ExplanationRow", "JudgmentRow", "LIST_F32", "PuzzleRow", "RUN_JSON", "ScoreRow", "SimulationRow", "TABLES",
            "Table", "clean_tmp", "files", "layers_in", "list_array", "model_key", "model_meta",
@@ -25,4 +26,4 @@ __all__ = ["ExplanationRow", "JudgmentRow", "LIST_F32", "PuzzleRow", "RUN_JSON",
            "remove_partition", "table", "write_columns", "write_rows", "write_run_json",
            "update_run_json", "file_order", "next_file_name", "writer_id", "compact",
            "endpoint_meta", "update_endpoint_meta", "read_neurons",
-           "explained_layers", "explained_neurons"]
+           "explained_layers", "explained_neurons", "selected_explanations"]

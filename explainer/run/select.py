@@ -111,3 +111,31 @@ def explained_layers(run: Path, model: str | None, layers: str) -> tuple[str, li
                            f"yet; run `explain describe --layer {missing[0]}` first (explained "
                            f"layers: {', '.join(map(str, have))})")
     return key, wanted
+
+
+def selected_explanations(run: Path, model: str, layer: int, explainer: str | None,
+                          neurons: str):
+    """A layer's `ok` explanations by `explainer` (None: any) of the `neurons` spec, reading
+    only those neurons' rows when the spec names some; an ExplainError names an explainer
+    with no explanation there and the explainers that have one."""
+    from explainer import ExplainError
+    from explainer.config import parse_spec
+    from explainer.run.meta import model_meta
+    from explainer.run.parquet import read
+
+    d_mlp = int((model_meta(run, model) or {}).get("d_mlp") or 0)
+    narrowed = str(neurons).strip() != "all" and d_mlp
+    ex = read_neurons(run, "explanations", model, layer,
+                      parse_spec(neurons, d_mlp, "neuron", f"{model} layer")) if narrowed \
+        else read(run, "explanations", model=model, layer=layer)
+    ex = ex[ex["status"] == "ok"]
+    if explainer is not None:
+        if not (ex["explainer"] == explainer).any():
+            have = ", ".join(sorted(set(ex["explainer"]))) or "none"
+            raise ExplainError(f"--explainer {explainer}: no explanations by it in layer "
+                               f"{layer} (have: {have})")
+        ex = ex[ex["explainer"] == explainer]
+    if str(neurons).strip() != "all" and not d_mlp:  # no run.json width: filter after reading
+        n = int(ex["neuron"].max()) + 1 if len(ex) else 1
+        ex = ex[ex["neuron"].isin(parse_spec(neurons, n, "neuron", f"{model} layer"))]
+    return ex

@@ -114,23 +114,7 @@ def _compact(run_dir: Path, model: str, layers) -> None:
 
 
 def _jobs(run_dir: Path, model: str, layer: int, cfg: C.SimulateConfig) -> list[_Job]:
-    if str(cfg.neurons).strip() == "all":
-        ex = rundir.read(run_dir, "explanations", model=model, layer=layer)
-    else:  # a block (or a selection) reads only its own neurons' rows
-        d_mlp = int((rundir.model_meta(run_dir, model) or {}).get("d_mlp") or 0)
-        wanted = C.parse_spec(cfg.neurons, d_mlp, "neuron", f"{model} layer") if d_mlp else []
-        ex = rundir.read_neurons(run_dir, "explanations", model, layer, wanted) if d_mlp \
-            else rundir.read(run_dir, "explanations", model=model, layer=layer)
-    ex = ex[ex["status"] == "ok"]
-    if cfg.explainer is not None:
-        if not (ex["explainer"] == cfg.explainer).any():
-            have = ", ".join(sorted(set(ex["explainer"]))) or "none"
-            raise ExplainError(f"--explainer {cfg.explainer}: no explanations by it in layer "
-                               f"{layer} (have: {have})")
-        ex = ex[ex["explainer"] == cfg.explainer]
-    if str(cfg.neurons).strip() != "all":
-        d_mlp = int((rundir.model_meta(run_dir, model) or {}).get("d_mlp") or ex["neuron"].max() + 1)
-        ex = ex[ex["neuron"].isin(C.parse_spec(cfg.neurons, d_mlp, "neuron", f"{model} layer"))]
+    ex = rundir.selected_explanations(run_dir, model, layer, cfg.explainer, cfg.neurons)
     if ex.empty:
         return []
     splits = ("calibrate", "valid", "test") if cfg.calibrate else ("valid", "test")
