@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from explainer import ExplainError
+from explainer import progress
 from explainer import run as rundir
 from explainer import config as C
 from explainer.describe import baseline
@@ -223,12 +224,6 @@ class _Writer:
         self.last = time.monotonic()
 
 
-def _progress():
-    from explainer import progress
-
-    return progress.bar("describe")
-
-
 def _no_signal(job: _Job, evidence: str = "inputs") -> str | None:
     """Why a neuron cannot be explained from the evidence shown, or None when it can."""
     if evidence != "inputs" and job.outputs is None:
@@ -243,7 +238,7 @@ def _no_signal(job: _Job, evidence: str = "inputs") -> str | None:
 
 
 def _run_baseline(jobs: list[_Job], writer: _Writer, evidence: str = "inputs") -> None:
-    with _progress() as bar:
+    with progress.bar("describe") as bar:
         task = bar.add_task("describe", total=len(jobs))
         try:
             for job in jobs:
@@ -283,7 +278,7 @@ async def _run_llm(cfg: C.DescribeConfig, jobs: list[_Job], writer: _Writer) -> 
                 await _explain_one(llm, job, cfg.api, temperature, writer, cfg.evidence)
                 bar.advance(task)
 
-        with _progress() as bar:
+        with progress.bar("describe") as bar:
             task = bar.add_task("describe", total=len(jobs))
             try:
                 # The LLM's semaphore bounds requests in flight; workers only bound memory.

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from explainer import ExplainError
+from explainer import progress
 from explainer import run as rundir
 from explainer import config as C
 from explainer.score import rows as SS
@@ -215,7 +216,7 @@ async def _own(sim, cfg: C.SimulateConfig, name: str, model: str, todo: list[_Jo
                                       k=cfg.excerpts_per_prompt, test=cfg.test))
             bar.advance(task)
 
-    with _progress() as bar:
+    with progress.bar("simulate") as bar:
         task = bar.add_task("simulate", total=len(todo))
         try:
             n = max(1, min(len(todo), sim.workers))
@@ -294,12 +295,6 @@ class _Writer:
         if self.scores:
             rundir.write_rows(self.run_dir, "scores", self.scores, prefix="simulate")
         self.sims, self.scores = [], []
-
-
-def _progress():
-    from explainer import progress
-
-    return progress.bar("simulate")
 
 
 def _explained(run_dir: Path, model: str, layers: list[int], cfg: C.SimulateConfig) -> list:
