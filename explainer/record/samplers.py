@@ -96,9 +96,8 @@ class RandomSample:
         if self.pool is None:
             return
         ids = _np(excerpt_ids, np.int64)
-        keys = -hashed_keys(self.stream, ids, acts.shape[2])  # smallest key ranks first
-        kernels.merge_topk(_np(acts), ids, keys, self.pool.vals, self.pool.ids, self.pool.slot,
-                           self.pool.acts)
+        keys = -hashed_keys(self.stream, ids, acts.shape[2])  # the smallest key ranks first
+        self.pool.update(acts, ids, keys)
 
     def sample(self, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ids (N, r), acts (N, r, ctx)): each neuron's first r candidates not in its row of

@@ -19,6 +19,7 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,12 +90,11 @@ def run_shard(task: ShardTask, advance=lambda n, tokens: None) -> dict:
     `advance(n_excerpts, n_tokens)` is called after every batch (the local engine's bar)."""
     import torch
 
-    cfg, stage = task.cfg, Path(task.run) / _staging_name(task.cfg)
+    cfg = task.cfg
+    stage = staging(task.run, models.resolve(cfg.model).name)
     out = shard_dir(stage, task.index)
     if done(stage, task.index) is not None:
         return {"units": 0}
-    import shutil
-
     shutil.rmtree(out, ignore_errors=True)  # a shard killed half-way starts again
     out.mkdir(parents=True)
     subject = subject_for(cfg)
@@ -104,7 +104,7 @@ def run_shard(task: ShardTask, advance=lambda n, tokens: None) -> dict:
     source = corpus.excerpts(cfg.corpus, subject.tokenizer, cfg.ctx, task.stop)
     source = itertools.dropwhile(lambda e: e.excerpt_id < task.start, source)
     with torch.inference_mode(), steady_heap() as trim:
-        for batch in _batches(source, cfg.batch_size):
+        for batch in batches(source, cfg.batch_size):
             tokens = torch.tensor([e.token_ids for e in batch])  # (B, ctx)
             digest.update(tokens.numpy().astype(np.int32).tobytes())
             state.add(torch.tensor([e.excerpt_id for e in batch]), tokens)
@@ -252,17 +252,14 @@ def staging(run_dir: Path, model: str) -> Path:
     return Path(run_dir) / f".staging-{rundir.model_key(model)}"
 
 
-def _staging_name(cfg: RecordConfig) -> str:
-    return staging(Path("."), models.resolve(cfg.model).name).name
-
-
 def _atomic_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
 
-def _batches(source, size: int):
+def batches(source, size: int):
+    """Consecutive lists of `size` items of `source` (the last may be shorter)."""
     batch = []
     for ex in source:
         batch.append(ex)

@@ -239,7 +239,7 @@ def _quantile_pass(cfg: RecordConfig, subject, layers: list[int], res: dict) -> 
     bins = {la: [TopK(q, subject.d_mlp, cfg.ctx) for _ in range(n_bins)] for la in layers}
     source = corpus.excerpts(cfg.corpus, subject.tokenizer, cfg.ctx, cfg.n_excerpts)
     with torch.inference_mode(), shards.steady_heap() as trim:
-        for batch in shards._batches(source, cfg.batch_size):
+        for batch in shards.batches(source, cfg.batch_size):
             ids = torch.tensor([e.excerpt_id for e in batch])
 
             def consume(la, acts):
