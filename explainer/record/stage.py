@@ -237,6 +237,7 @@ def _quantile_pass(cfg: RecordConfig, subject, layers: list[int], res: dict) -> 
                                + ([res["bottoms"][la].ids] if res["bottoms"] else []), axis=1)
             for la in layers}  # (N, m) excerpt ids each neuron already keeps
     bins = {la: [TopK(q, subject.d_mlp, cfg.ctx) for _ in range(n_bins)] for la in layers}
+    streams = {la: stream_id(cfg.seed, "quantile", mkey, la) for la in layers}
     source = corpus.excerpts(cfg.corpus, subject.tokenizer, cfg.ctx, cfg.n_excerpts)
     with torch.inference_mode(), shards.steady_heap() as trim:
         for batch in shards.batches(source, cfg.batch_size):
@@ -245,8 +246,7 @@ def _quantile_pass(cfg: RecordConfig, subject, layers: list[int], res: dict) -> 
             def consume(la, acts):
                 frac = acts.amax(dim=1) / maxima[la].clamp(min=1e-12)  # (B, N)
                 which = torch.ceil(frac * n_bins).long() - 1  # bin index; < 0 when max <= 0
-                keys = -torch.from_numpy(hashed_keys(stream_id(cfg.seed, "quantile", mkey, la),
-                                                     ids.numpy(), subject.d_mlp))
+                keys = -torch.from_numpy(hashed_keys(streams[la], ids.numpy(), subject.d_mlp))
                 mine = (ids.numpy()[:, None, None] == held[la][None]).any(axis=2)  # (B, N)
                 keys[torch.from_numpy(mine)] = float("-inf")
                 for b, top in enumerate(bins[la]):
