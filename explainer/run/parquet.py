@@ -250,9 +250,15 @@ def _read_file(path: Path, columns: list[str], t) -> pa.Table:
     """One file's columns; a column added to the contract after the file was written reads as
     its default (see schema.DEFAULTS), so runs made by an older version stay readable."""
     have = set(pq.read_schema(path).names)
-    piece = pq.read_table(path, columns=[c for c in columns if c in have])
+    return with_defaults(pq.read_table(path, columns=[c for c in columns if c in have]),
+                         columns, t)
+
+
+def with_defaults(piece: pa.Table, columns: list[str], t) -> pa.Table:
+    """`piece` with `columns` in order, each one it lacks (added to the contract after its file
+    was written) filled with that column's default (schema.DEFAULTS), else nulls."""
     for c in columns:
-        if c not in have:
+        if c not in piece.column_names:
             typ = t.schema.field(c).type
             value = DEFAULTS.get(c)
             col = pa.nulls(piece.num_rows, typ) if value is None else \

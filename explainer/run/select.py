@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from explainer.run.parquet import _keep_newest, files
-from explainer.run.schema import DEFAULTS, TABLES, model_key
+from explainer.run.parquet import _keep_newest, files, with_defaults
+from explainer.run.schema import TABLES, model_key
 
 BATCH_ROWS = 8192  # rows decoded at a time
 
@@ -58,13 +58,8 @@ def _filtered(path: Path, columns: list[str], wanted: pa.Array, t) -> list[pa.Ta
         part = part.filter(pc.is_in(part.column("neuron").cast(pa.int64()), value_set=wanted))
         if not part.num_rows:
             continue
-        for c in columns:  # a column added to the contract after the file was written
-            if c not in have:
-                value = DEFAULTS.get(c)
-                typ = t.schema.field(c).type
-                part = part.append_column(c, pa.nulls(part.num_rows, typ) if value is None
-                                          else pa.array([value] * part.num_rows, typ))
-        out.append(part.select(columns).cast(pa.schema([t.schema.field(c) for c in columns])))
+        part = with_defaults(part, columns, t)
+        out.append(part.cast(pa.schema([t.schema.field(c) for c in columns])))
     return out
 
 
