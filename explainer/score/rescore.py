@@ -12,7 +12,7 @@ from pathlib import Path
 from explainer import ExplainError
 from explainer import config as C
 from explainer import run as rundir
-from explainer.score.rows import Candidate, Item, mark_best, score_row, text_hash
+from explainer.score.rows import Candidate, Item, mark_best, mode_family, score_row, text_hash
 
 
 def run(cfg: C.ScoreConfig) -> Path:
@@ -69,7 +69,7 @@ def _rescore_layer(run_dir: Path, model: str, layer: int, calibrate: bool) -> li
     groups: dict[tuple, list[Item]] = {}
     for r in sims.itertuples(index=False):
         # Everything that tells one simulated explanation from another stays apart.
-        key = (int(r.neuron), r.side, r.explainer, r.simulator, r.mode.split("-")[0],
+        key = (int(r.neuron), r.side, r.explainer, r.simulator, mode_family(r.mode),
                r.control, r.source_neuron, int(r.candidate), r.sim_prompt_hash,
                r.explanation_hash)
         acts = real.get((int(r.neuron), r.kind, int(r.excerpt_id)))

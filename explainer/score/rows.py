@@ -47,6 +47,11 @@ class Candidate:
     source_neuron: int | None = None  # the neuron the explanation was written for
 
 
+def mode_family(mode: str) -> str:
+    """A simulator mode without its variant: chat-logprob is chat (the same prompt and answer)."""
+    return mode.split("-")[0]
+
+
 def text_hash(text: str) -> str:
     """12 hex identifying an explanation's text (stored with every simulation and score)."""
     import hashlib

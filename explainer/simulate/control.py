@@ -55,10 +55,6 @@ def derangement(neurons: Sequence[int], key: str) -> dict[int, int]:
     return {order[(i + 1) % len(order)]: order[i] for i in range(len(order))}
 
 
-def _family(mode: str) -> str:
-    return mode.split("-")[0]
-
-
 def chosen(run_dir: Path, model: str, layer: int, simulator: str, mode: str | None,
            phash: str) -> dict[tuple, tuple[int, str]]:
     """(neuron, side, explainer) -> (candidate, explanation_hash) of each chosen explanation."""
@@ -69,7 +65,7 @@ def chosen(run_dir: Path, model: str, layer: int, simulator: str, mode: str | No
             & (sc["control"] == "none") & (sc["sim_prompt_hash"] == phash)
             & (sc["split"] == "valid") & sc["best"].astype(bool)]
     if mode is not None:
-        sc = sc[sc["mode"].map(_family) == _family(mode)]
+        sc = sc[sc["mode"].map(SS.mode_family) == SS.mode_family(mode)]
     return {(int(n), sd, e): (int(c), h) for n, sd, e, c, h in zip(
         sc["neuron"], sc["side"], sc["explainer"], sc["candidate"], sc["explanation_hash"])}
 
@@ -111,7 +107,7 @@ class Done:
             sims = sims[(sims["simulator"] == simulator) & (sims["status"] == "ok")
                         & (sims["control"] == SHUFFLED) & (sims["sim_prompt_hash"] == phash)]
             if mode is not None:
-                sims = sims[sims["mode"].map(_family) == _family(mode)]
+                sims = sims[sims["mode"].map(SS.mode_family) == SS.mode_family(mode)]
             self.pred = {(int(n), sd, e, int(s), h, k, int(x)): tuple(float(v) for v in p)
                          for n, sd, e, s, h, k, x, p in zip(
                              sims["neuron"], sims["side"], sims["explainer"],
@@ -122,7 +118,7 @@ class Done:
                     & (sc["control"] == SHUFFLED) & (sc["sim_prompt_hash"] == phash)
                     & (sc["split"] == "valid") & (sc["status"] != "failed")]
             if mode is not None:
-                sc = sc[sc["mode"].map(_family) == _family(mode)]
+                sc = sc[sc["mode"].map(SS.mode_family) == SS.mode_family(mode)]
             self.scored = {(int(n), sd, e, int(s), h) for n, sd, e, s, h in zip(
                 sc["neuron"], sc["side"], sc["explainer"], sc["source_neuron"],
                 sc["explanation_hash"])}

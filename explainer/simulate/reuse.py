@@ -13,10 +13,6 @@ from explainer import run as rundir
 from explainer.score import rows as SS
 
 
-def _family(mode: str) -> str:
-    return mode.split("-")[0]  # chat-logprob is chat: the same prompt and answer
-
-
 class Done:
     """Stored predictions that can be reused, and the neurons whose scores are complete.
 
@@ -35,8 +31,8 @@ class Done:
         sc = sc[(sc["simulator"] == simulator) & (sc["method"] == "simulation")
                 & (sc["control"] == "none") & (sc["sim_prompt_hash"] == prompt_hash)]
         if mode is not None:  # predictions of another mode are not reused
-            sims = sims[sims["mode"].map(_family) == _family(mode)]
-            sc = sc[sc["mode"].map(_family) == _family(mode)]
+            sims = sims[sims["mode"].map(SS.mode_family) == SS.mode_family(mode)]
+            sc = sc[sc["mode"].map(SS.mode_family) == SS.mode_family(mode)]
         self.pred = {(int(n), sd, e, int(c), k, int(x), h): tuple(float(v) for v in p)
                      for n, sd, e, c, k, x, h, p in zip(
                          sims["neuron"], sims["side"], sims["explainer"], sims["candidate"],
