@@ -114,17 +114,20 @@ def run(cfg: RecordConfig) -> Path:
               f"{run_dir}")
         return run_dir
     created = not run_dir.exists()
+    outputs = logits.OutputSide(subject, todo)  # what each neuron writes, beside the pass
     try:
         result = _record(cfg, subject, todo, sides, settings)
         _check_same_text(run_dir, spec.name, result)
-    except ExplainError:
-        # Bad input found mid-pass (e.g. an empty corpus): leave no files at all. A kill or
-        # Ctrl-C keeps the finished shards in the staging folder; a rerun resumes from them.
-        shutil.rmtree(shards.staging(run_dir, spec.name), ignore_errors=True)
-        if created:
-            shutil.rmtree(run_dir, ignore_errors=True)
+    except BaseException as e:
+        outputs.cancel()
+        if isinstance(e, ExplainError):
+            # Bad input found mid-pass (e.g. an empty corpus): leave no files at all. A kill or
+            # Ctrl-C keeps the finished shards in the staging folder; a rerun resumes from them.
+            shutil.rmtree(shards.staging(run_dir, spec.name), ignore_errors=True)
+            if created:
+                shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    _write(run_dir, cfg, subject, settings, todo, result)
+    _write(run_dir, cfg, subject, settings, todo, result, outputs)
     return run_dir
 
 
@@ -259,7 +262,7 @@ def _quantile_pass(cfg: RecordConfig, subject, layers: list[int], res: dict) -> 
 
 
 def _write(run_dir: Path, cfg: RecordConfig, subject, settings: dict, layers: list[int],
-           res: dict) -> None:
+           res: dict, outputs: logits.OutputSide) -> None:
     key = rundir.model_key(subject.name)
     meta = rundir.read_run_json(run_dir)
     entry = meta["models"].get(key)
@@ -284,7 +287,7 @@ def _write(run_dir: Path, cfg: RecordConfig, subject, settings: dict, layers: li
     for la in layers:
         rundir.remove_partition(run_dir, "records", key, la)
         rundir.remove_partition(run_dir, "neurons", key, la)
-        tables.write_layer(run_dir, key, la, res, logits.layer_columns(subject, la))
+        tables.write_layer(run_dir, key, la, res, outputs.columns(la))
         entry["layers_done"] = sorted(set(entry["layers_done"]) | {la})
 
         def mark_done(meta: dict, entry=dict(entry)) -> None:  # under run.json's lock: other

@@ -125,6 +125,7 @@ class Subject:
         self.tokenizer = bridge.tokenizer
         self.d_mlp = spec.d_mlp
         self._strings: dict[int, str] = {}
+        self._unembedding = None  # record/logits.Unembedding, made on first use
         tok = self.tokenizer
         # The first token of an excerpt cut from running text has no context, and many models
         # park huge activations on whatever token comes first (an attention sink). A BOS token
@@ -182,9 +183,9 @@ class Subject:
 
     def output_weights(self, layer: int):
         """What layer's neurons write and how it reaches the logits (see record/logits.py):
-        (W_out rows (d_mlp, d_model), the final norm's linear part, W_U (d_model, d_vocab),
-        the number of ids the tokenizer decodes)."""
-        from explainer.record.logits import Norm
+        (W_out rows (d_mlp, d_model), the final norm's linear part, the unembedding cut to the
+        ids the tokenizer decodes, prepared once for every layer)."""
+        from explainer.record.logits import Norm, Unembedding
 
         ln = self.bridge.ln_final  # a NormalizationBridge: it says which norm it wraps
         weight = ln.w.detach()
@@ -192,7 +193,9 @@ class Subject:
             weight = 1.0 + weight
         norm = Norm("rmsnorm" if ln.uses_rms_norm else "layernorm", weight)
         w_out = self.bridge.blocks[layer].mlp.W_out.detach()  # (d_mlp, d_model)
-        return w_out, norm, self.bridge.W_U.detach(), len(self.tokenizer)
+        if self._unembedding is None:
+            self._unembedding = Unembedding.of(self.bridge.W_U, len(self.tokenizer))
+        return w_out, norm, self._unembedding
 
     @property
     def device(self):
