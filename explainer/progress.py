@@ -32,3 +32,28 @@ def bar(label: str, *extra, transient: bool = False):
     return Progress(TextColumn(label, markup=False), BarColumn(bar_width=16),
                     MofNCompleteColumn(), Rate(), *extra, TimeElapsedColumn(), TextColumn("eta"),
                     TimeRemainingColumn(), console=Console(stderr=True), transient=transient)
+
+
+async def drain(label: str, items: list, handle, workers: int, finish=None) -> None:
+    """Await handle(item) for every item, `workers` at a time, under one bar labelled `label`;
+    finish() runs when they are done or one failed (a stage's writer flushes what it holds, so
+    a failure or Ctrl-C keeps the finished work)."""
+    import asyncio
+
+    queue: asyncio.Queue = asyncio.Queue()
+    for item in items:
+        queue.put_nowait(item)
+
+    async def worker(shown, task) -> None:
+        while not queue.empty():
+            await handle(queue.get_nowait())
+            shown.advance(task)
+
+    with bar(label) as shown:
+        task = shown.add_task(label, total=len(items))
+        try:
+            n = max(1, min(len(items), workers))
+            await asyncio.gather(*(worker(shown, task) for _ in range(n)))
+        finally:
+            if finish is not None:
+                finish()

@@ -268,24 +268,12 @@ async def _run_llm(cfg: C.DescribeConfig, jobs: list[_Job], writer: _Writer) -> 
     async with L.LLM(endpoint, cfg.run, stage=stage, cfg=cfg.llm,
                      prompt_logprobs=False) as llm:
         await L.probe(llm, echo=False)
-        queue: asyncio.Queue[_Job] = asyncio.Queue()
-        for job in jobs:
-            queue.put_nowait(job)
 
-        async def worker(bar, task) -> None:
-            while not queue.empty():
-                job = queue.get_nowait()
-                await _explain_one(llm, job, cfg.api, temperature, writer, cfg.evidence)
-                bar.advance(task)
+        async def one(job: _Job) -> None:
+            await _explain_one(llm, job, cfg.api, temperature, writer, cfg.evidence)
 
-        with progress.bar("describe") as bar:
-            task = bar.add_task("describe", total=len(jobs))
-            try:
-                # The LLM's semaphore bounds requests in flight; workers only bound memory.
-                n = min(len(jobs), llm.capacity())
-                await asyncio.gather(*(worker(bar, task) for _ in range(n)))
-            finally:
-                writer.flush()
+        # The LLM's semaphore bounds requests in flight; workers only bound memory.
+        await progress.drain("describe", jobs, one, llm.capacity(), writer.flush)
         print(f"describe: {writer.n_ok} explained, {writer.n_failed} failed "
               "(failures are retried on the next run)", file=sys.stderr)
         print(f"describe: LLM {llm.summary()}", file=sys.stderr)

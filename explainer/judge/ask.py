@@ -46,24 +46,13 @@ async def run(cfg: C.JudgeConfig, endpoint, model: str, jobs: list[_Job], phash:
     async with L.LLM(endpoint, cfg.run, stage=f"judge-{cfg.method}", cfg=cfg.llm,
                      prompt_logprobs=cfg.logprobs) as llm:
         await L.probe(llm, echo=False)
-        queue: asyncio.Queue[_Job] = asyncio.Queue()
-        for job in asked:
-            queue.put_nowait(job)
 
-        async def worker(bar, task) -> None:
-            while not queue.empty():
-                job = queue.get_nowait()
-                answers = await _judge(llm, cfg, job)
-                writer.add(*_rows(cfg, model, endpoint.model, phash, job, answers))
-                bar.advance(task)
+        async def one(job: _Job) -> None:
+            answers = await _judge(llm, cfg, job)
+            writer.add(*_rows(cfg, model, endpoint.model, phash, job, answers))
 
-        with progress.bar(f"judge {cfg.method}") as bar:
-            task = bar.add_task("judge", total=len(asked))
-            try:
-                n = max(1, min(len(asked), cfg.llm.concurrency))
-                await asyncio.gather(*(worker(bar, task) for _ in range(n)))
-            finally:
-                writer.flush()
+        await progress.drain(f"judge {cfg.method}", asked, one, cfg.llm.concurrency,
+                             writer.flush)
         writer.compact()
         print(f"judge: {writer.n_jobs} explanations judged by {cfg.method} "
               f"({writer.n_items} items, {writer.n_failed} unreadable; those are asked again "

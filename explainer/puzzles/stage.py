@@ -194,9 +194,6 @@ async def _simulate(sim, todo: list[_Item], pset: str, simulator: str, phash: st
     by_puzzle: dict[str, list[_Item]] = {}
     for it in todo:
         by_puzzle.setdefault(it.puzzle.name, []).append(it)
-    queue: asyncio.Queue[list[_Item]] = asyncio.Queue()
-    for group in by_puzzle.values():
-        queue.put_nowait(group)
     buffer: list[rundir.PuzzleRow] = []
     counts = {"puzzles": 0, "tokens": 0}
 
@@ -205,24 +202,15 @@ async def _simulate(sim, todo: list[_Item], pset: str, simulator: str, phash: st
             rundir.write_rows(out, "puzzles", buffer, prefix="puzzles")
             buffer.clear()
 
-    async def worker(bar, task) -> None:
-        while not queue.empty():
-            group = queue.get_nowait()
-            rows = await asyncio.gather(*(_score(sim, it, pset, simulator, phash) for it in group))
-            buffer.extend(rows)
-            counts["tokens"] += sum(r.n_tokens for r in rows if r.explanation is not None)
-            counts["puzzles"] += 1
-            if counts["puzzles"] % FLUSH_PUZZLES == 0:
-                flush()
-            bar.advance(task)
-
-    with progress.bar("puzzles") as bar:
-        task = bar.add_task("puzzles", total=len(by_puzzle))
-        try:
-            n = max(1, min(len(by_puzzle), sim.workers))
-            await asyncio.gather(*(worker(bar, task) for _ in range(n)))
-        finally:
+    async def one(group: list[_Item]) -> None:
+        rows = await asyncio.gather(*(_score(sim, it, pset, simulator, phash) for it in group))
+        buffer.extend(rows)
+        counts["tokens"] += sum(r.n_tokens for r in rows if r.explanation is not None)
+        counts["puzzles"] += 1
+        if counts["puzzles"] % FLUSH_PUZZLES == 0:
             flush()
+
+    await progress.drain("puzzles", list(by_puzzle.values()), one, sim.workers, flush)
     return counts["tokens"]
 
 

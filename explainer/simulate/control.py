@@ -151,24 +151,12 @@ async def run(sim, run_dir: Path, model: str, jobs: Sequence, simulator: str, ph
         return 0
     done = {lay: Done(run_dir, model, lay, simulator, sim.mode, phash)
             for lay in sorted({j.layer for j in todo})}
-    queue: asyncio.Queue[ControlJob] = asyncio.Queue()
-    for job in todo:
-        queue.put_nowait(job)
     from explainer import progress
 
-    async def worker(bar, task) -> None:
-        while not queue.empty():
-            job = queue.get_nowait()
-            writer.add(*await _control(sim, job, model, simulator, done[job.layer], phash))
-            bar.advance(task)
+    async def one(job: ControlJob) -> None:
+        writer.add(*await _control(sim, job, model, simulator, done[job.layer], phash))
 
-    with progress.bar("control") as bar:
-        task = bar.add_task("control (shuffled)", total=len(todo))
-        try:
-            await asyncio.gather(*(worker(bar, task)
-                                   for _ in range(max(1, min(len(todo), sim.workers)))))
-        finally:
-            writer.flush()
+    await progress.drain("control", todo, one, sim.workers, writer.flush)
     print(f"simulate: {len(todo)} shuffled controls scored ({writer.n_defined} defined, "
           f"{writer.n_failed} failed excerpts), seed {seed}", file=sys.stderr)
     return len(todo)

@@ -204,25 +204,12 @@ async def _own(sim, cfg: C.SimulateConfig, name: str, model: str, todo: list[_Jo
                        {j.neuron for j in todo if j.layer == lay})
             for lay in sorted({j.layer for j in todo})}
     writer = _Writer(Path(cfg.run))
-    queue: asyncio.Queue[_Job] = asyncio.Queue()
-    for job in todo:
-        queue.put_nowait(job)
 
-    async def worker(bar, task) -> None:
-        while not queue.empty():
-            job = queue.get_nowait()
-            writer.add(*await _neuron(sim, job, model, name, done[job.layer],
-                                      splits, cfg.calibrate, phash,
-                                      k=cfg.excerpts_per_prompt, test=cfg.test))
-            bar.advance(task)
+    async def one(job: _Job) -> None:
+        writer.add(*await _neuron(sim, job, model, name, done[job.layer], splits,
+                                  cfg.calibrate, phash, k=cfg.excerpts_per_prompt, test=cfg.test))
 
-    with progress.bar("simulate") as bar:
-        task = bar.add_task("simulate", total=len(todo))
-        try:
-            n = max(1, min(len(todo), sim.workers))
-            await asyncio.gather(*(worker(bar, task) for _ in range(n)))
-        finally:
-            writer.flush()
+    await progress.drain("simulate", todo, one, sim.workers, writer.flush)
     print(f"simulate: {writer.n_scores} neurons x explanations scored "
           f"({writer.n_defined} defined, {writer.n_failed} failed excerpts; failures are "
           f"retried on the next run), mode {sim.mode}", file=sys.stderr)
