@@ -86,7 +86,7 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log de
 @app.command()
 def models():
     """List the subject models, their sizes, and whether each loads here right now."""
-    from explainer.record import subject as M
+    from explainer.subject import models as M
 
     typer.echo(M.format_table(M.list_models()))
 
@@ -180,6 +180,9 @@ def judge(
     seed: Annotated[int, typer.Option(help="Seed of the shuffle into prompts and of fuzzing's decoys.")] = 0,
     logprobs: Annotated[Optional[bool], typer.Option("--logprobs/--no-logprobs", help="Ask for top_logprobs (P(yes) and AUROC); default: yes, except on the embedded model (slow there).")] = None,
     concurrency: ConcOpt = 8,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 0,
 ):
     """Score explanations with a cheaper judge: detection or fuzzing, beside simulation."""
     from explainer import judge as stage
@@ -188,7 +191,8 @@ def judge(
                         explainer=explainer, judge=judge, excerpts_per_prompt=excerpts_per_prompt,
                         n_positive=n_positive, n_negative=n_negative, fraction=fraction,
                         seed=seed, logprobs=logprobs,
-                        llm=C.LLMConfig(base_url=base_url, concurrency=concurrency))
+                        llm=C.LLMConfig(base_url=base_url, concurrency=concurrency),
+                        engine=C.EngineConfig(engine, ray_address, workers))
     typer.echo(_call(stage.run, cfg))
 
 

@@ -45,7 +45,7 @@ def output_side(subject, unembedding, layers, repeats: int) -> tuple[float, int]
         t0 = time.perf_counter()
         full_rows = 0
         for la in layers:
-            w_out, norm, _ = subject.output_weights(la)
+            w_out, norm, _ = logits.output_weights(subject, la)
             top = logits.top_tokens(w_out, norm, unembedding)
             logits.columns(top, subject.token_strings)
             full_rows += top.full_rows
@@ -84,7 +84,7 @@ class Ready:
 def measure(model: str, n: int, repeats: int, device: str, only: list[str]) -> dict:
     from explainer.config import RecordConfig
     from explainer.record import logits, stage
-    from explainer.record import subject as models
+    from explainer.subject import models
 
     spec = models.resolve(model)
     subject = models.load(spec, device=device)
@@ -92,7 +92,7 @@ def measure(model: str, n: int, repeats: int, device: str, only: list[str]) -> d
     full = logits.Unembedding.of(subject.bridge.W_U)  # the whole vocabulary, screened
 
     def compute(subj, la):
-        w_out, norm, _ = subj.output_weights(la)
+        w_out, norm, _ = logits.output_weights(subj, la)
         return logits.columns(logits.top_tokens(w_out, norm, full), subj.token_strings)
 
     out_s, full_rows = output_side(subject, full, layers, repeats)

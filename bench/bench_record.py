@@ -47,7 +47,7 @@ def throughput(model: str, n: int, batch_size: int, repeats: int = 3) -> dict:
     import torch
 
     from explainer.record import corpus, shards
-    from explainer.record import subject as models
+    from explainer.subject import models
     from explainer.record import stage as record
     from explainer.config import RecordConfig
 
@@ -92,7 +92,7 @@ def device_throughput(model: str, n: int, batch_size: int, repeats: int, dev: st
 
     from explainer.config import RecordConfig
     from explainer.record import corpus, shards
-    from explainer.record import subject as models
+    from explainer.subject import models
 
     spec = models.resolve(model)
     subject = models.load(spec, dev)

@@ -15,7 +15,7 @@ from explainer import config as C
 def run(cfg: C.RunConfig) -> str:
     """Run every stage on cfg.run; returns the report table with the plot and viewer paths."""
     from explainer import describe, record, simulate
-    from explainer.record import subject as models
+    from explainer.subject import models
     from explainer.views import html as view
     from explainer.views import report
 

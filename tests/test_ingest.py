@@ -214,7 +214,7 @@ def test_two_records_of_one_neuron_are_refused(tmp_path):
 
 
 def test_gpt2_shapes_agree_with_the_subject_models():
-    from explainer.record import subject
+    from explainer.subject import models as subject
 
     for name, (n_layers, d_mlp, n_params) in ingest.GPT2.items():
         spec = subject.KNOWN[name]

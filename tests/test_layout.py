@@ -10,7 +10,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "explainer"
 # Plumbing packages: anyone may import them, and they import no stage.
-PLUMBING = {"run", "llm", "prompts", "config", "progress", "engine"}
+# subject (the subject model: load, read activations) is plumbing because two stages run it:
+# record reads the corpus through it, judge (generation, steering) feeds it texts and steers it.
+PLUMBING = {"run", "llm", "prompts", "config", "progress", "engine", "subject"}
 # Shared rules that stages may import (pure scoring); they import plumbing only.
 SHARED = {"score"}
 # Composition: may import anything.

@@ -255,7 +255,7 @@ def test_different_settings_named(tmp_path, tiny_gpt2, tiny_corpus):
 
 @pytest.mark.slow
 def test_embedded_model_matches_hf(tmp_path):
-    from explainer.record import subject as models
+    from explainer.subject import models
 
     run = tmp_path / "r"
     res = record("--model", "smollm2-135m", "--run", str(run), "--n-excerpts", "6",

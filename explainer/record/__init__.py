@@ -1,9 +1,9 @@
 """Stage `record`: run a hooked subject model over a corpus and keep each neuron's excerpts.
 
-`subject` resolves and loads subject models (TransformerLens bridge) and reads their MLP
-activations; `corpus` turns a corpus spec into excerpts; `samplers` and `kernels` keep the exact
+The subject model itself (resolve, load, read MLP activations) is plumbing in
+`explainer.subject`, shared with judge; `corpus` turns a corpus spec into excerpts; `samplers` and `kernels` keep the exact
 top-k, the random sample and the running statistics; `stage` runs the pass and writes `excerpts/`,
-`records/` and `neurons/`. Imports plumbing only (`run`, `llm.embedded`, `config`).
+`records/` and `neurons/`. Imports plumbing only (`run`, `subject`, `config`).
 """
 
 

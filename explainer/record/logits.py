@@ -241,9 +241,24 @@ def columns(top: TopTokens, decode) -> dict:
     return out
 
 
+def output_weights(subject, layer: int):
+    """What layer's neurons write and how it reaches the logits: (W_out rows (d_mlp, d_model),
+    the final norm's linear part, the unembedding cut to the ids the tokenizer decodes, prepared
+    once per loaded subject for every layer)."""
+    ln = subject.bridge.ln_final  # a NormalizationBridge: it says which norm it wraps
+    weight = ln.w.detach()
+    if ln.uses_weight_offset:  # stored as an offset from 1 (Gemma-style RMSNorm)
+        weight = 1.0 + weight
+    norm = Norm("rmsnorm" if ln.uses_rms_norm else "layernorm", weight)
+    w_out = subject.bridge.blocks[layer].mlp.W_out.detach()  # (d_mlp, d_model)
+    if "unembedding" not in subject.derived:
+        subject.derived["unembedding"] = Unembedding.of(subject.bridge.W_U, len(subject.tokenizer))
+    return w_out, norm, subject.derived["unembedding"]
+
+
 def layer_columns(subject, layer: int, k: int = K) -> dict:
     """The output-side neurons/ columns of one layer of a loaded subject."""
-    w_out, norm, unembedding = subject.output_weights(layer)
+    w_out, norm, unembedding = output_weights(subject, layer)
     return columns(top_tokens(w_out, norm, unembedding, k), subject.token_strings)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from explainer import run as rundir
 from explainer.config import RecordConfig
 from explainer.record import corpus
-from explainer.record import subject as models
+from explainer.subject import models
 from explainer.record.samplers import RandomSample, Stats, TopK, stream_id
 
 TRIM_EVERY = 64  # batches between heap trims: a safety net against fragmentation on long runs

@@ -26,7 +26,7 @@ import numpy as np
 from explainer import ExplainError
 from explainer import config as C
 from explainer.record import corpus, logits, shards, tables
-from explainer.record import subject as models
+from explainer.subject import models
 from explainer import run as rundir
 from explainer.config import RANDOM_SPLITS, SPLITS, RecordConfig, parse_spec
 from explainer.record.samplers import stream_id

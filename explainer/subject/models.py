@@ -125,7 +125,9 @@ class Subject:
         self.tokenizer = bridge.tokenizer
         self.d_mlp = spec.d_mlp
         self._strings: dict[int, str] = {}
-        self._unembedding = None  # record/logits.Unembedding, made on first use
+        # Tensors other modules derive from the weights once per loaded model (record/logits
+        # keeps its prepared unembedding here), so every layer reuses them.
+        self.derived: dict[str, object] = {}
         tok = self.tokenizer
         # The first token of an excerpt cut from running text has no context, and many models
         # park huge activations on whatever token comes first (an attention sink). A BOS token
@@ -180,22 +182,6 @@ class Subject:
     def forward(self, tokens) -> None:
         """A bare forward pass with no hooks, BOS included (the benchmark's reference)."""
         self.bridge(self.with_bos(tokens).to(self.device), return_type=None)
-
-    def output_weights(self, layer: int):
-        """What layer's neurons write and how it reaches the logits (see record/logits.py):
-        (W_out rows (d_mlp, d_model), the final norm's linear part, the unembedding cut to the
-        ids the tokenizer decodes, prepared once for every layer)."""
-        from explainer.record.logits import Norm, Unembedding
-
-        ln = self.bridge.ln_final  # a NormalizationBridge: it says which norm it wraps
-        weight = ln.w.detach()
-        if ln.uses_weight_offset:  # stored as an offset from 1 (Gemma-style RMSNorm)
-            weight = 1.0 + weight
-        norm = Norm("rmsnorm" if ln.uses_rms_norm else "layernorm", weight)
-        w_out = self.bridge.blocks[layer].mlp.W_out.detach()  # (d_mlp, d_model)
-        if self._unembedding is None:
-            self._unembedding = Unembedding.of(self.bridge.W_U, len(self.tokenizer))
-        return w_out, norm, self._unembedding
 
     @property
     def device(self):
