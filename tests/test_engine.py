@@ -178,3 +178,112 @@ def test_local_engine_in_blocks_equals_one_pass(tmp_path):
     for table in ("simulations", "scores"):
         want, got = _table(whole, table), _table(blocked, table)
         assert len(want) > 0 and want.equals(got), table
+
+
+# --- the door: `--engine ray` that cannot start fails in one line, before any file ----------
+
+# A meta-path hook that hides Ray from the import system, as on an install without the extra.
+NO_RAY = (
+    "import sys\n"
+    "class _NoRay:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name == 'ray' or name.startswith('ray.'):\n"
+    "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+    "sys.meta_path.insert(0, _NoRay())\n")
+DOOR_LIMIT_S = 15.0
+
+
+def _explain(args: list[str], hide_ray: bool = False) -> tuple[subprocess.CompletedProcess, float]:
+    """The real `explain` command in a fresh process (RAY_ADDRESS unset); (result, seconds)."""
+    import os
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    code = (NO_RAY if hide_ray else "") + "from explainer.cli import main\nmain()\n"
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                         cwd=RF.__file__.rsplit("/tests/", 1)[0], env=env, timeout=120)
+    return out, time.monotonic() - t0
+
+
+def _files(root) -> dict:
+    """Every path under `root` with its size and mtime (empty when `root` does not exist)."""
+    from pathlib import Path
+
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(Path(root).rglob("*"))} if Path(root).exists() else {}
+
+
+def _door_args(stage: str, tmp_path, tiny_gpt2, tiny_corpus) -> tuple[list[str], object]:
+    """(arguments of `stage` that would work locally, its run directory)."""
+    if stage == "record":  # a run that does not exist yet: it must not be created
+        run = tmp_path / "new-run"
+        return ["record", "--run", str(run), "--model", str(tiny_gpt2), "--corpus",
+                str(tiny_corpus), "--layers", "0"], run
+    run = _sim_run(tmp_path / "run")  # explained already: simulate and judge get that far
+    extra = {"describe": ["--explainer", C.BASELINE_EXPLAINER],
+             "simulate": ["--simulator", C.BASELINE_SIMULATOR],
+             "judge": ["--method", "detection"]}[stage]
+    return [stage, "--run", str(run), "--layers", "0", *extra], run
+
+
+STAGES = ["record", "describe", "simulate", "judge"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_ray_address_that_does_not_answer_fails_in_one_line(stage, tmp_path, tiny_gpt2,
+                                                              tiny_corpus):
+    import socket
+
+    with socket.socket() as sock:  # bound but never listening: a connection is refused
+        sock.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{sock.getsockname()[1]}"
+        args, run = _door_args(stage, tmp_path, tiny_gpt2, tiny_corpus)
+        before = _files(run)
+        out, seconds = _explain([*args, "--engine", "ray", "--ray-address", address])
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr  # no traceback, no Ray log lines
+    assert address in lines[0] and "ray start --head" in lines[0]
+    assert seconds < DOOR_LIMIT_S
+    assert _files(run) == before  # nothing written (record: no run dir, no staging folder)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_engine_ray_without_ray_installed_names_the_extra(stage, tmp_path, tiny_gpt2,
+                                                           tiny_corpus):
+    args, run = _door_args(stage, tmp_path, tiny_gpt2, tiny_corpus)
+    before = _files(run)
+    out, _ = _explain([*args, "--engine", "ray"], hide_ray=True)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'explain[ray]'" in lines[0], out.stderr
+    assert _files(run) == before
+
+
+def test_door_tells_a_ray_head_from_another_server(ray_cluster):
+    """The real head answers the door; a server that speaks something else does not."""
+    import socket
+    import threading
+
+    from explainer.engine import ray_engine
+
+    host, port = ray_engine._host_port(ray_cluster.get_runtime_context().gcs_address)
+    assert ray_engine._answers(host, port) is None
+    with socket.socket() as srv:  # an HTTP/1 server where a cluster was expected
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+
+        def reply():
+            conn, _ = srv.accept()
+            with conn:
+                conn.recv(64)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+        threading.Thread(target=reply, daemon=True).start()
+        why = ray_engine._answers("127.0.0.1", srv.getsockname()[1])
+    assert why is not None and "not a Ray head" in why
+    assert ray_engine._host_port("ray://[::1]:10001") == ("::1", 10001)
+    assert ray_engine._host_port("head.example") == ("head.example", ray_engine.GCS_PORT)
+    with pytest.raises(ExplainError, match="--ray-address 10.0.0.1:x: expected HOST:PORT"):
+        engine.check(C.EngineConfig("ray", "10.0.0.1:x"))
