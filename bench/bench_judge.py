@@ -79,12 +79,13 @@ def main() -> None:
     count = tokenizer()
     with tempfile.TemporaryDirectory() as tmp:
         from explainer import judge, simulate
+        from explainer.llm import ledger as ledger_file
 
         results = {}
         for mode in ("chat",):  # logprob: the embedded simulator runs in-process (README)
             run = Path(tmp) / f"sim-{mode}"
             shutil.copytree(args.run, run, ignore=shutil.ignore_patterns(
-                "llm.sqlite*", "simulations", "scores", "judgments", "view"))
+                f"{ledger_file.FILE}*", "simulations", "scores", "judgments", "view"))
             with FakeOpenAI(handler(count)) as fake:
                 llm = C.LLMConfig(base_url=fake.base_url, concurrency=8, max_retries=0)
                 simulate.run(C.SimulateConfig(run=run, neurons=args.neurons, mode=mode,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import sqlite3
 import sys
 import tempfile
 import threading
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from explainer import config as C  # noqa: E402
 from explainer import run as rundir  # noqa: E402
+from explainer.llm import ledger  # noqa: E402
 from tests import runfactory as RF  # noqa: E402
 from tests import simfake  # noqa: E402
 from tests.fake_openai import FakeOpenAI  # noqa: E402
@@ -76,10 +76,8 @@ def simulate(urls: list[str], n_neurons: int, slots: int,
     t0 = time.perf_counter()
     stage.run(cfg)
     wall = time.perf_counter() - t0
-    db = sqlite3.connect(run / "llm.sqlite")
-    sent, t0, t1 = db.execute("SELECT count(*), min(time), max(time) FROM calls "
-                              "WHERE cached = 0 AND status = 'ok'").fetchone()
-    db.close()
+    times = [c.time for c in ledger.calls(run, sent=True) if c.status == "ok"]
+    sent, t0, t1 = len(times), min(times), max(times)
     print(f"  ({sent / (t1 - t0):,.1f} requests/s from the first answer to the last, without "
           f"start-up and the final writes: {wall - (t1 - t0):.1f} s)")
     scores = rundir.read(run, "scores")

@@ -137,8 +137,9 @@ def _answer(req) -> Reply:
 def time_fake(n_neurons: int, latency_s: float, concurrency: int) -> tuple[float, int]:
     """Seconds and requests of `simulate` against the fake server, run in its own process so
     that its JSON work does not compete with the client for this process's GIL."""
-    import sqlite3
     import subprocess
+
+    from explainer.llm import ledger
 
     server = subprocess.Popen([sys.executable, __file__, "--serve", str(latency_s)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -152,8 +153,7 @@ def time_fake(n_neurons: int, latency_s: float, concurrency: int) -> tuple[float
             t0 = time.perf_counter()
             simulate.run(cfg)
             elapsed = time.perf_counter() - t0
-            with sqlite3.connect(run / "llm.sqlite") as db:
-                sent = db.execute("SELECT count(*) FROM calls WHERE cached = 0").fetchone()[0]
+            sent = len(ledger.calls(run, sent=True))
             return elapsed, sent
     finally:
         server.stdin.close()

@@ -160,7 +160,6 @@ class JudgeConfig:
     # ~40 ms per prompt token (llama-cpp-python keeps every position's logits for them)
     logprobs: bool | None = None
     llm: LLMConfig = LLMConfig()
-    engine: EngineConfig = EngineConfig()
 
 
 @dataclass(frozen=True)
@@ -179,7 +178,7 @@ class ReportConfig:
     by: str = "layer"  # layer | model
     format: str = "table"  # table | csv | json
     plot: Path | None = None
-    cost: bool = False  # tokens and dollars per neuron by stage and LLM, from llm.sqlite
+    cost: bool = False  # tokens and dollars per neuron by stage and LLM, from the run's LLM ledger
 
 
 @dataclass(frozen=True)

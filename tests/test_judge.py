@@ -220,7 +220,7 @@ def test_report_cost_counts_each_request_once_per_stage_and_model(tmp_path):
     assert rows["judge-detection"].usd is None  # no price for fake-model
     # A cache hit is the same request: counted once.
     calls = cost.read_calls(run)
-    again = [(s, k, r, m, h, p, c, 1, st) for s, k, r, m, h, p, c, _, st in calls]
+    again = [__import__("dataclasses").replace(c, cached=True) for c in calls]
     assert cost.cost_rows(calls + again) == cost.cost_rows(calls)
     text = report.run(C.ReportConfig(run=run, cost=True))
     assert "judge-detection" in text and "prompt/neuron" in text

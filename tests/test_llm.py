@@ -12,7 +12,7 @@ import pytest
 from explainer import ExplainError
 from explainer import config as C
 from explainer import llm as L
-from explainer.llm import server
+from explainer.llm import ledger, server
 from tests.fake_openai import FakeOpenAI, Reply, default_handler
 
 FAST = C.LLMConfig(concurrency=4, timeout_s=5.0, max_retries=3, backoff_s=0.05,
@@ -36,7 +36,7 @@ def arun(coro):
 
 
 def _calls(tmp_path) -> list[tuple]:
-    db = sqlite3.connect(tmp_path / "llm.sqlite")
+    db = sqlite3.connect(ledger.path(tmp_path))  # the file itself, beside the read API
     try:
         return db.execute("SELECT status, cached, attempt, prompt_tokens, cost_usd FROM calls "
                           "ORDER BY id").fetchall()
@@ -409,3 +409,107 @@ def test_auto_mode_is_not_downgraded_to_chat_by_a_failing_probe(tmp_path):
             simulate.run(cfg)
         assert fake.count("/chat/completions") == 0  # no silent fall-back to chat
     assert not (run / "simulations").exists() and not (run / "scores").exists()
+
+
+# --- the ledger's read API -----------------------------------------------------------------
+
+
+def _raw(run, sql: str, args=()) -> list[tuple]:
+    """The ledger file read with plain SQL: the independent side of the read API's checks."""
+    db = sqlite3.connect(ledger.path(run))
+    try:
+        return db.execute(sql, args).fetchall()
+    finally:
+        db.close()
+
+
+def test_ledger_totals_count_each_request_once_and_in_process_calls_are_free(tmp_path):
+    led = ledger.Ledger.for_run(tmp_path)
+    # An endpoint's answer, its cache hit on a rerun, and a failed attempt before it.
+    led.log({"stage": "describe", "key": "L0/N1/explain", "request": "r1", "model": "gpt-4o-mini",
+             "host": "127.0.0.1:9", "status": "rate_limited", "cached": 0, "attempt": 0})
+    led.log({"stage": "describe", "key": "L0/N1/explain", "request": "r1", "model": "gpt-4o-mini",
+             "host": "127.0.0.1:9", "prompt_tokens": 1000, "completion_tokens": 20,
+             "status": "ok", "cached": 0, "attempt": 1})
+    led.log({"stage": "describe", "key": "L0/N1/explain", "request": "r1", "model": "gpt-4o-mini",
+             "host": "127.0.0.1:9", "prompt_tokens": 1000, "completion_tokens": 20,
+             "status": "ok", "cached": 1, "attempt": 0})
+    # The embedded simulator evaluated in this process: billed-equivalent and evaluated tokens.
+    for n, (billed, ran) in enumerate([(800, 800), (820, 120), (790, 100)]):
+        led.log_call(stage="simulate", key=f"L0/N{n}/sim/e{n}", request=f"s{n}",
+                     model="smollm2-135m", host=ledger.IN_PROCESS, prompt_tokens=billed,
+                     evaluated_tokens=ran, latency_s=0.5)
+    led.log_call(stage="simulate", key="probe/echo", request="p", model="smollm2-135m",
+                 host=ledger.IN_PROCESS, prompt_tokens=5)
+    led.close()
+
+    calls = ledger.calls(tmp_path)
+    assert len(calls) == len(_raw(tmp_path, "SELECT id FROM calls")) == 7
+    got = ledger.totals(calls)
+    assert list(got) == [("describe", "gpt-4o-mini"), ("simulate", "smollm2-135m")]
+    d, s = got[("describe", "gpt-4o-mini")], got[("simulate", "smollm2-135m")]
+    # One request, answered once and read once from the cache: counted once, priced from the
+    # table (independently: 1000 prompt and 20 completion tokens at prices.json's rates).
+    p_in, p_out = ledger.price("gpt-4o-mini")
+    assert (d.neurons, d.calls, d.sent, d.prompt_tokens, d.completion_tokens) == (1, 1, 1, 1000, 20)
+    assert d.usd == pytest.approx((1000 * p_in + 20 * p_out) / 1e6)
+    assert (s.neurons, s.calls, s.sent) == (3, 4, 4)
+    assert s.prompt_tokens == sum(r[0] for r in _raw(
+        tmp_path, "SELECT prompt_tokens FROM calls WHERE stage = 'simulate'"))
+    assert s.evaluated_tokens == 800 + 120 + 100 + 5  # the probe ran what it billed
+    assert s.usd == 0.0  # a model on this machine costs no dollars, not "unknown"
+    assert s.per_neuron == pytest.approx((4 / 3, (800 + 820 + 790 + 5) / 3, 0.0, 0.0))
+    # The cost view reads the same figures.
+    from explainer.views import cost
+
+    rows = cost.cost_rows(cost.read_calls(tmp_path))
+    assert [(r.stage, r.calls, r.prompt_tokens, r.usd) for r in rows] == \
+        [("describe", 1, 1000, d.usd), ("simulate", 4, s.prompt_tokens, 0.0)]
+    per_neuron = ledger.totals(calls, by=("neuron",))
+    assert per_neuron[((0, 1),)].prompt_tokens == 1000 + 820  # describe + simulate of L0/N1
+    assert per_neuron[(None,)].calls == 1  # the probe names no neuron
+
+
+def test_ledger_calls_filter_by_stage_key_prefix_time_and_cache(tmp_path):
+    led = ledger.Ledger.for_run(tmp_path)
+    rows = [("describe", "puzzles/a_b/explain", 0), ("simulate", "puzzles/a%b/0", 1),
+            ("simulate", "puzzles/a_b/1", 0), ("simulate", "L0/N0/x", 0)]
+    for i, (stage, key, cached) in enumerate(rows):
+        led.log_call(stage=stage, key=key, request=f"r{i}", model="m", host="h",
+                     prompt_tokens=i, cached=bool(cached))
+    led.close()
+    keys = lambda **kw: [c.key for c in ledger.calls(tmp_path, **kw)]  # noqa: E731
+    assert keys() == [k for _, k, _ in rows]
+    assert keys(key_prefix="puzzles/a_b/") == ["puzzles/a_b/explain", "puzzles/a_b/1"]  # not LIKE
+    assert keys(stage="simulate", sent=True) == ["puzzles/a_b/1", "L0/N0/x"]
+    assert keys(sent=False) == ["puzzles/a%b/0"]
+    t = sorted(r[0] for r in _raw(tmp_path, "SELECT time FROM calls"))
+    assert keys(since=t[-1]) == [k for (_, k, _), when in zip(rows, _raw(
+        tmp_path, "SELECT time FROM calls ORDER BY id")) if when[0] >= t[-1]]
+    assert ledger.counts(tmp_path) == (4, 3)
+    assert ledger.calls(tmp_path / "none") == [] and ledger.counts(tmp_path / "none") == (0, 0)
+
+
+def test_a_ledger_from_before_evaluated_tokens_reads_and_merges(tmp_path):
+    # The schema of an older version: no saved_usd, no evaluated_tokens.
+    old = """CREATE TABLE cache (request TEXT PRIMARY KEY, model TEXT NOT NULL,
+                                 answer TEXT NOT NULL, created REAL NOT NULL);
+             CREATE TABLE calls (id INTEGER PRIMARY KEY, time REAL NOT NULL, stage TEXT, key TEXT,
+                 request TEXT, model TEXT, host TEXT, prompt_tokens INTEGER,
+                 completion_tokens INTEGER, latency_s REAL, cached INTEGER, status TEXT,
+                 error TEXT, attempt INTEGER, cost_usd REAL);"""
+    row = ("INSERT INTO calls (time, stage, key, request, model, host, prompt_tokens, "
+           "completion_tokens, latency_s, cached, status, error, attempt, cost_usd) "
+           "VALUES (1.0, 'describe', 'L0/N0/e', ?, 'm', 'h', 7, 2, 0.1, 0, 'ok', NULL, 0, NULL)")
+    for file, request in ((ledger.path(tmp_path), "a"),
+                          (tmp_path / ledger.WORKERS_DIR / "w1.sqlite", "b")):
+        file.parent.mkdir(exist_ok=True)
+        db = sqlite3.connect(file)
+        db.executescript(old)
+        db.execute(row, (request,))
+        db.commit()
+        db.close()
+    (c,) = ledger.calls(tmp_path)  # read as is, the new column as prompt_tokens
+    assert (c.request, c.prompt_tokens, c.evaluated_tokens, c.saved_usd) == ("a", 7, 7, None)
+    assert ledger.merge_workers(tmp_path) == 1
+    assert [(c.request, c.evaluated_tokens) for c in ledger.calls(tmp_path)] == [("a", 7), ("b", 7)]

@@ -32,7 +32,7 @@ def _ask(llm_factory, n, start=0):
 
 
 def _hosts(tmp_path, status="ok"):
-    db = sqlite3.connect(tmp_path / "llm.sqlite")
+    db = sqlite3.connect(ledger.path(tmp_path))
     try:
         return [r[0] for r in db.execute("SELECT host FROM calls WHERE status = ? AND cached = 0",
                                          (status,))]
@@ -110,10 +110,10 @@ def test_workers_write_their_own_files_and_share_answers(tmp_path):
         # A third worker reads both files: nothing asked twice.
         again, _ = _ask(lambda: _pool([fake], tmp_path, cfg, writer="w2"), 100)
         assert fake.completions() == 100 and all(c.cached for c in again)
-    # The driver folds the worker files into llm.sqlite: every answer and every call row.
-    assert ledger.merge_workers(tmp_path / "llm.sqlite") == 3
+    # The driver folds the worker files into the run's ledger: every answer and every call row.
+    assert ledger.merge_workers(tmp_path) == 3
     assert not list((tmp_path / ledger.WORKERS_DIR).glob("*.sqlite"))
-    db = sqlite3.connect(tmp_path / "llm.sqlite")
+    db = sqlite3.connect(ledger.path(tmp_path))
     assert db.execute("SELECT count(*) FROM cache").fetchone()[0] == 100
     assert db.execute("SELECT count(*), sum(cached) FROM calls").fetchone() == (200, 100)
     db.close()

@@ -9,7 +9,7 @@ after another in this process, when the work spans several blocks: a stage then 
 block's jobs at a time, so its memory does not grow with the number of neurons. So both engines run the same code on each
 neuron and write the same rows; resuming works the same (a block skips what is done). Each
 actor is a separate writer: its own Parquet files (writer id = host.pid) and its own ledger
-file, which the driver merges into `llm.sqlite` when the stage ends. Plumbing: imports no stage.
+file, which the driver merges into the run's ledger when the stage ends. Plumbing: imports no stage.
 """
 
 from __future__ import annotations
@@ -38,10 +38,6 @@ def check(cfg: C.EngineConfig) -> None:
         raise ExplainError(f"--block {cfg.block}: must be 0 (the default, {BLOCK}) or more")
     if cfg.engine == "local" and cfg.ray_address:
         raise ExplainError(f"--ray-address {cfg.ray_address}: needs --engine ray")
-    if cfg.engine == "ray":  # Ray installed and a named cluster answering, before any file
-        from explainer.engine import ray_engine
-
-        ray_engine.door(cfg)
 
 
 def several_blocks(units: Sequence[tuple[int, Sequence[int]]], cfg: C.EngineConfig) -> bool:
@@ -114,21 +110,9 @@ def _trim_heap() -> None:
 
 def ledger_counts(run: Path, writer: str | None = None) -> tuple[int, int]:
     """(calls, requests sent) in a run's ledger file so far (a worker's own with `writer`)."""
-    import sqlite3
+    from explainer.llm import ledger
 
-    from explainer.llm.ledger import WORKERS_DIR
-
-    path = run / WORKERS_DIR / f"{writer}.sqlite" if writer else run / "llm.sqlite"
-    if not path.exists():
-        return 0, 0
-    db = sqlite3.connect(path, timeout=60)
-    try:
-        n, sent = db.execute("SELECT count(*), coalesce(sum(cached = 0), 0) FROM calls").fetchone()
-        return int(n), int(sent)
-    except sqlite3.OperationalError:
-        return 0, 0
-    finally:
-        db.close()
+    return ledger.counts(run, writer)
 
 
 def _spec(neurons: Sequence[int]) -> str:

@@ -67,8 +67,8 @@ class LLM:
                 urls = [stack.enter_context(server.serve(
                     self.endpoint.model, self.run_dir / "llm_server.log",
                     logits_all=self.prompt_logprobs))]
-            self._ledger = Ledger(self.run_dir / "llm.sqlite", writer=self.writer,
-                                  shared=shared_cache(self.cfg.cache))
+            self._ledger = Ledger.for_run(self.run_dir, writer=self.writer,
+                                          shared=shared_cache(self.cfg.cache))
             stack.callback(self._ledger.close)
             key = self.endpoint.api_key or DUMMY_KEY
             # llama_cpp.server answers one request at a time; more in flight would only queue

@@ -1,4 +1,7 @@
-"""The LLM cache and ledger of a run: one SQLite file, `<run>/llm.sqlite`, plus the price table.
+"""The LLM cache and ledger of a run: one SQLite file in the run directory, plus the price table.
+
+This module is the only one that names the file (`FILE`, `path(run)`) or reads its tables:
+stages, views and the engine read the ledger through `calls`, `totals` and `counts`.
 
 `cache` maps a request's hash to its answer, so a rerun or resumed run sends nothing already
 answered. `calls` holds one row per request attempt or cache hit (the ledger). Neither ever holds
@@ -6,32 +9,42 @@ the API key: the hash covers the request body (which names the model) only, not 
 so replicas of one model behind several `--base-url`s share answers (an endpoint serving other
 weights under the same model name is the user's to name apart).
 
-One writer per file. The process that runs a stage writes `llm.sqlite`; each Ray worker writes
-its own `llm.d/<writer>.sqlite` (rollback journal, which unlike WAL needs no shared memory, so
-it works on a shared filesystem) and reads the answers of the others: its own file first, then
-`llm.sqlite`, then the other workers' files present when it opened. The driver folds the worker
-files into `llm.sqlite` (`merge_workers`) when the stage ends, or when the next stage starts
-after a killed one. Commits are batched (every `COMMIT_EVERY` writes or `COMMIT_S` seconds, and
-on close): a kill loses at most that much cache, which only means asking again.
+One writer per file. The process that runs a stage writes the run's file (`FILE`); each Ray
+worker writes its own `llm.d/<writer>.sqlite` (rollback journal, which unlike WAL needs no
+shared memory, so it works on a shared filesystem) and reads the answers of the others: its own
+file first, then the run's file, then the other workers' files present when it opened. The
+driver folds the worker files into the run's file (`merge_workers`) when the stage ends, or
+when the next stage starts after a killed one. Commits are batched (every `COMMIT_EVERY` writes
+or `COMMIT_S` seconds, and on close): a kill loses at most that much cache, which only means
+asking again.
 
 A shared answer cache (`--cache PATH` or $EXPLAIN_LLM_CACHE, see `shared_cache`) is one more
 SQLite file with the same `cache` table, read after the run's own files and written beside them,
 so several run directories asking the same requests pay for each answer once. A cache hit is a
 `calls` row with `cached = 1`, cost 0 and, in `saved_usd`, what the answer would have cost.
+
+An in-process model (no server, host `in-process`) logs its evaluations as calls too
+(`Ledger.log_call`): `prompt_tokens` are what an endpoint would bill for the prompt, and
+`evaluated_tokens` what the model actually ran (less, where a shared prefix was reused).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 import time
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterable
 
 COMMIT_EVERY = 256  # writes per transaction
 COMMIT_S = 1.0  # ... or this many seconds, whichever comes first
-WORKERS_DIR = "llm.d"  # per-worker ledger files beside llm.sqlite
+FILE = "llm.sqlite"  # the run's cache and ledger; the one place its name is spelled
+WORKERS_DIR = "llm.d"  # per-worker ledger files beside FILE
+IN_PROCESS = "in-process"  # the host of a model evaluated in this process (no server)
 
 PRICES = Path(__file__).resolve().parent / "prices.json"  # ships in the wheel; users may edit it
 
@@ -48,18 +61,85 @@ CREATE TABLE IF NOT EXISTS calls (
     stage TEXT, key TEXT, request TEXT, model TEXT, host TEXT,
     prompt_tokens INTEGER, completion_tokens INTEGER, latency_s REAL,
     cached INTEGER, status TEXT, error TEXT, attempt INTEGER, cost_usd REAL,
-    saved_usd REAL             -- a cache hit: what the answer would have cost, sent
+    saved_usd REAL,            -- a cache hit: what the answer would have cost, sent
+    evaluated_tokens INTEGER   -- tokens a local model ran (NULL: as many as prompt_tokens)
 );
 """
 CACHE_ENV = "EXPLAIN_LLM_CACHE"  # a shared answer cache for every run, when no --cache is given
 _COLS = ("stage", "key", "request", "model", "host", "prompt_tokens", "completion_tokens",
-         "latency_s", "cached", "status", "error", "attempt")
+         "latency_s", "cached", "status", "error", "attempt", "evaluated_tokens")
+ANSWERED = ("ok", "unusable")  # statuses of rows that carry an answer (failures carry none)
+_NEURON = re.compile(r"^L(\d+)/N(\d+)\b")  # call keys of neuron work: L<layer>/N<neuron>/...
+
+
+def path(run: Path | str) -> Path:
+    """The ledger file of the run directory `run`."""
+    return Path(run) / FILE
+
+
+@dataclass(frozen=True)
+class Call:
+    """One row of the `calls` table: a request attempt, a cache hit, or an in-process evaluation."""
+
+    time: float  # unix seconds
+    stage: str  # describe, simulate, judge-detection, describe:L2 (a cascade level), ...
+    key: str  # what the call was for: L<layer>/N<neuron>/..., puzzles/<name>/..., probe/...
+    request: str  # sha256 of the request (the cache key)
+    model: str
+    host: str  # host:port of the endpoint, embedded:<model>, or IN_PROCESS
+    prompt_tokens: int  # as an endpoint bills them (0 for a failed attempt)
+    completion_tokens: int
+    latency_s: float
+    cached: bool
+    status: str  # ok, unusable, or why the attempt failed
+    error: str | None
+    attempt: int
+    cost_usd: float | None
+    saved_usd: float | None  # a cache hit: what sending it would have cost
+    evaluated_tokens: int  # tokens actually run through a model (prompt_tokens unless local)
+
+    @property
+    def neuron(self) -> tuple[int, int] | None:
+        """(layer, neuron) named by the key, or None (a probe, a puzzle)."""
+        m = _NEURON.match(self.key or "")
+        return (int(m.group(1)), int(m.group(2))) if m else None
+
+    @property
+    def free(self) -> bool:
+        """A model on this machine (embedded server or in-process): no dollars."""
+        return self.host == IN_PROCESS or str(self.host or "").startswith("embedded:")
+
+
+_READ = ", ".join(f.name for f in fields(Call))
+
+
+@dataclass(frozen=True)
+class Totals:
+    """The answered calls of one group, each distinct request counted once (what the method
+    costs, not what a resumed run happened to pay)."""
+
+    neurons: int  # distinct (layer, neuron) named by the calls' keys
+    calls: int  # distinct requests answered
+    sent: int  # of those, answered by the model at least once (the rest came from a cache)
+    prompt_tokens: int  # billed-equivalent
+    completion_tokens: int
+    evaluated_tokens: int  # what local models actually ran
+    usd: float | None  # estimated from prices.json; 0 for local models; None with no price
+
+    @property
+    def per_neuron(self) -> tuple[float, float, float, float | None] | None:
+        """(calls, prompt tokens, completion tokens, dollars) per neuron, or None (no neuron)."""
+        if not self.neurons:
+            return None
+        n = self.neurons
+        return (self.calls / n, self.prompt_tokens / n, self.completion_tokens / n,
+                None if self.usd is None else self.usd / n)
 
 
 class Ledger:
     """Cache and call log of one run (used from one event loop, so one connection suffices).
 
-    `path` is the run's `llm.sqlite`; with a `writer` id this process writes
+    `path` is the run's ledger file (`path(run)`); with a `writer` id this process writes
     `llm.d/<writer>.sqlite` instead and reads the others (see the module's docstring).
     """
 
@@ -116,12 +196,32 @@ class Ledger:
                        (request, model, answer_json, time.time()))
         self._wrote()
 
+    @classmethod
+    def for_run(cls, run: Path | str, writer: str | None = None,
+                shared: Path | None = None) -> "Ledger":
+        """The ledger of run directory `run` (a worker's own file with `writer`)."""
+        return cls(path(run), writer=writer, shared=shared)
+
     def log(self, row: dict, cost: float | None = None, saved: float | None = None) -> None:
+        """One `calls` row from a dict of `_COLS` names (missing ones are NULL)."""
         values = [row.get(c) for c in _COLS]
         self.db.execute(f"INSERT INTO calls (time, {', '.join(_COLS)}, cost_usd, saved_usd) "
                         f"VALUES ({', '.join('?' * (len(_COLS) + 3))})",
                         [time.time(), *values, cost, saved])
         self._wrote()
+
+    def log_call(self, *, stage: str, key: str, request: str, model: str, host: str,
+                 prompt_tokens: int, completion_tokens: int = 0, latency_s: float = 0.0,
+                 evaluated_tokens: int | None = None, cached: bool = False,
+                 status: str = "ok", error: str | None = None, attempt: int = 0,
+                 cost: float | None = None, saved: float | None = None) -> None:
+        """One call, by name: e.g. an in-process evaluation with `host=IN_PROCESS`,
+        `prompt_tokens` as an endpoint would bill them and `evaluated_tokens` as run."""
+        self.log({"stage": stage, "key": key, "request": request, "model": model, "host": host,
+                  "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "latency_s": latency_s, "cached": int(cached), "status": status,
+                  "error": error, "attempt": attempt, "evaluated_tokens": evaluated_tokens},
+                 cost=cost, saved=saved)
 
     def _wrote(self) -> None:
         self._writes += 1
@@ -140,15 +240,14 @@ class Ledger:
             db.close()
 
 
-def merge_workers(path: Path) -> int:
-    """Fold every `llm.d/*.sqlite` beside `path` into it and delete them; returns how many.
-
-    Only the driver calls this, when no worker of the run is alive."""
-    folder = path.parent / WORKERS_DIR
+def merge_workers(run: Path) -> int:
+    """Fold every `llm.d/*.sqlite` of run directory `run` into its ledger and delete them;
+    returns how many. Only the driver calls this, when no worker of the run is alive."""
+    folder = Path(run) / WORKERS_DIR
     parts = sorted(folder.glob("*.sqlite")) if folder.is_dir() else []
     if not parts:
         return 0
-    led = Ledger(path)
+    led = Ledger.for_run(run)
     cols = ", ".join(("time", *_COLS, "cost_usd", "saved_usd"))
     try:
         for p in parts:
@@ -157,6 +256,7 @@ def merge_workers(path: Path) -> int:
                 tables = {r[0] for r in led.db.execute(
                     "SELECT name FROM w.sqlite_master WHERE type = 'table'")}
                 if {"cache", "calls"} <= tables:
+                    _migrate(led.db, "w.")  # a worker file of an older version
                     led.db.execute("INSERT OR IGNORE INTO cache SELECT * FROM w.cache")
                     led.db.execute(f"INSERT INTO calls ({cols}) SELECT {cols} FROM w.calls")
                 led.db.commit()
@@ -170,11 +270,114 @@ def merge_workers(path: Path) -> int:
     return len(parts)
 
 
-def _migrate(db: sqlite3.Connection) -> None:
+def _migrate(db: sqlite3.Connection, schema: str = "") -> None:
     """Ledgers written before a column existed gain it (SQLite adds it as NULL)."""
-    have = {r[1] for r in db.execute("PRAGMA table_info(calls)")}
-    if "saved_usd" not in have:
-        db.execute("ALTER TABLE calls ADD COLUMN saved_usd REAL")
+    have = {r[1] for r in db.execute(f"PRAGMA {schema}table_info(calls)")}
+    for col, kind in (("saved_usd", "REAL"), ("evaluated_tokens", "INTEGER")):
+        if col not in have:
+            db.execute(f"ALTER TABLE {schema}calls ADD COLUMN {col} {kind}")
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def exists(run: Path | str) -> bool:
+    """Whether the run has a ledger (some LLM call was made in it)."""
+    return path(run).exists()
+
+
+def calls(run: Path | str, *, stage: str | None = None, key_prefix: str | None = None,
+          since: float | None = None, sent: bool | None = None,
+          writer: str | None = None) -> list[Call]:
+    """The run's call rows in the order written, read-only, filtered by `stage`, call key
+    prefix, time (`since`, unix seconds) and `sent` (False: cache hits only); `writer` reads a
+    Ray worker's own file instead. No file, or one a worker has not yet written tables to: []."""
+    where, args = [], []
+    if stage is not None:
+        where.append("stage = ?")
+        args.append(stage)
+    if key_prefix is not None:
+        where.append("substr(key, 1, ?) = ?")  # not LIKE: keys may hold % and _
+        args += [len(key_prefix), key_prefix]
+    if since is not None:
+        where.append("time >= ?")
+        args.append(since)
+    if sent is not None:
+        where.append("cached = ?")
+        args.append(0 if sent else 1)
+    file = Path(run) / WORKERS_DIR / f"{writer}.sqlite" if writer else path(run)
+    if not file.exists():
+        return []
+    db = sqlite3.connect(f"file:{file}?mode=ro", uri=True, timeout=60)
+    try:
+        cols = {r[1] for r in db.execute("PRAGMA table_info(calls)")}
+        if not cols:
+            return []
+        # A ledger written before a column existed reads it as NULL.
+        sel = ", ".join(c if c in cols else f"NULL AS {c}" for c in _READ.split(", "))
+        rows = db.execute(f"SELECT {sel} FROM calls"
+                          + (f" WHERE {' AND '.join(where)}" if where else "")
+                          + " ORDER BY id", args).fetchall()
+    except sqlite3.OperationalError:  # a worker file caught mid-creation
+        return []
+    finally:
+        db.close()
+    return [_call(r) for r in rows]
+
+
+def _call(r: tuple) -> Call:
+    (t, stage, key, request, model, host, pt, ct, lat, cached, status, error, attempt, cost,
+     saved, evaluated) = r
+    pt = int(pt or 0)
+    return Call(float(t), stage or "", key or "", request or "", model or "", host or "", pt,
+                int(ct or 0), float(lat or 0.0), bool(cached), status or "", error,
+                int(attempt or 0), cost, saved, pt if evaluated is None else int(evaluated))
+
+
+def counts(run: Path | str, writer: str | None = None) -> tuple[int, int]:
+    """(call rows, rows sent rather than read from a cache) so far (a worker's own file with
+    `writer`): the engines' cheap progress figure."""
+    file = Path(run) / WORKERS_DIR / f"{writer}.sqlite" if writer else path(run)
+    if not file.exists():
+        return 0, 0
+    db = sqlite3.connect(f"file:{file}?mode=ro", uri=True, timeout=60)
+    try:
+        n, sent = db.execute("SELECT count(*), coalesce(sum(cached = 0), 0) FROM calls").fetchone()
+        return int(n), int(sent)
+    except sqlite3.OperationalError:
+        return 0, 0
+    finally:
+        db.close()
+
+
+def totals(rows: Iterable[Call], by: tuple[str, ...] = ("stage", "model")) -> dict[tuple, Totals]:
+    """The answered calls of `rows` grouped by `by` (names of Call fields or properties,
+    e.g. ("stage", "model"), ("neuron",) or ()), sorted by group."""
+    groups: dict[tuple, dict] = {}
+    for c in rows:
+        if c.status not in ANSWERED:
+            continue
+        g = groups.setdefault(tuple(getattr(c, b) for b in by),
+                              {"neurons": set(), "req": {}, "sent": set(), "free": False,
+                               "model": c.model})
+        if c.neuron is not None:
+            g["neurons"].add(c.neuron)
+        g["req"].setdefault(c.request, (c.prompt_tokens, c.completion_tokens,
+                                        c.evaluated_tokens, c.model, c.free))
+        if not c.cached:
+            g["sent"].add(c.request)
+    out = {}
+    for k in sorted(groups, key=lambda k: tuple((v is None, v or 0) for v in k)):
+        g = groups[k]
+        req = g["req"].values()
+        usd: float | None = 0.0
+        for pt, ct, _, model, free in req:
+            one = cost_usd(model, pt, ct, free=free)
+            usd = None if usd is None or one is None else usd + one
+        out[k] = Totals(len(g["neurons"]), len(g["req"]), len(g["sent"]),
+                        sum(r[0] for r in req), sum(r[1] for r in req), sum(r[2] for r in req),
+                        usd)
+    return out
 
 
 def shared_cache(path: Path | str | None) -> Path | None:

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import sqlite3
 import sys
 import time
 from dataclasses import dataclass
@@ -280,19 +279,15 @@ async def _explain(cfg, out: Path, puzzles, explainer: str) -> list[_Item]:
 
 def _usage(out: Path, t0: float, sim, n_tokens: int) -> dict:
     """Tokens this run used: simulated subject tokens, and what LLMs were sent (from the ledger)."""
-    prompt = completion = calls = 0
-    db = out / "llm.sqlite"
-    if db.exists():
-        con = sqlite3.connect(db)
-        try:
-            calls, prompt, completion = con.execute(
-                "SELECT count(*), coalesce(sum(prompt_tokens), 0), "
-                "coalesce(sum(completion_tokens), 0) FROM calls WHERE time >= ? AND cached = 0 "
-                "AND key LIKE 'puzzles/%'", (t0,)).fetchone()
-        finally:
-            con.close()
-    embedded = getattr(sim, "embedded", None)  # the in-process simulator keeps no ledger
-    if embedded is not None:
+    from explainer.llm import ledger
+
+    sent = ledger.calls(out, key_prefix="puzzles/", since=t0, sent=True)
+    got = ledger.totals(sent, by=()).get((), None)
+    calls, prompt, completion = ((got.calls, got.prompt_tokens, got.completion_tokens)
+                                 if got else (0, 0, 0))
+    embedded = getattr(sim, "embedded", None)
+    if embedded is not None and not any(c.host == ledger.IN_PROCESS for c in sent):
+        # An in-process simulator that does not ledger its evaluations: count them here.
         calls, prompt = calls + embedded.calls, prompt + embedded.prompt_tokens
     if sim is None:
         text = "none this run (every result was already stored)"

@@ -1,26 +1,22 @@
 """`explain report --cost`: what each stage's LLM calls cost, per neuron, from the run's ledger.
 
-Read from the `calls` table of `llm.sqlite` (the ledger every LLM stage writes). Rows group by
+Read through `explainer.llm.ledger` (the ledger every LLM stage writes). Rows group by
 (stage, model): `describe` rows are per explainer, `simulate` rows per simulator, `judge-detection`
 and `judge-fuzzing` per judge; a stage that adds a level (e.g. a cascade) only needs its own stage
 name. Each distinct request counts once, whether it was sent or read from the cache, so the
 figures are what the method costs, not what this particular (resumed) run happened to pay.
 Neurons are read off the call keys (`L<layer>/N<neuron>/...`); probes have no neuron. Dollars use
-`explainer/llm/prices.json` (0 for the embedded model, unknown for a model without a price).
+`explainer/llm/prices.json` (0 for the embedded and in-process models, unknown for a model
+without a price).
 """
 
 from __future__ import annotations
 
 import io
-import re
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 from explainer import ExplainError
-
-_NEURON = re.compile(r"^L(\d+)/N(\d+)\b")
-ANSWERED = ("ok", "unusable")  # rows that carry an answer (failed attempts carry none)
 
 
 @dataclass(frozen=True)
@@ -47,43 +43,21 @@ class CostRow:
 
 
 def cost_rows(calls) -> list[CostRow]:
-    """Rows of (stage, key, request, model, host, prompt_tokens, completion_tokens, cached,
-    status) -> one CostRow per (stage, model), sorted."""
-    from explainer.llm.ledger import cost_usd
+    """The ledger's `Call` rows -> one CostRow per (stage, model), sorted."""
+    from explainer.llm import ledger
 
-    groups: dict[tuple, dict] = {}
-    for stage, key, request, model, host, pt, ct, cached, status in calls:
-        if status not in ANSWERED:
-            continue
-        g = groups.setdefault((stage or "", model or ""), {"neurons": set(), "req": {},
-                                                            "sent": set(), "free": False})
-        m = _NEURON.match(key or "")
-        if m:
-            g["neurons"].add((int(m.group(1)), int(m.group(2))))
-        g["req"].setdefault(request, (int(pt or 0), int(ct or 0)))
-        if not cached:
-            g["sent"].add(request)
-        g["free"] = g["free"] or str(host or "").startswith("embedded:")
-    out = []
-    for (stage, model), g in sorted(groups.items()):
-        pt = sum(p for p, _ in g["req"].values())
-        ct = sum(c for _, c in g["req"].values())
-        out.append(CostRow(stage, model, len(g["neurons"]), len(g["req"]), len(g["sent"]),
-                           pt, ct, cost_usd(model, pt, ct, free=g["free"])))
-    return out
+    return [CostRow(stage, model, t.neurons, t.calls, t.sent, t.prompt_tokens,
+                    t.completion_tokens, t.usd)
+            for (stage, model), t in ledger.totals(calls, by=("stage", "model")).items()]
 
 
-def read_calls(run: Path) -> list[tuple]:
-    """The ledger's rows, read-only (an ExplainError when the run has no ledger)."""
-    path = Path(run) / "llm.sqlite"
-    if not path.exists():
-        raise ExplainError(f"--run {run}: has no llm.sqlite (no LLM call was made in this run)")
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return db.execute("SELECT stage, key, request, model, host, prompt_tokens, "
-                          "completion_tokens, cached, status FROM calls").fetchall()
-    finally:
-        db.close()
+def read_calls(run: Path) -> list:
+    """The ledger's rows (an ExplainError when the run has no ledger)."""
+    from explainer.llm import ledger
+
+    if not ledger.exists(run):
+        raise ExplainError(f"--run {run}: has no LLM ledger (no LLM call was made in this run)")
+    return ledger.calls(run)
 
 
 def render(rows: list[CostRow], width: int = 200) -> str:
@@ -93,7 +67,7 @@ def render(rows: list[CostRow], width: int = 200) -> str:
 
     from explainer.views.formats import num
 
-    t = Table(title="LLM cost per neuron, by stage and model (from llm.sqlite)",
+    t = Table(title="LLM cost per neuron, by stage and model (from the run's ledger)",
               title_justify="left", header_style="bold")
     heads = ["stage", "model", "neurons", "calls", "sent", "prompt tok", "completion tok",
              "calls/neuron", "prompt/neuron", "compl./neuron", "$/neuron", "$ total"]
