@@ -160,6 +160,7 @@ class JudgeConfig:
     # ~40 ms per prompt token (llama-cpp-python keeps every position's logits for them)
     logprobs: bool | None = None
     llm: LLMConfig = LLMConfig()
+    engine: EngineConfig = EngineConfig()
 
 
 @dataclass(frozen=True)

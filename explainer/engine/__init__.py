@@ -38,6 +38,10 @@ def check(cfg: C.EngineConfig) -> None:
         raise ExplainError(f"--block {cfg.block}: must be 0 (the default, {BLOCK}) or more")
     if cfg.engine == "local" and cfg.ray_address:
         raise ExplainError(f"--ray-address {cfg.ray_address}: needs --engine ray")
+    if cfg.engine == "ray":  # Ray installed and a named cluster answering, before any file
+        from explainer.engine import ray_engine
+
+        ray_engine.door(cfg)
 
 
 def several_blocks(units: Sequence[tuple[int, Sequence[int]]], cfg: C.EngineConfig) -> bool:
