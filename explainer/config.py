@@ -161,6 +161,7 @@ class JudgeConfig:
     logprobs: bool | None = None
     llm: LLMConfig = LLMConfig()
     engine: EngineConfig = EngineConfig()
+    engine: EngineConfig = EngineConfig()
 
 
 @dataclass(frozen=True)
