@@ -161,7 +161,6 @@ class JudgeConfig:
     logprobs: bool | None = None
     llm: LLMConfig = LLMConfig()
     engine: EngineConfig = EngineConfig()
-    engine: EngineConfig = EngineConfig()
 
 
 @dataclass(frozen=True)

@@ -42,10 +42,6 @@ def check(cfg: C.EngineConfig) -> None:
         from explainer.engine import ray_engine
 
         ray_engine.door(cfg)
-    if cfg.engine == "ray":  # Ray installed and a named cluster answering, before any file
-        from explainer.engine import ray_engine
-
-        ray_engine.door(cfg)
 
 
 def several_blocks(units: Sequence[tuple[int, Sequence[int]]], cfg: C.EngineConfig) -> bool:

@@ -74,12 +74,6 @@ def run(cfg: C.JudgeConfig) -> Path:
 
         engine.run_stage(run, cfg, units, "judge")
         return run_dir / "judgments"
-    units = _units(run_dir, model, layers, cfg) if cfg.engine.engine == "ray" else []
-    if units:  # this same function on blocks of neurons, on Ray actors
-        from explainer import engine
-
-        engine.run_stage(run, cfg, units, "judge")
-        return run_dir / "judgments"
     phash = P.prompt_hash(cfg.method, _settings(cfg))
     jobs: list[_Job] = []
     n_explained = 0
@@ -107,20 +101,7 @@ def _units(run_dir: Path, model: str, layers: list[int], cfg: C.JudgeConfig) -> 
     return [(la, ns) for la, ns in units if ns]
 
 
-def _units(run_dir: Path, model: str, layers: list[int], cfg: C.JudgeConfig) -> list:
-    """(layer, explained neurons) pairs: what the Ray engine cuts into blocks."""
-    d_mlp = int((rundir.model_meta(run_dir, model) or {}).get("d_mlp") or 1 << 30)
-    among = None if str(cfg.neurons).strip() == "all" else \
-        C.parse_spec(cfg.neurons, d_mlp, "neuron", f"{model} layer")
-    units = [(la, rundir.explained_neurons(run_dir, model, la, cfg.explainer, among))
-             for la in layers]
-    return [(la, ns) for la, ns in units if ns]
-
-
 def _check(cfg: C.JudgeConfig) -> None:
-    from explainer import engine
-
-    engine.check(cfg.engine)  # Ray installed and its cluster answering, before any file
     from explainer import engine
 
     engine.check(cfg.engine)  # Ray installed and its cluster answering, before any file
