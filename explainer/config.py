@@ -151,10 +151,14 @@ class JudgeConfig:
     model: str | None = None
     explainer: str | None = None  # which explanations to judge; None = all of them
     judge: str = EMBEDDED_LLM
-    excerpts_per_prompt: int = 5
-    n_positive: int = 10  # held-out activating excerpts, spread over activation strength
-    n_negative: int = 10  # the neuron's random excerpts with no activating token (detection)
-    fraction: float = 0.1  # a token activates at >= this share of the neuron's top activation
+    # delphi: sampled as EleutherAI's delphi samples (comparable with published figures);
+    # explain: the definitions before presets (docs/reference.md §6b compares them)
+    sampling: str = "delphi"
+    # None below: the preset's value (judge/sampling.py PRESETS)
+    excerpts_per_prompt: int | None = None
+    n_positive: int | None = None  # held-out activating excerpts, spread over activation bins
+    n_negative: int | None = None  # the neuron's random excerpts that do not fire
+    fraction: float | None = None  # a token is highlighted at > this share of the reference max
     seed: int = 0  # of the shuffle into prompts and of fuzzing's decoy highlights
     # top_logprobs (P(yes), AUROC); None: yes, except on the embedded server, where they cost
     # ~40 ms per prompt token (llama-cpp-python keeps every position's logits for them)

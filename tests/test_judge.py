@@ -20,6 +20,7 @@ from tests.fake_openai import FakeOpenAI
 
 def _cfg(run, fake, **kw):
     kw.setdefault("judge", "fake-model")
+    kw.setdefault("sampling", "explain")  # these tests pin the explain preset's definitions
     return C.JudgeConfig(run=run, llm=C.LLMConfig(base_url=fake.base_url, concurrency=4,
                                                   max_retries=0), **kw)
 
@@ -196,10 +197,11 @@ def test_report_shows_judges_with_chance_and_rank_correlation(tmp_path):
     corr = {(c.a, c.b): c for c in judged.correlations(scores, {})}
     stats = pytest.importorskip("scipy.stats")
     want = stats.spearmanr(np.arange(8) / 10, fz["balanced_accuracy"]).statistic
-    assert corr[("simulation", "fuzzing")].rho == pytest.approx(want)
-    assert corr[("simulation", "fuzzing")].n == 8
+    # a judge is named with its sampling preset: two presets are two methods here
+    assert corr[("simulation", "fuzzing (explain)")].rho == pytest.approx(want)
+    assert corr[("simulation", "fuzzing (explain)")].n == 8
     text = report.run(C.ReportConfig(run=run))
-    assert "Judges: balanced accuracy" in text and "chance" in text and "simulation ~ fuzzing" in text
+    assert "Judges: balanced accuracy" in text and "chance" in text and "simulation ~ fuzzing (explain)" in text
     data = __import__("json").loads(report.run(C.ReportConfig(run=run, format="json")))
     assert {j["method"] for j in data["judges"]} == {"detection", "fuzzing"}
 

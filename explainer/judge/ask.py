@@ -14,7 +14,6 @@ from pathlib import Path
 from explainer import config as C
 from explainer import run as rundir
 from explainer.judge import prompt as P
-from explainer.judge.sampling import N_BINS
 from explainer.judge.stage import _Job, text_hash
 from explainer.score import classify as K
 
@@ -97,11 +96,13 @@ def _rows(cfg: C.JudgeConfig, model: str, judge: str, phash: str, job: _Job,
                 status="ok" if a.prediction is not None else "failed", error=a.error,
                 quantile=it.quantile, threshold=job.target.threshold,
                 highlighted=list(it.highlighted) if it.highlighted is not None else None,
-                answer=a.line, prompt_hash=phash, explanation_hash=text_hash(job.explanation)))
+                answer=a.line, prompt_hash=phash, explanation_hash=text_hash(job.explanation),
+                sampling=job.target.sampling, sampling_params=job.target.params))
     ok = [(r, it) for r, it in zip(judged, (i for b in job.target.batches for i in b))
           if r.status == "ok"]
     c = K.classify([r.label for r, _ in ok], [r.prediction for r, _ in ok],
-                   [r.probability for r, _ in ok], [r.quantile for r, _ in ok], N_BINS)
+                   [r.probability for r, _ in ok], [r.quantile for r, _ in ok],
+                   job.target.n_bins)
     n_failed = len(judged) - len(ok)
     if job.target.why is not None:
         status, error = job.target.status, job.target.why
@@ -122,7 +123,8 @@ def _rows(cfg: C.JudgeConfig, model: str, judge: str, phash: str, job: _Job,
         sim_prompt_hash=phash, explanation_hash=text_hash(job.explanation),
         accuracy=c.accuracy, balanced_accuracy=c.balanced_accuracy, f1=c.f1,
         precision=c.precision, recall=c.recall, auroc=c.auroc,
-        recall_by_quantile=c.recall_by_quantile, n_judged=len(ok), n_failed=n_failed)
+        recall_by_quantile=c.recall_by_quantile, n_judged=len(ok), n_failed=n_failed,
+        sampling=job.target.sampling, sampling_params=job.target.params)
     return judged, [score]
 
 

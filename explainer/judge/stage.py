@@ -41,6 +41,9 @@ class _Target:
     batches: tuple[tuple[SA.Item, ...], ...]
     why: str | None  # why nothing is asked (no positives, one class), or None
     status: str = "ok"  # no_items | one_class when nothing is asked
+    sampling: str = "explain"  # the preset that drew the items
+    params: str = ""  # every parameter of the preset and where the positives came from (JSON)
+    n_bins: int = SA.N_BINS  # activation bins of the positives (recall per bin)
 
 
 @dataclass(frozen=True)
@@ -107,19 +110,32 @@ def _check(cfg: C.JudgeConfig) -> None:
     engine.check(cfg.engine)  # Ray installed and its cluster answering, before any file
     if cfg.method not in P.METHODS:
         raise ExplainError(f"--method {cfg.method!r}: expected one of {', '.join(P.METHODS)}")
-    if cfg.excerpts_per_prompt < 1:
-        raise ExplainError(f"--excerpts-per-prompt {cfg.excerpts_per_prompt}: must be 1 or more")
-    if cfg.n_positive < 1 or cfg.n_negative < 0:
-        raise ExplainError(f"--n-positive {cfg.n_positive} --n-negative {cfg.n_negative}: need "
+    if cfg.sampling not in SA.PRESETS:
+        raise ExplainError(f"--sampling {cfg.sampling!r}: expected one of "
+                           f"{', '.join(SA.PRESETS)}")
+    pre = preset_of(cfg)
+    if pre.excerpts_per_prompt < 1:
+        raise ExplainError(f"--excerpts-per-prompt {pre.excerpts_per_prompt}: must be 1 or more")
+    if pre.n_positive < 1 or pre.n_negative < 0:
+        raise ExplainError(f"--n-positive {pre.n_positive} --n-negative {pre.n_negative}: need "
                            "at least one positive and no negative count below 0")
-    if not 0 < cfg.fraction <= 1:
-        raise ExplainError(f"--fraction {cfg.fraction}: must be in (0, 1]")
+    if not 0 < pre.fraction <= 1:
+        raise ExplainError(f"--fraction {pre.fraction}: must be in (0, 1]")
+
+
+def preset_of(cfg: C.JudgeConfig) -> SA.Preset:
+    """The sampling preset named by cfg, with the counts and fraction it overrides."""
+    return SA.preset(cfg.sampling, n_positive=cfg.n_positive, n_negative=cfg.n_negative,
+                     fraction=cfg.fraction, excerpts_per_prompt=cfg.excerpts_per_prompt)
 
 
 def _settings(cfg: C.JudgeConfig) -> str:
-    """What shapes the prompts besides the prompt files (a change re-judges)."""
-    return (f"k={cfg.excerpts_per_prompt};pos={cfg.n_positive};neg={cfg.n_negative};"
-            f"f={cfg.fraction};seed={cfg.seed};bins={SA.N_BINS}")
+    """What shapes the prompts besides the prompt files (a change re-judges). The explain
+    preset keeps the string it had before presets, so its rows and cached answers still match."""
+    pre = preset_of(cfg)
+    base = (f"k={pre.excerpts_per_prompt};pos={pre.n_positive};neg={pre.n_negative};"
+            f"f={pre.fraction};seed={cfg.seed};bins={SA.N_BINS}")
+    return base if pre.name == "explain" else f"{base};{SA.params(pre, '')}"
 
 
 # --- what to judge -------------------------------------------------------------------------
@@ -170,13 +186,17 @@ def _targets(run_dir: Path, model: str, layer: int, wanted: set[tuple[int, str]]
     for r in rec.itertuples(index=False):
         by_neuron.setdefault(int(r.neuron), []).append(r)
     out = {}
+    # record's quantile bins (--quantile-bins), what the delphi preset spreads positives over
+    bins = int(((rundir.model_meta(run_dir, model) or {}).get("settings") or {})
+               .get("quantile_bins") or 0)
     for neuron, side in wanted:
         out[(neuron, side)] = _target(by_neuron.get(neuron, []), toks, side, cfg,
-                                      (cfg.seed, model, layer, neuron, side, cfg.method))
+                                      (cfg.seed, model, layer, neuron, side, cfg.method), bins)
     return out
 
 
-def _target(rows: list, toks: dict, side: str, cfg: C.JudgeConfig, seed: tuple) -> _Target:
+def _target(rows: list, toks: dict, side: str, cfg: C.JudgeConfig, seed: tuple,
+            recorded_bins: int = 0) -> _Target:
     top_kind, q_kind, sign = SA.side_of(side)
     kinds: dict[str, list[SA.Excerpt]] = {}
     for r in rows:
@@ -187,21 +207,53 @@ def _target(rows: list, toks: dict, side: str, cfg: C.JudgeConfig, seed: tuple) 
             int(r.excerpt_id), r.kind, r.split, int(r.rank), toks[int(r.excerpt_id)],
             tuple(sign * float(a) for a in r.activations)))
     tops = kinds.get(top_kind, [])
-    tau = SA.threshold(tops, cfg.fraction)
+    pre = preset_of(cfg)
+    if pre.name == "delphi":
+        return _delphi_target(kinds, top_kind, q_kind, pre, cfg, seed, recorded_bins)
+    tau = SA.threshold(tops, pre.fraction)
     seen = {e.excerpt_id for e in tops if e.split == "explain"}
-    pos = SA.positives(tops, kinds.get(q_kind, []) if q_kind else [], tau, cfg.n_positive, seen)
+    pos = SA.positives(tops, kinds.get(q_kind, []) if q_kind else [], tau, pre.n_positive, seen)
     rng = SA.rng_for(*seed)
     if cfg.method == "detection":
-        items = pos + SA.negatives(kinds.get("random", []), tau, cfg.n_negative,
+        items = pos + SA.negatives(kinds.get("random", []), tau, pre.n_negative,
                                    seen | {i.excerpt.excerpt_id for i in pos})
     else:
         items = SA.fuzz_items(pos, tau, rng)
+    said = {"sampling": pre.name, "params": SA.params(
+        pre, "held-out-tops" + ("+recorded-quantiles" if kinds.get(q_kind or "") else ""))}
     if not pos:
         why = f"no held-out {top_kind} excerpt reaches the threshold ({len(tops)} recorded)"
-        return _Target(tau, (), why, K.NO_ITEMS)
+        return _Target(tau, (), why, K.NO_ITEMS, **said)
     if all(i.label for i in items):
         why = ("no random excerpt stays below the threshold" if cfg.method == "detection"
                else "every token of the positives activates: no decoy possible")
-        return _Target(tau, (), why, K.ONE_CLASS)
-    batches = SA.batches(items, cfg.excerpts_per_prompt, rng)
-    return _Target(tau, tuple(tuple(b) for b in batches), None)
+        return _Target(tau, (), why, K.ONE_CLASS, **said)
+    batches = SA.batches(items, pre.excerpts_per_prompt, rng)
+    return _Target(tau, tuple(tuple(b) for b in batches), None, **said)
+
+
+def _delphi_target(kinds: dict, top_kind: str, q_kind: str | None, pre: SA.Preset,
+                   cfg: C.JudgeConfig, seed: tuple, recorded_bins: int) -> _Target:
+    """The delphi preset's questions (sampling.py: quantile bins, the firing floor, decoys
+    from non-activating excerpts)."""
+    tops, randoms = kinds.get(top_kind, []), kinds.get("random", [])
+    floor = SA.firing_floor(randoms)
+    seen = {e.excerpt_id for e in tops if e.split == "explain"}
+    rng = SA.rng_for(*seed)
+    pos, source = SA.quantile_positives(tops, kinds.get(q_kind, []) if q_kind else [], floor,
+                                        pre, recorded_bins, rng, seen)
+    neg = SA.floor_negatives(randoms, floor, pre.n_negative,
+                             seen | {i.excerpt.excerpt_id for i in pos})
+    items = pos + neg if cfg.method == "detection" else \
+        SA.delphi_fuzz_items(pos, neg, pre.fraction, rng)
+    said = {"sampling": pre.name, "params": SA.params(pre, source),
+            "n_bins": recorded_bins if source == "recorded-quantiles" else pre.n_bins}
+    if not pos:
+        why = (f"no held-out {top_kind} excerpt rises above the firing floor {floor:.3g} "
+               f"({len(tops)} recorded)")
+        return _Target(floor, (), why, K.NO_ITEMS, **said)
+    if all(i.label for i in items):
+        why = f"no random excerpt stays at or under the firing floor {floor:.3g}"
+        return _Target(floor, (), why, K.ONE_CLASS, **said)
+    batches = SA.batches(items, pre.excerpts_per_prompt, rng)
+    return _Target(floor, tuple(tuple(b) for b in batches), None, **said)

@@ -87,6 +87,10 @@ class ScoreRow:
     recall_by_quantile: list[float | None] | None = None  # per activation bin of the positives
     n_judged: int | None = None  # items with a parsed answer
     n_failed: int | None = None  # items whose answer could not be parsed (left out)
+    # judge rows: the sampling preset (explain | delphi; '' on rows written before presets,
+    # which were explain's) and every parameter of it as JSON (judge/sampling.py)
+    sampling: str = ""
+    sampling_params: str | None = None
 
 
 @dataclass(frozen=True)
@@ -136,3 +140,5 @@ class JudgmentRow:
     answer: str | None  # the judge's answer line for this excerpt, as written
     prompt_hash: str
     explanation_hash: str
+    sampling: str = ""  # the sampling preset that drew the excerpt (see ScoreRow.sampling)
+    sampling_params: str | None = None  # its every parameter, as JSON

@@ -104,9 +104,11 @@ TABLES: dict[str, Table] = {
                        ("f1", pa.float64()), ("precision", pa.float64()),
                        ("recall", pa.float64()), ("auroc", pa.float64()),
                        ("recall_by_quantile", LIST_F32), ("n_judged", pa.int64()),
-                       ("n_failed", pa.int64())]),
+                       ("n_failed", pa.int64()),
+                       # judge rows: the sampling preset and its parameters (JSON)
+                       ("sampling", pa.string()), ("sampling_params", pa.string())]),
             ("model", "layer", "neuron", "side", "explainer", "candidate", "simulator", "mode",
-             "method", "control", "split"),
+             "method", "control", "split", "sampling"),
         ),
         Table(
             "judgments",
@@ -120,9 +122,10 @@ TABLES: dict[str, Table] = {
                        ("status", pa.string()), ("error", pa.string()),
                        ("quantile", pa.int32()), ("threshold", F32),
                        ("highlighted", pa.list_(pa.int32())), ("answer", pa.string()),
-                       ("prompt_hash", pa.string()), ("explanation_hash", pa.string())]),
+                       ("prompt_hash", pa.string()), ("explanation_hash", pa.string()),
+                       ("sampling", pa.string()), ("sampling_params", pa.string())]),
             ("model", "layer", "neuron", "side", "explainer", "candidate", "method", "judge",
-             "excerpt_id", "label"),
+             "excerpt_id", "label", "sampling"),
         ),
         Table(
             "puzzles",
@@ -144,7 +147,7 @@ TABLES: dict[str, Table] = {
 
 # Values of columns added to the contract later, for files written before them.
 DEFAULTS = {"side": "pos", "evidence": "inputs", "control": "none", "method": "simulation",
-            "level": 0}
+            "level": 0, "sampling": ""}
 
 
 def table(name: str) -> Table:

@@ -20,7 +20,8 @@ from explainer.views.formats import num as _num
 JUDGES = ("detection", "fuzzing")
 CHANCE = 0.5  # balanced accuracy of a judge that ignores the explanation
 COUNTED = ("ok", "partial")
-KEY = ["model", "layer", "neuron", "side", "explainer", "simulator", "method"]
+# sampling: judge rows of two presets (explain, delphi) never share a row of the report
+KEY = ["model", "layer", "neuron", "side", "explainer", "simulator", "method", "sampling"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class JudgeRow:
     n_unscored: int  # one class, no items, or failed
     items_failed: int  # unreadable answers, summed
     items: int  # answers asked for, summed
+    sampling: str = "explain"  # the preset that drew the judge's excerpts
 
 
 @dataclass(frozen=True)
@@ -59,9 +61,12 @@ class CorrRow:
 
 def judged(scores):
     """One row per neuron-side and (method, explainer, judge): best, else lowest candidate."""
-    rows = scores[scores["method"].isin(JUDGES)]
+    rows = scores[scores["method"].isin(JUDGES)].copy()
     if rows.empty:
         return rows
+    # rows written before presets carry '' and were drawn by the explain preset
+    rows["sampling"] = rows["sampling"].replace("", "explain") if "sampling" in rows else \
+        "explain"
     order = rows.sort_values(["best", "candidate"], ascending=[False, True], kind="stable")
     return order.drop_duplicates(KEY, keep="first").sort_values(KEY).reset_index(drop=True)
 
@@ -81,7 +86,8 @@ def _summary(g, model: str, layer, key) -> JudgeRow:
     failed = g["n_failed"].fillna(0).astype(int)
     return JudgeRow(model, layer, key[0], key[1], key[2], len(g), len(ok), _mean(ba), lo, hi,
                     CHANCE, _mean(ok["auroc"]), _mean(ok["f1"]), len(g) - len(ok),
-                    int(failed.sum()), int((g["n_judged"].fillna(0).astype(int) + failed).sum()))
+                    int(failed.sum()), int((g["n_judged"].fillna(0).astype(int) + failed).sum()),
+                    key[3])
 
 
 def aggregate(scores, models_meta: dict, by: str = "layer") -> list[JudgeRow]:
@@ -94,11 +100,11 @@ def aggregate(scores, models_meta: dict, by: str = "layer") -> list[JudgeRow]:
     for mkey in sorted(head["model"].unique(), key=size):
         name = models_meta.get(mkey, {}).get("model", mkey)
         g_model = head[head["model"] == mkey]
-        keys = ["method", "explainer", "simulator"] if by == "model" else \
-            ["layer", "method", "explainer", "simulator"]
+        keys = ["method", "explainer", "simulator", "sampling"] if by == "model" else \
+            ["layer", "method", "explainer", "simulator", "sampling"]
         for k, g in g_model.groupby(keys, sort=True):
             layer = None if by == "model" else int(k[0])
-            out.append(_summary(g, name, layer, k[-3:]))
+            out.append(_summary(g, name, layer, k[-4:]))
     return out
 
 
@@ -115,14 +121,15 @@ def _per_neuron(scores) -> dict[str, dict[tuple, float]]:
             src[src["status"].isin(COUNTED) & src[col].notna()]
         for r in src.drop_duplicates(KEY, keep="first").itertuples(index=False):
             key = (r.model, int(r.layer), int(r.neuron), r.side, r.explainer)
-            out.setdefault(r.method, {}).setdefault(key, float(getattr(r, col)))
+            name = r.method if r.method == "simulation" else f"{r.method} ({r.sampling})"
+            out.setdefault(name, {}).setdefault(key, float(getattr(r, col)))
     return out
 
 
 def correlations(scores, models_meta: dict) -> list[CorrRow]:
     """Spearman correlation across neurons between every two methods, per model and explainer."""
     per = _per_neuron(scores)
-    methods = [m for m in ("simulation", *JUDGES) if m in per]
+    methods = [m for m in ("simulation",) if m in per] + sorted(set(per) - {"simulation"})
     out = []
     for i, a in enumerate(methods):
         for b in methods[i + 1:]:
@@ -148,14 +155,16 @@ def render(rows: list[JudgeRow], corr: list[CorrRow], width: int = 220) -> str:
     cols = [("model", lambda r: r.model),
             ("layer", lambda r: "all" if r.layer is None else str(r.layer)),
             ("method", lambda r: r.method), ("explainer", lambda r: r.explainer),
-            ("judge", lambda r: r.judge), ("neurons", lambda r: str(r.n_neurons)),
+            ("judge", lambda r: r.judge), ("sampling", lambda r: r.sampling),
+            ("neurons", lambda r: str(r.n_neurons)),
             ("scored", lambda r: str(r.n_scored)), ("mean", lambda r: _num(r.mean)),
             ("95% CI", lambda r: "—" if r.ci_low is None else f"{r.ci_low:.3f}…{r.ci_high:.3f}"),
             ("chance", lambda r: f"{r.chance:.3f}"), ("AUROC", lambda r: _num(r.mean_auroc)),
             ("F1", lambda r: _num(r.mean_f1)), ("unscored", lambda r: str(r.n_unscored)),
             ("unreadable", lambda r: f"{r.items_failed}/{r.items}")]
     for name, _ in cols:
-        t.add_column(name, justify="left" if name in ("model", "method", "explainer", "judge")
+        t.add_column(name, justify="left" if name in ("model", "method", "explainer", "judge",
+                                                      "sampling")
                      else "right", no_wrap=True)
     for r in rows:
         t.add_row(*(fn(r) for _, fn in cols))
