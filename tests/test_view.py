@@ -105,13 +105,13 @@ def test_index_in_browser(site, browser):
     assert page.wait_for("document.querySelectorAll('#neurons tbody tr').length") == 2 * N
     assert page.js("document.getElementById('model').value") == "z-tiny-gpt2"
     assert page.js("Object.keys(EXPLAIN.state.rows)") == ["z-tiny-gpt2/0"]
-    scores = page.js("[...document.querySelectorAll('#neurons tbody tr td:nth-child(3)')]"
+    scores = page.js("[...document.querySelectorAll('#neurons tbody td[data-col=score]')]"
                      ".map(td => td.textContent)")
     vals = [float(s) for s in scores if s != "\u2014"]
     assert vals == sorted(vals, reverse=True) and len(vals) == 2 * (N - 2)
     page.js("document.querySelector('th[data-key=score]').click()")  # now ascending
     vals = [float(s) for s in page.js(
-        "[...document.querySelectorAll('#neurons tbody tr td:nth-child(3)')]"
+        "[...document.querySelectorAll('#neurons tbody td[data-col=score]')]"
         ".map(td => td.textContent)") if s != "\u2014"]
     assert vals == sorted(vals)
     # All layers of the bigger model: 3 layers x N neurons x 2 explainers, 50 to a page.
@@ -173,3 +173,122 @@ def test_browser_harness_sees_errors(browser, tmp_path):
     assert "boom" in text and "undefinedFn" in text, text
     assert "missing.js" in text or "ERR_FILE_NOT_FOUND" in text, text
     assert any(u.endswith("missing.js") for u in page.requests)
+
+
+# --- the index tells its rows apart: side, simulator (mode), method; the URL keeps the view ---
+
+LEX = "baseline-lexical"
+
+
+@pytest.fixture(scope="module")
+def sided_site(tmp_path_factory):
+    """The hand-made run plus, in z-tiny-gpt2 layer 0, rows that repeat an explanation: the
+    negative side's own scores, the lexical baseline's, and a detection judge's (as `explain
+    run` writes them beside its LLM simulator)."""
+    from tests.reportfactory import EXPLAINERS, SIM
+
+    from explainer import run as rundir
+
+    run = tmp_path_factory.mktemp("sided-run")
+    truth = make_run(run, n_neurons=N)
+    model, explainer, rows = "z-tiny-gpt2", EXPLAINERS[0], []
+    for n in range(N):
+        text = truth.explanations[(model, 0, n, explainer)]
+        common = dict(model=model, layer=0, neuron=n, explainer=explainer, candidate=0,
+                      split="valid", explanation=text, rsquared=None, abs_dev_explained=None,
+                      n_tokens=80, best=True, status="ok", error=None)
+        rows += [
+            rundir.ScoreRow(simulator=SIM, score=-0.1 - n / 100, score_top=0.0, score_random=0.0,
+                            side="neg", mode="logprob", **common),
+            rundir.ScoreRow(simulator=LEX, score=0.2 + n / 100, score_top=0.1, score_random=0.1,
+                            side="pos", mode="lexical", **common),
+            rundir.ScoreRow(simulator=LEX, score=0.3 - n / 100, score_top=0.1, score_random=0.1,
+                            side="neg", mode="lexical", **common),
+            rundir.ScoreRow(simulator=SIM, score=0.5 + n / 50, score_top=None, score_random=None,
+                            side="pos", method="detection", balanced_accuracy=0.5 + n / 50,
+                            **common)]
+    rundir.write_rows(run, "scores", rows)
+    out = tmp_path_factory.mktemp("sided-site")
+    view.run(ViewConfig(run=run, out=out))
+    stats = rundir.read(run, "neurons", model, 0)
+    return out, dict(zip(stats["neuron"].astype(int), zip(stats["max"], stats["min"])))
+
+
+ROWS_JS = ("[...document.querySelectorAll('#neurons tbody tr')].map(tr => Object.fromEntries("
+           "[...tr.children].map(td => [td.dataset.col, td.textContent])"
+           ".concat([['neg', tr.classList.contains('neg')]])))")
+
+
+def _distinct_where_text_repeats(rows, cols):
+    """Rows of one neuron with one explanation differ in `cols` (what the reader sees)."""
+    seen = {}
+    for r in rows:
+        key = (r["neuron"], r["explanation"], tuple(r[c] for c in cols))
+        assert key not in seen, f"two rows alike in {cols}: {r}"
+        seen[key] = r
+    return len({(r["neuron"], r["explanation"]) for r in rows}) < len(rows)
+
+
+def test_index_tells_rows_apart_in_browser(sided_site, browser):
+    from tests.reportfactory import SIM
+
+    out, peaks = sided_site
+    page = browser.page()
+    page.goto((out / "index.html").as_uri())
+    page.wait_for("document.querySelectorAll('#neurons tbody tr').length")
+    heads = page.js("[...document.querySelectorAll('#neurons thead th')].map(t => t.textContent)")
+    assert {"side", "simulator", "method", "max act."} <= set(heads)
+    # Default: the run's LLM simulator (not the lexical baseline, first by name), simulation only.
+    assert page.js("document.getElementById('sim').value") == SIM
+    assert page.js("document.getElementById('method').value") == "simulation"
+    rows = page.js(ROWS_JS)
+    assert len(rows) == 3 * N  # both explainers' positive side, one explainer's negative side
+    assert {r["simulator"] for r in rows} == {f"{SIM}"} | {f"{SIM} \u00b7 logprob"}
+    assert {r["method"] for r in rows} == {"simulation"}
+    # Same neuron, same explanation: told apart by side or simulator, and such pairs exist.
+    assert _distinct_where_text_repeats(rows, ["side", "simulator"])
+    for r in rows:  # the side's own peak: the minimum on the negative side, labelled and marked
+        hi, lo = peaks[int(r["neuron"])]
+        neg = "neg" in r["side"]
+        assert r["neg"] == neg
+        assert r["max"].endswith(" min") == neg
+        assert float(r["max"].removesuffix(" min")) == float(f"{lo if neg else hi:.3g}")
+    colors = page.js("[...document.querySelectorAll('#neurons tbody tr')].map(tr => "
+                     "[tr.classList.contains('neg'), getComputedStyle(tr.children[0])"
+                     ".backgroundColor])")
+    assert len({c for neg, c in colors if neg}) == 1
+    assert {c for neg, c in colors if neg}.isdisjoint({c for neg, c in colors if not neg})
+    # The baseline and the judge are one choice away; every row stays distinguishable.
+    page.js("for (const [id, v] of [['sim', 'all'], ['method', 'all'], ['size', '100']]) {"
+            " const s = document.getElementById(id); s.value = v; s.onchange(); }")
+    rows = page.js(ROWS_JS)
+    assert len(rows) == 6 * N
+    assert {r["method"] for r in rows} == {"simulation", "detection"}
+    assert _distinct_where_text_repeats(rows, ["side", "simulator", "method"])
+    # Sort, filters and page survive a reload: the address alone rebuilds the view.
+    page.js("const z = document.getElementById('size'); z.value = '25'; z.onchange();")
+    page.js("document.querySelector('th[data-key=max]').click()")
+    page.js("document.getElementById('next').click()")
+    want = page.js(ROWS_JS)
+    url = page.js("location.href")
+    assert "page=2" in url and "sort=max" in url and "sim=all" in url
+    again = browser.page()
+    again.goto(url)
+    again.wait_for("document.querySelectorAll('#neurons tbody tr').length")
+    assert again.js(ROWS_JS) == want
+    assert again.js("document.getElementById('pageinfo').textContent").startswith("page 2 of 3")
+    peaks_shown = [abs(float(r["max"].removesuffix(" min"))) for r in want]
+    assert peaks_shown == sorted(peaks_shown, reverse=True)  # by the size of the side's peak
+    # A shared link to one side: layer 0, negative side, sorted by score.
+    link = page.js("location.href.split('#')[0]") + \
+        "#model=z-tiny-gpt2&layer=0&side=neg&sort=score&dir=desc"
+    neg = browser.page()
+    neg.goto(link)
+    neg.wait_for("document.querySelectorAll('#neurons tbody tr').length")
+    rows = neg.js(ROWS_JS)
+    assert len(rows) == N and all(r["neg"] for r in rows)
+    assert neg.js("document.getElementById('sim').value") == SIM  # unnamed filters: defaults
+    scores = [float(r["score"]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    for p in (page, again, neg):
+        assert p.errors == []

@@ -40,25 +40,75 @@ def _f(x):
     return None if x is None or not np.isfinite(x) else round(float(x), 4)
 
 
+def _sig(x):
+    # activations span decades (a negative side's minimum may be -0.006): keep 4 significant
+    # digits, not 4 decimals
+    return None if x is None or not np.isfinite(x) else float(f"{float(x):.4g}")
+
+
 def neuron_href(mkey: str, layer: int, neuron: int) -> str:
     """Path of a neuron page relative to the site root."""
     return f"neurons/{mkey}/L{layer}/N{neuron}.html"
 
 
 def _index_rows(mkey, layer, neurons, head, stats) -> list[list]:
-    """One row per (neuron, explainer pair); neurons without scores get one empty row."""
-    max_by = dict(zip(stats["neuron"].astype(int), stats["max"])) if not stats.empty else {}
+    """One row per (neuron, side, explainer, simulator and mode, method): the chosen simulation
+    scores and the judges' rows; neurons without scores get one empty row. Columns in
+    index.js's COLS order; `max` is the side's own peak (the minimum on the negative side)."""
+    peak = {}
+    if not stats.empty:
+        for n, hi, lo in zip(stats["neuron"].astype(int), stats["max"], stats["min"]):
+            peak[(n, "pos")], peak[(n, "neg")] = hi, lo
     rows, seen = [], set()
     for r in head.itertuples():
-        n = int(r.neuron)
+        n, side = int(r.neuron), r.side or "pos"
         seen.add(n)
         score = _f(r.score) if r.status == "ok" and r.score is not None else None
         rows.append([n, r.explainer, r.simulator, score, _f(r.score_top), _f(r.score_random),
-                     r.status, r.explanation, _f(max_by.get(n)), neuron_href(mkey, layer, n)])
+                     r.status, r.explanation, _sig(peak.get((n, side))),
+                     neuron_href(mkey, layer, n), side, r.mode or "", r.method])
     for n in sorted(set(neurons) - seen):
-        rows.append([n, None, None, None, None, None, None, None, _f(max_by.get(n)),
-                     neuron_href(mkey, layer, n)])
+        rows.append([n, None, None, None, None, None, None, None, _sig(peak.get((n, "pos"))),
+                     neuron_href(mkey, layer, n), None, None, None])
     return rows
+
+
+def _index_head(scores):
+    """The index's scored rows: each neuron side's chosen simulation score per simulator and
+    mode (the report's headline rows), then one row per judge and method."""
+    import pandas as pd
+
+    cols = ["neuron", "explainer", "simulator", "score", "score_top", "score_random", "status",
+            "explanation", "side", "mode", "method"]
+    parts = [f[cols] for f in (headline(scores), rundir.query.judged(scores)) if not f.empty]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+
+
+def _index_filters(rows: list[list]) -> dict:
+    """What the index's filters offer for these rows: explainers, simulators with their
+    modes, methods, sides, and how many simulation rows each simulator has."""
+    out = {"explainers": set(), "simulators": {}, "methods": set(), "sides": set(),
+           "n_sim": {}}
+    for r in rows:
+        if r[1] is None:
+            continue
+        out["explainers"].add(r[1])
+        out["simulators"].setdefault(r[2], set()).add(r[11])
+        out["methods"].add(r[12])
+        out["sides"].add(r[10])
+        if r[12] == "simulation":
+            out["n_sim"][r[2]] = out["n_sim"].get(r[2], 0) + 1
+    return out
+
+
+def _default_simulator(filters: dict) -> str:
+    """The run's LLM simulator: the one with the most simulation rows that is not the lexical
+    baseline (`explain run` scores with both); the baseline when it is alone; '' when none."""
+    from explainer.config import BASELINE_SIMULATOR
+
+    n = filters["n_sim"]
+    llm = sorted((-k, s) for s, k in n.items() if s != BASELINE_SIMULATOR)
+    return llm[0][1] if llm else (BASELINE_SIMULATOR if n else "")
 
 
 def _token_spans(ex: Excerpt, values, top: float, rgb: str, other: str) -> str:
@@ -207,10 +257,10 @@ def _nav(neurons: list[int], i: int) -> str:
 
 
 def _write_layer(run, out, mkey, name, layer, tokens,
-                 scored_only: bool = False) -> tuple[int, list[str]]:
+                 scored_only: bool = False) -> tuple[int, dict]:
     t = {n: rundir.read(run, n, mkey, layer)
          for n in ("records", "neurons", "scores", "simulations")}
-    head = headline(t["scores"])
+    head = _index_head(t["scores"])
     neurons = set(head["neuron"].astype(int))
     if not scored_only:
         neurons |= set(t["records"]["neuron"].astype(int))
@@ -235,8 +285,7 @@ def _write_layer(run, out, mkey, name, layer, tokens,
         page = neuron_page(nv, split["records"].get(n, []), _nav(neurons, i), template)
         page = judgments.into_page(page, judged.get(n, []), tokens)
         (page_dir / f"N{n}.html").write_text(page)
-    pairs = sorted({f"{r[1]} / {r[2]}" for r in rows if r[1] is not None})
-    return len(neurons), pairs
+    return len(neurons), _index_filters(rows)
 
 
 def run(cfg: ViewConfig) -> str:
@@ -270,14 +319,25 @@ def run(cfg: ViewConfig) -> str:
             ex = rundir.read(run_dir, "excerpts", mkey)
             tokens = dict(zip(ex["excerpt_id"].astype(int), ex["tokens"]))
             entry = {"key": mkey, "name": name, "params": format_params(meta.get("n_params"))
-                     if meta.get("n_params") else None, "layers": [], "pairs": []}
+                     if meta.get("n_params") else None, "layers": []}
+            seen = {"explainers": set(), "simulators": {}, "methods": set(), "sides": set(),
+                    "n_sim": {}}
             for layer in layers:
-                n, pairs = _write_layer(run_dir, out, mkey, name, layer, tokens,
-                                        cfg.scored_only)
+                n, got = _write_layer(run_dir, out, mkey, name, layer, tokens,
+                                      cfg.scored_only)
                 entry["layers"].append({"layer": layer, "n": n,
                                         "file": f"data/{mkey}/layer-{layer}.js"})
-                entry["pairs"] = sorted(set(entry["pairs"]) | set(pairs))
+                for k in ("explainers", "methods", "sides"):
+                    seen[k] |= got[k]
+                for sim, modes in got["simulators"].items():
+                    seen["simulators"].setdefault(sim, set()).update(modes)
+                for sim, k in got["n_sim"].items():
+                    seen["n_sim"][sim] = seen["n_sim"].get(sim, 0) + k
                 bar.advance(task)
+            entry.update(explainers=sorted(seen["explainers"]), methods=sorted(seen["methods"]),
+                         sides=sorted(seen["sides"]), default_simulator=_default_simulator(seen),
+                         simulators=[{"name": k, "modes": sorted(m)}
+                                     for k, m in sorted(seen["simulators"].items())])
             models.append(entry)
     manifest = {"run": run_dir.name, "models": models}
     (out / "data" / "manifest.js").write_text(f"EXPLAIN.manifest({_js(manifest)});\n")
