@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from explainer import config as C  # noqa: E402
 from explainer.describe import stage as describe  # noqa: E402
 from explainer import run as rundir
+from explainer.run.specs import SPLITS  # noqa: E402
 
 
 def make_realistic_run(root: Path, n_neurons: int, ctx: int = 64, n_excerpts: int = 48,
@@ -49,7 +50,7 @@ def make_realistic_run(root: Path, n_neurons: int, ctx: int = 64, n_excerpts: in
         for rank, i in enumerate(ranked):
             for name, value in zip(["neuron", "excerpt_id", "kind", "rank", "split",
                                     "activations", "max_activation"],
-                                   [neuron, i, "top", rank, C.SPLITS[rank % 4], acts[i],
+                                   [neuron, i, "top", rank, SPLITS[rank % 4], acts[i],
                                     max(acts[i])]):
                 cols[name].append(value)
     rundir.write_columns(root, "records", cols, model="bench", layer=0)

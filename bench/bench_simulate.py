@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from explainer import config as C  # noqa: E402
 from explainer.simulate import stage as simulate  # noqa: E402
 from explainer import run as rundir
+from explainer.run.specs import RANDOM_SPLITS, SPLITS  # noqa: E402
 from tests.fake_openai import FakeOpenAI, Reply, default_handler  # noqa: E402
 
 PUBLISHED_PROMPT_TOKENS = 818  # one all-at-once simulation prompt of the published method
@@ -53,8 +54,8 @@ def make_run(root: Path, n_neurons: int, ctx: int = 64, n_excerpts: int = 40,
         acts = [[rng.uniform(1, 4) if t in likes else rng.uniform(-0.2, 0.05) for t in ex]
                 for ex in toks]
         ranked = sorted(range(n_excerpts), key=lambda i: -max(acts[i]))
-        kept = [("top", i, r, C.SPLITS[r % 4]) for r, i in enumerate(ranked)]
-        kept += [("random", i, r, C.RANDOM_SPLITS[r % 3]) for r, i in enumerate(range(15))]
+        kept = [("top", i, r, SPLITS[r % 4]) for r, i in enumerate(ranked)]
+        kept += [("random", i, r, RANDOM_SPLITS[r % 3]) for r, i in enumerate(range(15))]
         for kind, i, rank, split in kept:
             for name, value in zip(["neuron", "excerpt_id", "kind", "rank", "split",
                                     "activations", "max_activation"],

@@ -22,8 +22,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from explainer import ExplainError
-from explainer import config as C
+from explainer import config
 from explainer import run as rundir
+from explainer.run.specs import parse_spec
 
 Key = tuple[int, str, int]  # (layer, side, neuron)
 
@@ -173,8 +174,8 @@ def _selection(d: C.DescribeConfig) -> tuple[str, set[Key]]:
     if str(d.layers).strip() == "all":
         layers = rundir.layers_in(d.run, "records", model)
     else:
-        layers = C.parse_spec(d.layers, int(entry["n_layers"]), "layer", model)
-    neurons = C.parse_spec(d.neurons, int(entry["d_mlp"]), "neuron", f"{model} layer")
+        layers = parse_spec(d.layers, int(entry["n_layers"]), "layer", model)
+    neurons = parse_spec(d.neurons, int(entry["d_mlp"]), "neuron", f"{model} layer")
     sides = list(entry.get("sides") or ["pos"])
     sides = sides if d.sides == "all" else [d.sides]
     return model, {(la, sd, n) for la in layers for sd in sides for n in neurons}

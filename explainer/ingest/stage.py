@@ -30,6 +30,7 @@ import numpy as np
 from explainer import ExplainError
 from explainer import config as C
 from explainer import run as rundir
+from explainer.run.specs import RANDOM_SPLITS, SPLITS
 from explainer.ingest import openai as O
 
 FORMATS = ("openai",)
@@ -89,7 +90,7 @@ def _entry(cfg: C.ImportConfig, data: O.Imported) -> dict:
             "hook_point": "blocks.{layer}.mlp.hook_post",
             "settings": {"format": cfg.format, "sha256": data.sha256, "files": list(data.files)},
             "layers_done": layers, "n_neurons": len(data.neurons),
-            "splits": {"top": list(C.SPLITS), "random": list(C.RANDOM_SPLITS),
+            "splits": {"top": list(SPLITS), "random": list(RANDOM_SPLITS),
                        "remainder": UNUSED},
             "token_ids": "unknown: the files hold token strings only (token_ids are empty)",
             "quantile_probs": list(QUANTILE_PROBS),
@@ -125,10 +126,10 @@ def _split(rank: int, splits: tuple[str, ...], n: int) -> str:
 def _dealt(n: O.Neuron) -> list[tuple[str, tuple, int, str, O.Record]]:
     """(kind, excerpt key, rank, split, record) of every record of one neuron."""
     q = max((len(b) for b in n.quantiles), default=0)
-    out = [("top", r, _split(r, C.SPLITS, len(n.top)), rec) for r, rec in enumerate(n.top)]
-    out += [("random", r, _split(r, C.RANDOM_SPLITS, len(n.random)), rec)
+    out = [("top", r, _split(r, SPLITS, len(n.top)), rec) for r, rec in enumerate(n.top)]
+    out += [("random", r, _split(r, RANDOM_SPLITS, len(n.random)), rec)
             for r, rec in enumerate(n.random)]
-    out += [("quantile", b * q + j, C.SPLITS[(b * q + j) % len(C.SPLITS)], rec)
+    out += [("quantile", b * q + j, SPLITS[(b * q + j) % len(SPLITS)], rec)
             for b, recs in enumerate(n.quantiles) for j, rec in enumerate(recs)]
     seen: dict[tuple, int] = {}
     keyed = []

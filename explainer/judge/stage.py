@@ -26,6 +26,7 @@ from pathlib import Path
 from explainer import ExplainError
 from explainer import config as C
 from explainer import run as rundir
+from explainer.run.specs import parse_spec
 from explainer.judge import prompt as P
 from explainer.judge import sampling as SA
 from explainer.score import classify as K
@@ -98,7 +99,7 @@ def _units(run_dir: Path, model: str, layers: list[int], cfg: C.JudgeConfig) -> 
     """(layer, explained neurons) pairs: what the Ray engine cuts into blocks."""
     d_mlp = int((rundir.model_meta(run_dir, model) or {}).get("d_mlp") or 1 << 30)
     among = None if str(cfg.neurons).strip() == "all" else \
-        C.parse_spec(cfg.neurons, d_mlp, "neuron", f"{model} layer")
+        parse_spec(cfg.neurons, d_mlp, "neuron", f"{model} layer")
     units = [(la, rundir.explained_neurons(run_dir, model, la, cfg.explainer, among))
              for la in layers]
     return [(la, ns) for la, ns in units if ns]

@@ -28,9 +28,10 @@ from explainer import config as C
 from explainer.record import corpus, logits, shards, tables
 from explainer.subject import models
 from explainer import run as rundir
-from explainer.config import RANDOM_SPLITS, SPLITS, RecordConfig, parse_spec
+from explainer.config import RecordConfig
+from explainer.run.specs import RANDOM_SPLITS, SPLITS, parse_spec
 from explainer.record.samplers import stream_id
-from explainer.record.tables import QUANTILE_PROBS
+from explainer.record.tables import QUANTILE_PROBS, Recorded
 
 log = logging.getLogger(__name__)
 # Settings that define what a model's recorded tables mean: a rerun must match them.

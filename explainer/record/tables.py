@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from explainer import run as rundir
-from explainer.config import RANDOM_SPLITS, SPLITS
+from explainer.run.specs import RANDOM_SPLITS, SPLITS
 
 QUANTILE_PROBS = (0.001, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 0.999)
 

@@ -81,7 +81,7 @@ def explained_layers(run: Path, model: str | None, layers: str) -> tuple[str, li
     """The model key and layers of a run that have explanations, narrowed to `--model` and
     `--layer` (a spec); an ExplainError names what is missing and what would be valid."""
     from explainer import ExplainError
-    from explainer.config import parse_spec
+    from explainer.run.specs import parse_spec
     from explainer.run.meta import model_meta
     from explainer.run.parquet import layers_in, models_in
 
@@ -114,7 +114,7 @@ def selected_explanations(run: Path, model: str, layer: int, explainer: str | No
     only those neurons' rows when the spec names some; an ExplainError names an explainer
     with no explanation there and the explainers that have one."""
     from explainer import ExplainError
-    from explainer.config import parse_spec
+    from explainer.run.specs import parse_spec
     from explainer.run.meta import model_meta
     from explainer.run.parquet import read
 

@@ -23,8 +23,9 @@ from pathlib import Path
 from explainer import ExplainError
 from explainer import progress
 from explainer import run as rundir
-from explainer import config as C
-from explainer.score import rows as SS
+from explainer import config
+from explainer.run.specs import parse_spec
+from explainer.score import rows as score_rows
 from explainer.simulate.reuse import Done as _Done
 from explainer.simulate import grouped
 
@@ -288,7 +289,7 @@ def _explained(run_dir: Path, model: str, layers: list[int], cfg: C.SimulateConf
     """(layer, neurons with an explanation to simulate): what the engines cut into blocks."""
     d_mlp = int((rundir.model_meta(run_dir, model) or {}).get("d_mlp") or 1 << 30)
     among = None if str(cfg.neurons).strip() == "all" else \
-        C.parse_spec(cfg.neurons, d_mlp, "neuron", f"{model} layer")
+        parse_spec(cfg.neurons, d_mlp, "neuron", f"{model} layer")
     units = [(lay, rundir.explained_neurons(run_dir, model, lay, cfg.explainer, among))
              for lay in layers]
     return [(lay, ns) for lay, ns in units if ns]
