@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from explainer import ExplainError
-from explainer import config
+from explainer import config as C
 from explainer import run as rundir
 from explainer.run.specs import parse_spec
 

@@ -23,9 +23,9 @@ from pathlib import Path
 from explainer import ExplainError
 from explainer import progress
 from explainer import run as rundir
-from explainer import config
+from explainer import config as C
 from explainer.run.specs import parse_spec
-from explainer.score import rows as score_rows
+from explainer.score import rows as SS
 from explainer.simulate.reuse import Done as _Done
 from explainer.simulate import grouped
 
