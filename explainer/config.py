@@ -255,5 +255,4 @@ class RunConfig:
     # paper's method); a level's explanation is kept at valid score >= accept
     cascade: tuple[str, ...] = ()
     accept: float | None = None
-    accept_by: str | None = None  # detection | fuzzing | simulation (see CascadeConfig)
     excerpts_per_prompt: int = 1  # simulate K excerpts per prompt (1: the paper's format)

@@ -31,7 +31,7 @@ from explainer import run as rundir
 from explainer.config import RecordConfig
 from explainer.run.specs import RANDOM_SPLITS, SPLITS, parse_spec
 from explainer.record.samplers import stream_id
-from explainer.record.tables import QUANTILE_PROBS, Recorded
+from explainer.record.tables import QUANTILE_PROBS
 
 log = logging.getLogger(__name__)
 # Settings that define what a model's recorded tables mean: a rerun must match them.
