@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from explainer import ExplainError
-from explainer import config as C
+from explainer import config
 from explainer.llm.endpoint import DUMMY_KEY, Endpoint
 from explainer.llm.ledger import Ledger, cost_usd, shared_cache
 from explainer.llm.pool import Member, Pool, host_of
@@ -33,7 +33,7 @@ class LLM:
     """One stage's link to one endpoint, opened with `async with`."""
 
     def __init__(self, endpoint: Endpoint, run_dir: Path, stage: str = "describe",
-                 cfg: C.LLMConfig = C.LLMConfig(), *, prompt_logprobs: bool = True,
+                 cfg: config.LLMConfig = config.LLMConfig(), *, prompt_logprobs: bool = True,
                  writer: str | None = None):
         if cfg.concurrency < 1:
             raise ExplainError(f"--concurrency {cfg.concurrency}: must be 1 or more")
