@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from explainer import ExplainError
-from explainer import config as C
+from explainer import config
 
 # Local servers ignore the key but the openai client insists on having one.
 DUMMY_KEY = "sk-no-key-needed"
@@ -48,13 +48,13 @@ def resolve(name: str, base_url: str | Sequence[str] | None) -> Endpoint:
     name = (name or "").strip()
     if not name:
         raise ExplainError("the LLM name is empty; name a model served at the endpoint, "
-                           f"or {C.EMBEDDED_LLM} for the embedded one")
-    if name == C.EMBEDDED_LLM and not base_url:
+                           f"or {config.EMBEDDED_LLM} for the embedded one")
+    if name == config.EMBEDDED_LLM and not base_url:
         return Endpoint(model=name, base_url=None, api_key=DUMMY_KEY, embedded=True)
     url = base_url or os.environ.get("OPENAI_BASE_URL") or None
     key = os.environ.get("OPENAI_API_KEY") or None
     if url is None and key is None:
         raise ExplainError(f"LLM {name!r} would go to OpenAI but OPENAI_API_KEY is not set; "
                            "set it, "
-                           f"or name another endpoint with --base-url, or use {C.EMBEDDED_LLM}")
+                           f"or name another endpoint with --base-url, or use {config.EMBEDDED_LLM}")
     return Endpoint(model=name, base_url=url, api_key=key or DUMMY_KEY, replicas=tuple(urls[1:]))
