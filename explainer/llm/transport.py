@@ -16,7 +16,7 @@ import random
 import time
 from typing import Callable
 
-from explainer import config as C
+from explainer import config
 from explainer.llm.pool import HEALTH, Member, Pool
 from explainer.llm.wire import CHAT, RETRYABLE, Completion, LLMError, classify, parse
 
@@ -29,7 +29,7 @@ FailureHook = Callable[[str, str, float, int, str], None]
 class Transport:
     """Sends requests through the members of a `Pool` with the retry policy of `cfg`."""
 
-    def __init__(self, pool: Pool, cfg: C.LLMConfig, scrub: Callable[[str], str] = lambda s: s):
+    def __init__(self, pool: Pool, cfg: config.LLMConfig, scrub: Callable[[str], str] = lambda s: s):
         self.pool = pool
         self.cfg = cfg
         self.scrub = scrub  # removes the API key from error text before it goes anywhere
