@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from explainer import ExplainError
-from explainer import config as C
+from explainer import config
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class Worker:
                 "calls": after[0] - before[0], "requests": after[1] - before[1]}
 
 
-def door(cfg: C.EngineConfig) -> None:
+def door(cfg: config.EngineConfig) -> None:
     """ExplainError, before any work or file, when `--engine ray` cannot start: Ray missing, or
     the named cluster not answering within seconds (none named: `ray.init` starts one)."""
     try:
@@ -133,7 +133,7 @@ def connect(address: str | None) -> Iterator[None]:
         ray.shutdown()
 
 
-def run_blocks(cfg: C.EngineConfig, run: Path, args: Sequence[tuple], label: str,
+def run_blocks(cfg: config.EngineConfig, run: Path, args: Sequence[tuple], label: str,
                unit: str = "neurons") -> dict:
     """Every (stage_run, cfg, units) of `args` on a pool of actors; returns the totals
     (`unit` names what `units` counts: neurons of a block, excerpts of a record shard)."""
@@ -159,7 +159,7 @@ def run_blocks(cfg: C.EngineConfig, run: Path, args: Sequence[tuple], label: str
     return total
 
 
-def _map(cfg: C.EngineConfig, args: Sequence[tuple], label: str) -> tuple[list[dict], int]:
+def _map(cfg: config.EngineConfig, args: Sequence[tuple], label: str) -> tuple[list[dict], int]:
     import ray
     from ray.util import ActorPool
 
