@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from explainer import ExplainError
-from explainer import config as C
+from explainer import config
 from explainer import run as rundir
 from explainer.run.specs import RANDOM_SPLITS, SPLITS
 from explainer.ingest import openai as O
@@ -44,7 +44,7 @@ GPT2 = {"gpt2": (12, 3072, 124_439_808), "gpt2-medium": (24, 4096, 354_823_168),
 TABLES = ("records", "neurons", "explanations", "scores")
 
 
-def run(cfg: C.ImportConfig) -> str:
+def run(cfg: config.ImportConfig) -> str:
     """Import the files into cfg.run; returns a one-line summary."""
     if cfg.format not in FORMATS:
         raise ExplainError(f"--format {cfg.format}: expected one of {', '.join(FORMATS)}")
@@ -76,7 +76,7 @@ def run(cfg: C.ImportConfig) -> str:
             f"into {run_dir}")
 
 
-def _entry(cfg: C.ImportConfig, data: O.Imported) -> dict:
+def _entry(cfg: config.ImportConfig, data: O.Imported) -> dict:
     """run.json's entry for the model; an ExplainError if a neuron lies outside a known shape."""
     layers = sorted({n.layer for n in data.neurons})
     top_neuron = max(n.neuron for n in data.neurons)
