@@ -55,6 +55,6 @@ def resolve(name: str, base_url: str | Sequence[str] | None) -> Endpoint:
     key = os.environ.get("OPENAI_API_KEY") or None
     if url is None and key is None:
         raise ExplainError(f"LLM {name!r} would go to OpenAI but OPENAI_API_KEY is not set; "
-                           "set it, "
-                           f"or name another endpoint with --base-url, or use {config.EMBEDDED_LLM}")
+                           "set it, or name another endpoint with --base-url, or use "
+                           f"{config.EMBEDDED_LLM}")
     return Endpoint(model=name, base_url=url, api_key=key or DUMMY_KEY, replicas=tuple(urls[1:]))

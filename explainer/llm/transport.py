@@ -29,7 +29,8 @@ FailureHook = Callable[[str, str, float, int, str], None]
 class Transport:
     """Sends requests through the members of a `Pool` with the retry policy of `cfg`."""
 
-    def __init__(self, pool: Pool, cfg: config.LLMConfig, scrub: Callable[[str], str] = lambda s: s):
+    def __init__(self, pool: Pool, cfg: config.LLMConfig,
+                 scrub: Callable[[str], str] = lambda s: s):
         self.pool = pool
         self.cfg = cfg
         self.scrub = scrub  # removes the API key from error text before it goes anywhere
