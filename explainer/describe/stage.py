@@ -17,9 +17,9 @@ from pathlib import Path
 from explainer import ExplainError
 from explainer import progress
 from explainer import run as rundir
-from explainer import config as C
+from explainer import config
 from explainer.describe import baseline
-from explainer.describe import prompt as P
+from explainer.describe import prompt as describe_prompt
 from explainer.run.evidence import EVIDENCE, OutputTokens, explainer_label, output_tokens
 from explainer.run.specs import parse_spec
 
@@ -41,7 +41,7 @@ class _Job:
     side: str = "pos"  # pos, or neg: what drives a gated neuron most negative
 
 
-def run(cfg: C.DescribeConfig) -> Path:
+def run(cfg: config.DescribeConfig) -> Path:
     """Explain the selected neurons; returns the run's explanations/ folder."""
     run_dir = Path(cfg.run)
     model, entry = _pick_model(run_dir, cfg.model)
@@ -55,12 +55,12 @@ def run(cfg: C.DescribeConfig) -> Path:
         raise ExplainError(f"--api {cfg.api!r}: expected chat or completion")
     if cfg.evidence not in EVIDENCE:
         raise ExplainError(f"--evidence {cfg.evidence}: expected one of {', '.join(EVIDENCE)}")
-    baseline = cfg.explainer in (C.BASELINE_EXPLAINER, C.BASELINE_LOGITS)
+    baseline = cfg.explainer in (config.BASELINE_EXPLAINER, config.BASELINE_LOGITS)
     # The baselines read one kind of evidence each, whatever --evidence says.
-    evidence = {C.BASELINE_EXPLAINER: "inputs", C.BASELINE_LOGITS: "outputs"}.get(
+    evidence = {config.BASELINE_EXPLAINER: "inputs", config.BASELINE_LOGITS: "outputs"}.get(
         cfg.explainer, cfg.evidence)
     candidates = 1 if baseline else cfg.candidates
-    phash = NO_PROMPT if baseline else P.prompt_hash(evidence)
+    phash = NO_PROMPT if baseline else describe_prompt.prompt_hash(evidence)
     label = explainer_label(cfg.explainer, evidence)  # e.g. smollm2-135m+both
     from explainer import engine
 
@@ -258,17 +258,17 @@ def _run_baseline(jobs: list[_Job], writer: _Writer, evidence: str = "inputs") -
           file=sys.stderr)
 
 
-async def _run_llm(cfg: C.DescribeConfig, jobs: list[_Job], writer: _Writer) -> None:
-    from explainer import llm as L
+async def _run_llm(cfg: config.DescribeConfig, jobs: list[_Job], writer: _Writer) -> None:
+    from explainer.llm import LLM, probe, resolve
 
-    endpoint = L.resolve(cfg.explainer, cfg.llm.base_url)
+    endpoint = resolve(cfg.explainer, cfg.llm.base_url)
     temperature = cfg.temperature if cfg.temperature is not None else (
         1.0 if cfg.candidates > 1 else 0.0)
     # A cascade level's calls are its own in the ledger (describe:L2), so its cost is known.
     stage = f"describe:L{cfg.level}" if cfg.level else "describe"
-    async with L.LLM(endpoint, cfg.run, stage=stage, cfg=cfg.llm,
+    async with LLM(endpoint, cfg.run, stage=stage, cfg=cfg.llm,
                      prompt_logprobs=False) as llm:
-        await L.probe(llm, echo=False)
+        await probe(llm, echo=False)
 
         async def one(job: _Job) -> None:
             await _explain_one(llm, job, cfg.api, temperature, writer, cfg.evidence)
@@ -289,22 +289,22 @@ async def _explain_one(llm, job: _Job, api: str, temperature: float, writer: _Wr
         writer.add(job, None, why)
         return
     excerpts = [list(ex) for ex in job.excerpts]
-    usable = lambda c: P.parse_explanation(c.text) is not None  # noqa: E731
+    usable = lambda c: describe_prompt.parse_explanation(c.text) is not None  # noqa: E731
     key = f"L{job.layer}/N{job.neuron}/c{job.candidate}"
     try:
         if api == "chat":
-            c = await llm.chat(P.chat_messages(excerpts, job.outputs, evidence),
+            c = await llm.chat(describe_prompt.chat_messages(excerpts, job.outputs, evidence),
                                max_tokens=MAX_TOKENS,
                                temperature=temperature, sample=job.candidate, accept=usable,
                                key=key)
         else:
-            c = await llm.complete(P.completion_prompt(excerpts, job.outputs, evidence),
+            c = await llm.complete(describe_prompt.completion_prompt(excerpts, job.outputs, evidence),
                                    max_tokens=MAX_TOKENS,
                                    temperature=temperature, sample=job.candidate, accept=usable,
                                    key=key, stop=["\n"])
     except LLMError as err:
         writer.add(job, None, str(err)[:300])
         return
-    text = P.parse_explanation(c.text)
+    text = describe_prompt.parse_explanation(c.text)
     error = None if text else f"unusable answer: {c.text[:120]!r}"
     writer.add(job, text, error, c.prompt_tokens, c.completion_tokens)
