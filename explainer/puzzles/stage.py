@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from explainer import ExplainError
-from explainer import config as C
+from explainer import config
 from explainer import run as rundir
 from explainer.puzzles import data
 
@@ -62,9 +62,9 @@ def puzzle_hash(p: data.Puzzle) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def run(cfg: C.PuzzlesConfig) -> str:
+def run(cfg: config.PuzzlesConfig) -> str:
     """Simulate and score every puzzle; returns the per-puzzle table and summary (or JSON)."""
-    from explainer import llm as L
+    from explainer.llm import resolve
 
     if cfg.format not in FORMATS:
         raise ExplainError(f"--format {cfg.format}: expected one of {', '.join(FORMATS)}")
@@ -73,12 +73,12 @@ def run(cfg: C.PuzzlesConfig) -> str:
     puzzles = data.load(cfg.file)
     pset = SHIPPED if cfg.file is None else rundir.model_key(Path(cfg.file).stem)
     out = Path(cfg.run) if cfg.run is not None else default_run(cfg.simulator)
-    endpoint = None if cfg.simulator == LEXICAL else L.resolve(cfg.simulator, cfg.llm.base_url)
+    endpoint = None if cfg.simulator == LEXICAL else resolve(cfg.simulator, cfg.llm.base_url)
     explainer = None
     if cfg.explain:
-        explainer = cfg.explainer or (C.EMBEDDED_LLM if endpoint is None else cfg.simulator)
-        if explainer != C.BASELINE_EXPLAINER:
-            L.resolve(explainer, cfg.llm.base_url)  # a missing key fails before any write
+        explainer = cfg.explainer or (config.EMBEDDED_LLM if endpoint is None else cfg.simulator)
+        if explainer != config.BASELINE_EXPLAINER:
+            resolve(explainer, cfg.llm.base_url)  # a missing key fails before any write
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     mode, usage = asyncio.run(_run(cfg, out, pset, puzzles, endpoint, explainer, t0))
@@ -88,19 +88,19 @@ def run(cfg: C.PuzzlesConfig) -> str:
 
 def _render(cfg, out: Path, pset: str, puzzles, simulator: str, mode: str,
             explainer: str | None, usage: dict) -> str:
-    from explainer.views import puzzles as V
+    from explainer.views import puzzles as puzzle_views
 
     rows = rundir.read(out, "puzzles", model=pset)
     hashes = {p.name: puzzle_hash(p) for p in puzzles}
     keep = (rows["simulator"] == simulator) & (rows["mode"] == mode) & \
         (rows["puzzle"].map(hashes) == rows["puzzle_hash"]) & \
         ((rows["role"] != "explained") | (rows["explainer"] == (explainer or "")))
-    res = V.results(rows[keep])
-    summary = V.summarize(res, pset, simulator, mode)
+    res = puzzle_views.results(rows[keep])
+    summary = puzzle_views.summarize(res, pset, simulator, mode)
     if cfg.format == "json":
-        return json.dumps({"run": str(out), **V.as_dict(summary, res), "tokens": usage},
+        return json.dumps({"run": str(out), **puzzle_views.as_dict(summary, res), "tokens": usage},
                           indent=2)
-    return (V.render(summary, res, usage["text"])
+    return (puzzle_views.render(summary, res, usage["text"])
             + f"\nresults: {out / 'puzzles'} (`explain report --run {out}` shows them)")
 
 
@@ -133,10 +133,10 @@ def _own_items(puzzles) -> list[_Item]:
 
 async def _run(cfg, out: Path, pset: str, puzzles, endpoint, explainer: str | None,
                t0: float) -> tuple[str, dict]:
-    from explainer.simulate import prompt as SP
+    from explainer.simulate import prompt as simulate_prompt
 
     name = endpoint.model if endpoint is not None else LEXICAL
-    phash = "none" if endpoint is None else SP.prompt_hash()
+    phash = "none" if endpoint is None else simulate_prompt.prompt_hash()
     items = _own_items(puzzles)
     if explainer is not None:
         items += await _explain(cfg, out, puzzles, explainer)
@@ -164,7 +164,7 @@ async def _open(cfg, out: Path, endpoint):
         return
     from explainer.simulate import simulators
 
-    scfg = C.SimulateConfig(run=out, simulator=cfg.simulator, mode=cfg.mode, llm=cfg.llm)
+    scfg = config.SimulateConfig(run=out, simulator=cfg.simulator, mode=cfg.mode, llm=cfg.llm)
     async with simulators.open_simulator(scfg, endpoint) as sim:
         yield sim
 
@@ -215,7 +215,7 @@ async def _simulate(sim, todo: list[_Item], pset: str, simulator: str, phash: st
 
 async def _score(sim, it: _Item, pset: str, simulator: str, phash: str) -> rundir.PuzzleRow:
     """One explanation simulated on every passage of its puzzle, scored as the pipeline does."""
-    from explainer.score import metrics as S
+    from explainer.score import metrics
 
     p = it.puzzle
     n_tokens = sum(len(x.tokens) for x in p.passages)
@@ -237,7 +237,7 @@ async def _score(sim, it: _Item, pset: str, simulator: str, phash: str) -> rundi
             why = got.error or f"{len(got.predicted)} predictions for {len(x.tokens)} tokens"
             return row(None, "failed", f"passage {j + 1}: {why}"[:300])
     # Every passage in the "top" slot: the headline correlation over all of them concatenated.
-    scores = S.score_excerpts([(x.activations, got.predicted)
+    scores = metrics.score_excerpts([(x.activations, got.predicted)
                                for x, got in zip(p.passages, parsed)], [])
     return row(scores.score, scores.status, None)
 
@@ -248,27 +248,27 @@ async def _score(sim, it: _Item, pset: str, simulator: str, phash: str) -> rundi
 async def _explain(cfg, out: Path, puzzles, explainer: str) -> list[_Item]:
     """The explainer's explanation of each puzzle, from all its passages (LLM answers cached)."""
     from explainer.describe import baseline
-    from explainer.describe import prompt as P
+    from explainer.describe import prompt as describe_prompt
 
     shown = {p.name: [list(zip(x.tokens, x.activations)) for x in p.passages] for p in puzzles}
-    if explainer == C.BASELINE_EXPLAINER:
+    if explainer == config.BASELINE_EXPLAINER:
         texts = {p.name: baseline.explanation(shown[p.name]) for p in puzzles}
         return [_Item(p, "explained", explainer, 0, texts[p.name],
                       None if texts[p.name] else "no token fires") for p in puzzles]
-    from explainer import llm as L
+    from explainer.llm import LLM, LLMError, probe, resolve
 
-    endpoint = L.resolve(explainer, cfg.llm.base_url)
-    async with L.LLM(endpoint, out, stage="describe", cfg=cfg.llm, prompt_logprobs=False) as llm:
-        await L.probe(llm, echo=False)
+    endpoint = resolve(explainer, cfg.llm.base_url)
+    async with LLM(endpoint, out, stage="describe", cfg=cfg.llm, prompt_logprobs=False) as llm:
+        await probe(llm, echo=False)
 
         async def one(p) -> _Item:
             try:
-                c = await llm.chat(P.chat_messages(shown[p.name]), max_tokens=EXPLAIN_MAX_TOKENS,
-                                   accept=lambda c: P.parse_explanation(c.text) is not None,
+                c = await llm.chat(describe_prompt.chat_messages(shown[p.name]), max_tokens=EXPLAIN_MAX_TOKENS,
+                                   accept=lambda c: describe_prompt.parse_explanation(c.text) is not None,
                                    key=f"puzzles/{p.name}/explain")
-            except L.LLMError as err:
+            except LLMError as err:
                 return _Item(p, "explained", explainer, 0, None, f"explainer: {err}"[:300])
-            text = P.parse_explanation(c.text)
+            text = describe_prompt.parse_explanation(c.text)
             why = None if text else f"explainer: unusable answer {c.text[:100]!r}"
             return _Item(p, "explained", explainer, 0, text, why)
 
