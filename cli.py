@@ -53,6 +53,11 @@ CascadeOpt = Annotated[Optional[str], typer.Option(
 AcceptOpt = Annotated[Optional[float], typer.Option(
     "--accept", help="With --cascade: a level's explanation is kept at this valid score or "
     "above (default: none is; each neuron keeps its best level).")]
+AcceptByOpt = Annotated[Optional[str], typer.Option(
+    "--accept-by", help="With --cascade: who decides acceptance: detection or fuzzing (the "
+    "simulator's LLM as judge; --accept is a balanced accuracy, 0-1) or simulation (--accept "
+    "is a correlation). Default: detection, the cheapest (simulation with --revise or "
+    "baseline-lexical). The kept explanation is simulated and scored either way.")]
 CacheOpt = Annotated[Optional[Path], typer.Option(
     "--cache", help="A shared LLM answer cache (SQLite) for several runs (default: "
     "$EXPLAIN_LLM_CACHE, else only the run's own llm.sqlite).")]
@@ -270,6 +275,7 @@ def describe(
     workers: WorkersOpt = 0,
     cascade: CascadeOpt = None,
     accept: AcceptOpt = None,
+    accept_by: AcceptByOpt = None,
     revise: Annotated[int, typer.Option(help="Rounds in which the explainer sees where its explanation's simulation went wrong and revises it (kept only if its valid score is higher); simulates with --simulator.")] = 0,
     simulator: Annotated[str, typer.Option(help="With --cascade/--revise: the simulator that scores each level.")] = C.EMBEDDED_LLM,
     simulator_base_url: Annotated[Optional[list[str]], typer.Option("--simulator-base-url", callback=_urls, help="With --cascade/--revise: the simulator's endpoint (default: --base-url; none for the embedded one).")] = None,
@@ -296,7 +302,8 @@ def describe(
                            llm=C.LLMConfig(base_url=sim_url, concurrency=concurrency, cache=cache))
     names = tuple(e.strip() for e in (cascade or explainer).split(","))
     typer.echo(_call(composer.run, C.CascadeConfig(describe=cfg, simulate=sim, explainers=names,
-                                                   accept=accept, revise=revise)))
+                                                   accept=accept, revise=revise,
+                                                   accept_by=accept_by)))
 
 
 @app.command()
@@ -355,6 +362,7 @@ def run_all(
     device: Annotated[str, typer.Option(help="torch device of the subject model.")] = "cpu",
     cascade: CascadeOpt = None,
     accept: AcceptOpt = None,
+    accept_by: AcceptByOpt = None,
     excerpts_per_prompt: ExcerptsPerPromptOpt = 1,
     cache: CacheOpt = None,
 ):
@@ -367,7 +375,8 @@ def run_all(
                       explain_excerpts=explain_excerpts,
                       simulator=simulator, mode=mode, lexical=lexical, control=control,
                       cascade=tuple(e.strip() for e in cascade.split(",")) if cascade else (),
-                      accept=accept, excerpts_per_prompt=excerpts_per_prompt,
+                      accept=accept, accept_by=accept_by,
+                      excerpts_per_prompt=excerpts_per_prompt,
                       llm=C.LLMConfig(base_url=base_url, concurrency=concurrency, cache=cache),
                       judge_methods=tuple(m.strip() for m in judge_methods.split(",") if m.strip()))
     typer.echo(_call(pipeline.run, cfg))

@@ -2,15 +2,18 @@
 
     PYTHONPATH=. python bench/bench_frugal.py [--neurons 3] [--threads 2]
 
-Prints the three floors of issue 12:
+Prints the floors of issues 12 and 23:
 1. billed prompt tokens per neuron for 10 simulated excerpts (5 valid top + 5 valid random, 64
    prose tokens each) at K = 1, 2, 5, 10 excerpts per prompt, counted with the embedded
    simulator's own tokenizer (what an endpoint serving it bills); floor: <= 4,090 at K = 5;
 2. what merging does to predictions: per-token agreement of K = 5 with K = 1 on the embedded
    simulator (in-process), and equality on the deterministic fake simulator (tests/simfake.py);
-3. the cascade on scripted endpoints (tests/cascadefake.py: cheap explainer right for 40% of
-   neurons, strong one always right): mean test score and ledger cost against the strong
-   explainer alone; floors: score >= 0.95 x strong's, cost <= 0.60 x strong's.
+3. the cascade on scripted endpoints (tests/acceptfake.py: cheap explainer right for 40% of
+   neurons, strong one always right, the simulator's model also a scripted judge), once per
+   accept rule (--accept-by detection, fuzzing, simulation): one machine-readable line each,
+   `accept-by=<judge> quality=<ratio> cost=<ratio>` (mean test score and ledger dollars against
+   the strong explainer alone; floors: quality >= 0.95, cost <= 0.50), and the lower bound on
+   cost that escalation alone sets (`--cascade-only` runs just this part).
 """
 
 from __future__ import annotations
@@ -125,7 +128,12 @@ def fake_equality() -> None:
           f"{set(preds[1]) == set(preds[5])}, max |K=5 - K=1| = {diff:.2g}")
 
 
+RULES = (("detection", 0.8), ("fuzzing", 0.8), ("simulation", 0.8))  # accept-by, --accept
+
+
 def cascade_floor(k: int) -> None:
+    """The cascade against the strong explainer alone, once per accept rule, on one fake
+    endpoint; prints `accept-by=<judge> quality=<ratio> cost=<ratio>` per rule."""
     import io
     from contextlib import redirect_stderr
 
@@ -133,40 +141,57 @@ def cascade_floor(k: int) -> None:
 
     from explainer import cascade
     from explainer.llm import ledger
-    from tests import cascadefake as CF
+    from explainer.views import cost as V
+    from tests import acceptfake as AF
     from tests.fake_openai import FakeOpenAI
 
+    out = {}
     with tempfile.TemporaryDirectory() as tmp, redirect_stderr(io.StringIO()):
         tmp = Path(tmp)
-        ledger.PRICES = Path(CF.prices_file(tmp / "prices.json"))
+        ledger.PRICES = Path(AF.prices_file(tmp / "prices.json"))
         ledger._prices.cache_clear()
-        with FakeOpenAI(CF.handler, models=CF.MODELS) as fake:
+        with FakeOpenAI(AF.handler, models=AF.MODELS) as fake:
             strong_score, strong_usd = T._strong_alone(tmp, fake, k)
-            run = T._run(tmp / "cascade")
-            d, s = T._configs(run, fake, k)
-            cascade.run(C.CascadeConfig(describe=d, simulate=s,
-                                        explainers=("cheap-model", "strong-model"), accept=0.8))
-        cheap, strong = T._test_scores(run, "cheap-model"), T._test_scores(run, "strong-model")
-        score = (sum(cheap.values()) + sum(strong.values())) / T.D_MLP
-        usd = T._dollars(run)
-    print(f"3. cascade cheap-model > strong-model, accept 0.8, K = {k} (prices "
-          f"{CF.PRICES['cheap-model']} and {CF.PRICES['strong-model']} $/M tokens, simulator "
-          f"{CF.PRICES['sim-model']}): kept {len(cheap)} cheap + {len(strong)} strong")
-    print(f"   mean test score {score:.3f} vs strong alone {strong_score:.3f} "
-          f"({score / strong_score:.3f}; floor 0.95: "
-          f"{'met' if score >= 0.95 * strong_score else 'NOT met'})")
-    print(f"   cost ${usd:.5f} vs ${strong_usd:.5f} ({usd / strong_usd:.3f}; floor 0.60: "
-          f"{'met' if usd <= 0.6 * strong_usd else 'NOT met'}: escalating 60% of neurons "
-          "costs 0.60 of the strong run before the cheap level and its judging)")
+            parts = V.cost_rows(V.read_calls(tmp / "strong"))
+            describe_usd = sum(r.usd for r in parts if r.stage == "describe")
+            for by, accept in RULES:
+                run = T._run(tmp / f"cascade-{by}")
+                d, s = T._configs(run, fake, k)
+                cascade.run(C.CascadeConfig(describe=d, simulate=s, accept=accept, accept_by=by,
+                                            explainers=("cheap-model", "strong-model")))
+                cheap = T._test_scores(run, "cheap-model")
+                strong = T._test_scores(run, "strong-model")
+                score = (sum(cheap.values()) + sum(strong.values())) / T.D_MLP
+                out[by] = (score, T._dollars(run), len(cheap), len(strong), accept)
+    print(f"3. cascade cheap-model > strong-model, K = {k} (prices {AF.PRICES['cheap-model']} "
+          f"and {AF.PRICES['strong-model']} $/M tokens, simulator and judge "
+          f"{AF.PRICES['sim-model']}); strong alone: mean test score {strong_score:.3f}, "
+          f"${strong_usd:.5f}; floors quality >= 0.95, cost <= 0.50")
+    for by, (score, usd, n_cheap, n_strong, accept) in out.items():
+        q, c = score / strong_score, usd / strong_usd
+        print(f"accept-by={by} quality={q:.3f} cost={c:.3f}")
+        print(f"   (accept {accept:g}; kept {n_cheap} cheap + {n_strong} strong; quality "
+              f"{'met' if q >= 0.95 else 'NOT met'}, cost {'met' if c <= 0.5 else 'NOT met'})")
+    # Whatever decides acceptance, each escalated neuron pays the strong describe again, and
+    # every kept explanation pays the final scoring the strong run pays too.
+    share = describe_usd / strong_usd
+    n_up = min(v[3] for v in out.values())
+    bound = n_up / T.D_MLP * share + (1 - share)
+    print(f"   bound: the strong describe is {share:.3f} of the strong run's bill; escalating "
+          f"{n_up} of {T.D_MLP} neurons costs at least {n_up}/{T.D_MLP} of it plus the final "
+          f"scoring: {bound:.3f} of strong alone, before the cheap level and its judging")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--neurons", type=int, default=3, help="neurons on the embedded simulator")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cascade-only", action="store_true",
+                    help="only part 3 (the accept rules), seconds instead of minutes")
     args = ap.parse_args()
-    embedded_agreement(args.neurons, args.threads)
-    fake_equality()
+    if not args.cascade_only:
+        embedded_agreement(args.neurons, args.threads)
+        fake_equality()
     for k in (1, 5):
         cascade_floor(k)
 

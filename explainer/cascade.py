@@ -44,7 +44,10 @@ def run(cfg: C.CascadeConfig) -> str:
     from explainer.run.evidence import explainer_label
     from explainer.simulate import simulators
 
+    from explainer import cascade_accept
+
     _check(cfg)
+    by = cascade_accept.accept_by(cfg)
     d, s = cfg.describe, cfg.simulate
     run_dir = Path(d.run)
     levels = [Level(i + 1, e, explainer_label(e, d.evidence))
@@ -66,7 +69,8 @@ def run(cfg: C.CascadeConfig) -> str:
             for (layer, side), neurons in _groups(keys).items():
                 describe.run(replace(d, explainer=lv.explainer, level=lv.level, model=model,
                                      layers=str(layer), sides=side, neurons=_spec(neurons)))
-        scores = _judge(cfg, lv, model, keys, phash)
+        scores = _judge(cfg, lv, model, keys, phash) if by == "simulation" else \
+            cascade_accept.judge_level(cfg, lv.level, lv.label, model, keys)
         for k in keys:
             valid.setdefault(k, [None] * len(levels))[lv.level - 1] = scores.get(k)
         pending = {k for k in keys if not _accepted(scores.get(k), cfg.accept)}
@@ -76,7 +80,8 @@ def run(cfg: C.CascadeConfig) -> str:
         if mine:
             _simulate(cfg, lv, model, mine, test=True)
     _remember(run_dir, model, cfg, levels, phash)
-    return summary(run_dir, model, levels, valid, chosen, s.simulator, phash, cfg.accept)
+    return summary(run_dir, model, levels, valid, chosen, s.simulator, phash, cfg.accept,
+                   scale="valid score" if by == "simulation" else f"{by} balanced accuracy")
 
 
 def _check(cfg: C.CascadeConfig) -> None:
@@ -86,8 +91,9 @@ def _check(cfg: C.CascadeConfig) -> None:
                            "first (E1,E2,...)")
     if len(set(names)) < len(names):
         raise ExplainError(f"--cascade {','.join(names)}: an explainer appears twice")
-    if cfg.accept is not None and not -1.0 <= cfg.accept <= 1.0:
-        raise ExplainError(f"--accept {cfg.accept}: a correlation score, between -1 and 1")
+    from explainer import cascade_accept
+
+    cascade_accept.check(cfg)  # --accept-by, and --accept on its scale
     if cfg.revise < 0:
         raise ExplainError(f"--revise {cfg.revise}: must be 0 or more")
     base = [n for n in names if n.startswith("baseline-")]
@@ -134,12 +140,13 @@ def _judge(cfg: C.CascadeConfig, lv: Level, model: str, keys: set[Key],
 
 
 def _simulate(cfg: C.CascadeConfig, lv: Level, model: str, keys: set[Key], test: bool) -> None:
-    from explainer import simulate
+    from explainer import cascade_accept, simulate
 
     for layer, neurons in sorted(_by_layer(keys).items()):
         simulate.run(replace(cfg.simulate, run=cfg.describe.run, model=model, layers=str(layer),
                              neurons=_spec(neurons), explainer=lv.label,
-                             stage=f"simulate:L{lv.level}", test=test,
+                             stage=cascade_accept.simulate_config(cfg, lv.level, test).stage,
+                             test=test,
                              explain_split=cfg.revise > 0))
 
 
@@ -205,6 +212,9 @@ def _remember(run_dir: Path, model: str, cfg: C.CascadeConfig, levels: list[Leve
     entry = {"levels": [lv.label for lv in levels], "accept": cfg.accept,
              "revise": cfg.revise, "simulator": cfg.simulate.simulator,
              "sim_prompt_hash": phash}
+    from explainer import cascade_accept
+
+    entry.update(cascade_accept.entry(cfg, model))  # the accept rule, its scale, the judge
 
     def change(meta: dict) -> None:
         meta.setdefault("cascades", {})[model] = entry
@@ -213,10 +223,10 @@ def _remember(run_dir: Path, model: str, cfg: C.CascadeConfig, levels: list[Leve
 
 
 def summary(run_dir: Path, model: str, levels: list[Level], valid: dict, chosen: dict,
-            simulator: str, phash: str, accept: float | None) -> str:
-    """Per level: neurons it explained, how many it kept, their mean valid score; then the
-    kept explanations' mean test score."""
-    lines = [f"cascade of {model}, accept at valid score >= "
+            simulator: str, phash: str, accept: float | None, scale: str = "valid score") -> str:
+    """Per level: neurons it explained, how many it kept, their mean valid score (on the
+    accept rule's scale); then the kept explanations' mean test score."""
+    lines = [f"cascade of {model}, accept at {scale} >= "
              f"{'-' if accept is None else f'{accept:g}'}, simulator {simulator}",
              f"{'level':>5}  {'explainer':<28} {'neurons':>7} {'kept':>5} {'mean valid':>10} "
              f"{'test (kept)':>11}"]

@@ -133,6 +133,9 @@ class CascadeConfig:
     explainers: tuple[str, ...]  # cheapest first
     accept: float | None = None  # None: no threshold (every neuron goes through every level)
     revise: int = 0  # rounds of revision per level (a revision is kept only if it scores higher)
+    # who decides acceptance: detection | fuzzing (balanced accuracy) | simulation
+    # (correlation); None: the cheapest the simulator can serve (cascade_accept.accept_by)
+    accept_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,7 @@ class JudgeConfig:
     logprobs: bool | None = None
     llm: LLMConfig = LLMConfig()
     engine: EngineConfig = EngineConfig()
+    stage: str | None = None  # the ledger's name for these calls (None: judge-<method>)
 
 
 @dataclass(frozen=True)
@@ -255,4 +259,5 @@ class RunConfig:
     # paper's method); a level's explanation is kept at valid score >= accept
     cascade: tuple[str, ...] = ()
     accept: float | None = None
+    accept_by: str | None = None  # detection | fuzzing | simulation (see CascadeConfig)
     excerpts_per_prompt: int = 1  # simulate K excerpts per prompt (1: the paper's format)

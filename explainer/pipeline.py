@@ -56,7 +56,7 @@ def run(cfg: C.RunConfig) -> str:
                                       llm=cfg.llm),
             simulate=C.SimulateConfig(run=run_dir, simulator=cfg.simulator, mode=cfg.mode,
                                       excerpts_per_prompt=cfg.excerpts_per_prompt, llm=cfg.llm),
-            explainers=cfg.cascade, accept=cfg.accept)))
+            explainers=cfg.cascade, accept=cfg.accept, accept_by=cfg.accept_by)))
     for method in cfg.judge_methods:
         from explainer import judge
 

@@ -73,7 +73,7 @@ def test_cascade_keeps_the_score_for_less(tmp_path, prices):
         d, s = _configs(run, fake)
         out = cascade.run(C.CascadeConfig(describe=d, simulate=s,
                                           explainers=("cheap-model", "strong-model"),
-                                          accept=0.8))
+                                          accept=0.8, accept_by="simulation"))
     assert "chosen: 10 neurons" in out
     # Independently: the cheap explanation is kept exactly where it names the neuron's word.
     cheap, strong = _test_scores(run, "cheap-model"), _test_scores(run, "strong-model")
@@ -93,12 +93,15 @@ def test_cascade_keeps_the_score_for_less(tmp_path, prices):
     assert usd <= 0.65 * strong_usd
     # the ledger names every call's level
     stages = {r.stage for r in V.cost_rows(V.read_calls(run))}
-    assert stages == {"describe:L1", "simulate:L1", "describe:L2", "simulate:L2"}
+    # simulate:LN accepts (valid split); score:LN is the kept explanation's test split
+    assert stages == {"describe:L1", "simulate:L1", "describe:L2", "simulate:L2",
+                      "score:L1", "score:L2"}
     # rerun: everything is done, nothing is sent
     with FakeOpenAI(CF.handler, models=CF.MODELS) as fake2:
         d, s = _configs(run, fake2)
         cascade.run(C.CascadeConfig(describe=d, simulate=s,
-                                    explainers=("cheap-model", "strong-model"), accept=0.8))
+                                    explainers=("cheap-model", "strong-model"), accept=0.8,
+                                    accept_by="simulation"))
         assert not [r for r in fake2.requests if r.path.endswith("/completions")]
 
 
@@ -152,7 +155,7 @@ def test_cli_describe_cascade(tmp_path, prices):
     with FakeOpenAI(CF.handler, models=CF.MODELS) as fake:
         res = CliRunner().invoke(app, [
             "describe", "--run", str(run), "--layer", "0", "--base-url", fake.base_url,
-            "--cascade", "cheap-model,strong-model", "--accept", "0.8",
+            "--cascade", "cheap-model,strong-model", "--accept", "0.8", "--accept-by", "simulation",
             "--simulator", "sim-model", "--mode", "chat", "--excerpts-per-prompt", "5"])
     assert res.exit_code == 0, res.output
     assert "chosen: 10 neurons" in res.output

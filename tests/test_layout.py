@@ -18,7 +18,8 @@ SHARED = {"score"}
 # Composition: may import anything.
 # puzzles runs the simulator (and explainer) on known answers, outside any run directory.
 # cascade (with revise) runs describe and simulate level by level, and asks for revisions.
-COMPOSERS = {"pipeline", "cli", "puzzles", "cascade", "revise"}
+# cascade_accept: which scorer accepts a cascade level (runs the judge stage)
+COMPOSERS = {"pipeline", "cli", "puzzles", "cascade", "revise", "cascade_accept"}
 
 
 def _package_of(path: Path) -> str:

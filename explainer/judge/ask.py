@@ -42,7 +42,7 @@ async def run(cfg: C.JudgeConfig, endpoint, model: str, jobs: list[_Job], phash:
         writer.compact()
         return
     # The embedded llama.cpp server answers logprobs only when it keeps every position's logits.
-    async with L.LLM(endpoint, cfg.run, stage=f"judge-{cfg.method}", cfg=cfg.llm,
+    async with L.LLM(endpoint, cfg.run, stage=cfg.stage or f"judge-{cfg.method}", cfg=cfg.llm,
                      prompt_logprobs=cfg.logprobs) as llm:
         await L.probe(llm, echo=False)
 

@@ -124,6 +124,11 @@ def _check(cfg: C.JudgeConfig) -> None:
         raise ExplainError(f"--fraction {pre.fraction}: must be in (0, 1]")
 
 
+def prompt_hash_of(cfg: C.JudgeConfig) -> str:
+    """The prompt hash that cfg's score rows carry (`sim_prompt_hash`): files and settings."""
+    return P.prompt_hash(cfg.method, _settings(cfg))
+
+
 def preset_of(cfg: C.JudgeConfig) -> SA.Preset:
     """The sampling preset named by cfg, with the counts and fraction it overrides."""
     return SA.preset(cfg.sampling, n_positive=cfg.n_positive, n_negative=cfg.n_negative,

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from explainer import run as rundir
 
-_LEVEL = re.compile(r"^(describe|simulate|revise):L(\d+)$")
+# judge-<method>:LN accepts a level, score:LN is its kept explanations' final scoring
+# (cascade_accept.py; views/accept_cost.py splits the parts)
+_LEVEL = re.compile(r"^(describe|simulate|revise|judge-\w+|score):L(\d+)$")
 
 
 def _level_costs(rows) -> dict[int, dict]:

@@ -90,5 +90,8 @@ def run(run_dir: Path) -> str:
     """`explain report --run DIR --cost`."""
     from explainer.views import cascade_cost
 
+    from explainer.views import accept_cost
+
     rows = cost_rows(read_calls(run_dir))
-    return "\n\n".join(p for p in (render(rows), cascade_cost.render(run_dir, rows)) if p)
+    return "\n\n".join(p for p in (render(rows), cascade_cost.render(run_dir, rows),
+                                   accept_cost.render(run_dir, rows)) if p)
