@@ -298,8 +298,8 @@ async def _explain_one(llm, job: _Job, api: str, temperature: float, writer: _Wr
                                temperature=temperature, sample=job.candidate, accept=usable,
                                key=key)
         else:
-            c = await llm.complete(describe_prompt.completion_prompt(excerpts, job.outputs, evidence),
-                                   max_tokens=MAX_TOKENS,
+            prompt = describe_prompt.completion_prompt(excerpts, job.outputs, evidence)
+            c = await llm.complete(prompt, max_tokens=MAX_TOKENS,
                                    temperature=temperature, sample=job.candidate, accept=usable,
                                    key=key, stop=["\n"])
     except LLMError as err:

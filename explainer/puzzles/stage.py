@@ -263,9 +263,10 @@ async def _explain(cfg, out: Path, puzzles, explainer: str) -> list[_Item]:
 
         async def one(p) -> _Item:
             try:
-                c = await llm.chat(describe_prompt.chat_messages(shown[p.name]), max_tokens=EXPLAIN_MAX_TOKENS,
-                                   accept=lambda c: describe_prompt.parse_explanation(c.text) is not None,
-                                   key=f"puzzles/{p.name}/explain")
+                c = await llm.chat(describe_prompt.chat_messages(shown[p.name]),
+                                   max_tokens=EXPLAIN_MAX_TOKENS,
+                                   accept=lambda c: describe_prompt.parse_explanation(c.text)
+                                   is not None, key=f"puzzles/{p.name}/explain")
             except LLMError as err:
                 return _Item(p, "explained", explainer, 0, None, f"explainer: {err}"[:300])
             text = describe_prompt.parse_explanation(c.text)
