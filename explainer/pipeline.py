@@ -9,11 +9,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from explainer import config as C
+from explainer import config
 from explainer.run.specs import spread_layers
 
 
-def run(cfg: C.RunConfig) -> str:
+def run(cfg: config.RunConfig) -> str:
     """Run every stage on cfg.run; returns the report table with the plot and viewer paths."""
     from explainer import describe, record, simulate
     from explainer.subject import models
@@ -22,27 +22,27 @@ def run(cfg: C.RunConfig) -> str:
 
     run_dir = Path(cfg.run)
     _check_judges(cfg.judge_methods)
-    if cfg.control not in C.CONTROLS:
+    if cfg.control not in config.CONTROLS:
         from explainer import ExplainError
 
-        raise ExplainError(f"--control {cfg.control}: expected one of {', '.join(C.CONTROLS)}")
+        raise ExplainError(f"--control {cfg.control}: expected one of {', '.join(config.CONTROLS)}")
     spec = models.resolve(cfg.model)
     layers = cfg.layers or spread_layers(spec.n_layers, 2)
     _say(f"[1/5] record {spec.name} layers {layers}")
-    record.run(C.RecordConfig(run=run_dir, model=cfg.model, corpus=cfg.corpus, layers=layers,
+    record.run(config.RecordConfig(run=run_dir, model=cfg.model, corpus=cfg.corpus, layers=layers,
                               n_excerpts=cfg.n_excerpts, ctx=cfg.ctx, seed=cfg.seed,
                               device=cfg.device))
     for name in cfg.explainers:
         _say(f"[2/5] describe with {name}")
-        describe.run(C.DescribeConfig(run=run_dir, layers=layers, neurons=cfg.neurons,
+        describe.run(config.DescribeConfig(run=run_dir, layers=layers, neurons=cfg.neurons,
                                       model=spec.name, explainer=name,
                                       n_excerpts=cfg.explain_excerpts, llm=cfg.llm))
     # The lexical baseline first (seconds): the floor the LLM simulator's scores must beat.
-    sims = [C.BASELINE_SIMULATOR] if cfg.lexical and cfg.simulator != C.BASELINE_SIMULATOR else []
+    sims = [config.BASELINE_SIMULATOR] if cfg.lexical and cfg.simulator != config.BASELINE_SIMULATOR else []
     for sim in sims + [cfg.simulator]:
         _say(f"[3/5] simulate and score with {sim}"
              + (f", and the {cfg.control} control" if cfg.control != "none" else ""))
-        simulate.run(C.SimulateConfig(run=run_dir, layers=layers, neurons=cfg.neurons,
+        simulate.run(config.SimulateConfig(run=run_dir, layers=layers, neurons=cfg.neurons,
                                       model=spec.name, simulator=sim, mode=cfg.mode,
                                       control=cfg.control, seed=cfg.seed, llm=cfg.llm,
                                       excerpts_per_prompt=cfg.excerpts_per_prompt))
@@ -50,26 +50,26 @@ def run(cfg: C.RunConfig) -> str:
         from explainer import cascade
 
         _say(f"[3/5] cascade {' > '.join(cfg.cascade)}, judged by {cfg.simulator}")
-        _say(cascade.run(C.CascadeConfig(
-            describe=C.DescribeConfig(run=run_dir, layers=layers, neurons=cfg.neurons,
+        _say(cascade.run(config.CascadeConfig(
+            describe=config.DescribeConfig(run=run_dir, layers=layers, neurons=cfg.neurons,
                                       model=spec.name, n_excerpts=cfg.explain_excerpts,
                                       llm=cfg.llm),
-            simulate=C.SimulateConfig(run=run_dir, simulator=cfg.simulator, mode=cfg.mode,
+            simulate=config.SimulateConfig(run=run_dir, simulator=cfg.simulator, mode=cfg.mode,
                                       excerpts_per_prompt=cfg.excerpts_per_prompt, llm=cfg.llm),
             explainers=cfg.cascade, accept=cfg.accept, accept_by=cfg.accept_by)))
     for method in cfg.judge_methods:
         from explainer import judge
 
         _say(f"[3/5] judge by {method} with {cfg.simulator}")
-        judge.run(C.JudgeConfig(run=run_dir, method=method, layers=layers, neurons=cfg.neurons,
+        judge.run(config.JudgeConfig(run=run_dir, method=method, layers=layers, neurons=cfg.neurons,
                                 model=spec.name, judge=cfg.simulator, seed=cfg.seed,
                                 llm=cfg.llm))
     plot = run_dir / "report.png"
     _say("[4/5] report")
-    table = report.run(C.ReportConfig(run=run_dir, plot=plot))
+    table = report.run(config.ReportConfig(run=run_dir, plot=plot))
     _say("[5/5] viewer")
     # The demo scores a few neurons of thousands recorded: pages for those few, in seconds.
-    index = view.run(C.ViewConfig(run=run_dir, scored_only=True))
+    index = view.run(config.ViewConfig(run=run_dir, scored_only=True))
     return f"{table}\nviewer: {index}"  # the table ends with the plot's path
 
 
