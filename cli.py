@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from explainer import ExplainError
-from explainer import config as C
+from explainer import config
 
 app = typer.Typer(
     add_completion=False,
@@ -91,9 +91,9 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log de
 @app.command()
 def models():
     """List the subject models, their sizes, and whether each loads here right now."""
-    from explainer.subject import models as M
+    from explainer.subject import models as subject_models
 
-    typer.echo(M.format_table(M.list_models()))
+    typer.echo(subject_models.format_table(subject_models.list_models()))
 
 
 @app.command()
@@ -120,11 +120,11 @@ def record(
     """Run the subject model over a corpus and keep each neuron's top and random excerpts."""
     from explainer import record as stage
 
-    cfg = C.RecordConfig(run=run, model=model, corpus=corpus, layers=layers, n_excerpts=n_excerpts,
+    cfg = config.RecordConfig(run=run, model=model, corpus=corpus, layers=layers, n_excerpts=n_excerpts,
                          ctx=ctx, top_k=top_k, random_k=random_k, quantile_k=quantile_k,
                          quantile_bins=quantile_bins, sides=sides,
                          batch_size=batch_size, seed=seed, device=device, shards=shards,
-                         engine=C.EngineConfig(engine, ray_address, workers))
+                         engine=config.EngineConfig(engine, ray_address, workers))
     typer.echo(_call(stage.run, cfg))
 
 
@@ -139,7 +139,7 @@ def report(
     """Summarise scores by layer, by model size and by explainer/simulator pair."""
     from explainer.views import report as stage
 
-    typer.echo(_call(stage.run, C.ReportConfig(run=run, by=by, format=format, plot=plot,
+    typer.echo(_call(stage.run, config.ReportConfig(run=run, by=by, format=format, plot=plot,
                                                cost=cost)))
 
 
@@ -153,7 +153,7 @@ def show(
     """Show one neuron: explanations, scores, statistics, and its excerpts shaded by activation."""
     from explainer.views import terminal as stage
 
-    typer.echo(_call(stage.run, C.ShowConfig(run=run, layer=layer, neuron=neuron, model=model)))
+    typer.echo(_call(stage.run, config.ShowConfig(run=run, layer=layer, neuron=neuron, model=model)))
 
 
 @app.command()
@@ -165,7 +165,7 @@ def view(
     """Write a static HTML neuron browser (opens from disk, no server); prints its index.html."""
     from explainer.views import html as stage
 
-    typer.echo(_call(stage.run, C.ViewConfig(run=run, out=out, scored_only=scored_only)))
+    typer.echo(_call(stage.run, config.ViewConfig(run=run, out=out, scored_only=scored_only)))
 
 
 @app.command()
@@ -176,7 +176,7 @@ def judge(
     neurons: NeuronsOpt = "all",
     model: ModelSel = None,
     explainer: Annotated[Optional[str], typer.Option(help="Judge only this explainer's explanations (default: all).")] = None,
-    judge: Annotated[str, typer.Option("--judge", help=f"Judge LLM at the endpoint ({C.EMBEDDED_LLM}: the embedded one).")] = C.EMBEDDED_LLM,
+    judge: Annotated[str, typer.Option("--judge", help=f"Judge LLM at the endpoint ({config.EMBEDDED_LLM}: the embedded one).")] = config.EMBEDDED_LLM,
     base_url: BaseUrlOpt = None,
     sampling: Annotated[str, typer.Option(help="Sampling preset: delphi (as EleutherAI's delphi: 50 positives over 10 activation bins, highlights at 0.3 x each excerpt's max, decoys from non-activating excerpts) or explain (10 strongest held-out, 0.1 x the neuron's max). See docs/reference.md §6b.")] = "delphi",
     excerpts_per_prompt: Annotated[Optional[int], typer.Option(help="Excerpts per prompt (answered one line each; default: the preset's, 5).")] = None,
@@ -193,13 +193,13 @@ def judge(
     """Score explanations with a cheaper judge: detection or fuzzing, beside simulation."""
     from explainer import judge as stage
 
-    cfg = C.JudgeConfig(run=run, method=method, layers=layers, neurons=neurons, model=model,
+    cfg = config.JudgeConfig(run=run, method=method, layers=layers, neurons=neurons, model=model,
                         explainer=explainer, judge=judge, sampling=sampling,
                         excerpts_per_prompt=excerpts_per_prompt,
                         n_positive=n_positive, n_negative=n_negative, fraction=fraction,
                         seed=seed, logprobs=logprobs,
-                        llm=C.LLMConfig(base_url=base_url, concurrency=concurrency),
-                        engine=C.EngineConfig(engine, ray_address, workers))
+                        llm=config.LLMConfig(base_url=base_url, concurrency=concurrency),
+                        engine=config.EngineConfig(engine, ray_address, workers))
     typer.echo(_call(stage.run, cfg))
 
 
@@ -210,7 +210,7 @@ def simulate(
     neurons: NeuronsOpt = "all",
     model: ModelSel = None,
     explainer: Annotated[Optional[str], typer.Option(help="Simulate only this explainer's explanations (default: all).")] = None,
-    simulator: Annotated[str, typer.Option(help=f"Simulator LLM at the endpoint ({C.EMBEDDED_LLM}: the embedded one), or {C.BASELINE_SIMULATOR} (no LLM: the words the explanation names).")] = C.EMBEDDED_LLM,
+    simulator: Annotated[str, typer.Option(help=f"Simulator LLM at the endpoint ({config.EMBEDDED_LLM}: the embedded one), or {config.BASELINE_SIMULATOR} (no LLM: the words the explanation names).")] = config.EMBEDDED_LLM,
     base_url: BaseUrlOpt = None,
     mode: Annotated[str, typer.Option(help="auto, logprob (prompt log-probabilities) or chat (values by token index).")] = "auto",
     n_top: Annotated[int, typer.Option(help="Valid-split top excerpts scored per neuron.")] = 5,
@@ -228,12 +228,12 @@ def simulate(
     """Predict activations from each explanation with a simulator LLM, and score them."""
     from explainer import simulate as stage
 
-    cfg = C.SimulateConfig(run=run, engine=C.EngineConfig(engine, ray_address, workers),
+    cfg = config.SimulateConfig(run=run, engine=config.EngineConfig(engine, ray_address, workers),
                            layers=layers, neurons=neurons, model=model,
                            explainer=explainer, simulator=simulator, mode=mode, n_top=n_top,
                            n_random=n_random, calibrate=calibrate,
                            excerpts_per_prompt=excerpts_per_prompt, control=control, seed=seed,
-                           llm=C.LLMConfig(base_url=base_url, concurrency=concurrency,
+                           llm=config.LLMConfig(base_url=base_url, concurrency=concurrency,
                                            cache=cache))
     typer.echo(_call(stage.run, cfg))
 
@@ -246,7 +246,7 @@ def score(
     """Recompute every score of a run from its stored simulations (no LLM call)."""
     from explainer import score as stage
 
-    typer.echo(_call(stage.run, C.ScoreConfig(run=run, calibrate=calibrate)))
+    typer.echo(_call(stage.run, config.ScoreConfig(run=run, calibrate=calibrate)))
 
 
 @app.command()
@@ -256,9 +256,9 @@ def describe(
     neurons: NeuronsOpt = "all",
     model: ModelSel = None,
     explainer: Annotated[str, typer.Option(
-        help=f"Explainer LLM's name at the endpoint; {C.EMBEDDED_LLM} (embedded, no network) "
-             f"or {C.BASELINE_EXPLAINER} (no LLM: the top tokens), or {C.BASELINE_LOGITS} "
-             "(no LLM: the tokens it promotes).")] = C.EMBEDDED_LLM,
+        help=f"Explainer LLM's name at the endpoint; {config.EMBEDDED_LLM} (embedded, no network) "
+             f"or {config.BASELINE_EXPLAINER} (no LLM: the top tokens), or {config.BASELINE_LOGITS} "
+             "(no LLM: the tokens it promotes).")] = config.EMBEDDED_LLM,
     base_url: BaseUrlOpt = None,
     candidates: Annotated[int, typer.Option(help="Sampled explanations per neuron (all kept).")] = 1,
     temperature: Annotated[Optional[float], typer.Option(
@@ -277,7 +277,7 @@ def describe(
     accept: AcceptOpt = None,
     accept_by: AcceptByOpt = None,
     revise: Annotated[int, typer.Option(help="Rounds in which the explainer sees where its explanation's simulation went wrong and revises it (kept only if its valid score is higher); simulates with --simulator.")] = 0,
-    simulator: Annotated[str, typer.Option(help="With --cascade/--revise: the simulator that scores each level.")] = C.EMBEDDED_LLM,
+    simulator: Annotated[str, typer.Option(help="With --cascade/--revise: the simulator that scores each level.")] = config.EMBEDDED_LLM,
     simulator_base_url: Annotated[Optional[list[str]], typer.Option("--simulator-base-url", callback=_urls, help="With --cascade/--revise: the simulator's endpoint (default: --base-url; none for the embedded one).")] = None,
     mode: Annotated[str, typer.Option(help="With --cascade/--revise: simulation mode (auto, logprob or chat).")] = "auto",
     excerpts_per_prompt: ExcerptsPerPromptOpt = 1,
@@ -286,8 +286,8 @@ def describe(
     """Ask an explainer LLM for a one-phrase explanation of each neuron's top excerpts."""
     from explainer import describe as stage
 
-    llm = C.LLMConfig(base_url=base_url, concurrency=concurrency, timeout_s=timeout, cache=cache)
-    cfg = C.DescribeConfig(run=run, engine=C.EngineConfig(engine, ray_address, workers),
+    llm = config.LLMConfig(base_url=base_url, concurrency=concurrency, timeout_s=timeout, cache=cache)
+    cfg = config.DescribeConfig(run=run, engine=config.EngineConfig(engine, ray_address, workers),
                            layers=layers, neurons=neurons, model=model,
                            explainer=explainer, candidates=candidates, temperature=temperature,
                            n_excerpts=n_excerpts, api=api, evidence=evidence, sides=side, llm=llm)
@@ -296,34 +296,34 @@ def describe(
         return
     from explainer import cascade as composer
 
-    sim_url = simulator_base_url or (None if simulator == C.EMBEDDED_LLM else base_url)
-    sim = C.SimulateConfig(run=run, simulator=simulator, mode=mode,
+    sim_url = simulator_base_url or (None if simulator == config.EMBEDDED_LLM else base_url)
+    sim = config.SimulateConfig(run=run, simulator=simulator, mode=mode,
                            excerpts_per_prompt=excerpts_per_prompt,
-                           llm=C.LLMConfig(base_url=sim_url, concurrency=concurrency, cache=cache))
+                           llm=config.LLMConfig(base_url=sim_url, concurrency=concurrency, cache=cache))
     names = tuple(e.strip() for e in (cascade or explainer).split(","))
-    typer.echo(_call(composer.run, C.CascadeConfig(describe=cfg, simulate=sim, explainers=names,
+    typer.echo(_call(composer.run, config.CascadeConfig(describe=cfg, simulate=sim, explainers=names,
                                                    accept=accept, revise=revise,
                                                    accept_by=accept_by)))
 
 
 @app.command()
 def puzzles(
-    simulator: Annotated[str, typer.Option(help=f"Simulator LLM at the endpoint ({C.EMBEDDED_LLM}: embedded), or baseline-lexical (no LLM).")] = C.EMBEDDED_LLM,
+    simulator: Annotated[str, typer.Option(help=f"Simulator LLM at the endpoint ({config.EMBEDDED_LLM}: embedded), or baseline-lexical (no LLM).")] = config.EMBEDDED_LLM,
     base_url: BaseUrlOpt = None,
     mode: Annotated[str, typer.Option(help="auto, logprob or chat (see `explain simulate`).")] = "auto",
     file: Annotated[Optional[Path], typer.Option("--file", help="Another puzzles file in the shipped format (default: the shipped puzzles).")] = None,
     run: Annotated[Optional[Path], typer.Option("--run", help="Run directory to keep the results in (default: runs/puzzles-SIMULATOR).")] = None,
     format: Annotated[str, typer.Option("--format", help="table | json.")] = "table",
     explain: Annotated[bool, typer.Option("--explain", help="Also have the explainer explain each puzzle, and score that.")] = False,
-    explainer: Annotated[Optional[str], typer.Option(help=f"Explainer for --explain (default: the simulator's LLM; {C.BASELINE_EXPLAINER} needs none).")] = None,
+    explainer: Annotated[Optional[str], typer.Option(help=f"Explainer for --explain (default: the simulator's LLM; {config.BASELINE_EXPLAINER} needs none).")] = None,
     concurrency: ConcOpt = 8,
 ):
     """Measure a simulator on known-answer neuron puzzles: does the true explanation score first?"""
     from explainer import puzzles as stage
 
-    cfg = C.PuzzlesConfig(run=run, simulator=simulator, mode=mode, file=file, format=format,
+    cfg = config.PuzzlesConfig(run=run, simulator=simulator, mode=mode, file=file, format=format,
                           explain=explain, explainer=explainer,
-                          llm=C.LLMConfig(base_url=base_url, concurrency=concurrency))
+                          llm=config.LLMConfig(base_url=base_url, concurrency=concurrency))
     typer.echo(_call(stage.run, cfg))
 
 
@@ -337,7 +337,7 @@ def import_(
     """Import published neuron records and explanations (Bills et al., 2023) as a run directory."""
     from explainer import ingest as stage
 
-    cfg = C.ImportConfig(paths=tuple(paths), run=run, format=format, model=model)
+    cfg = config.ImportConfig(paths=tuple(paths), run=run, format=format, model=model)
     typer.echo(_call(stage.run, cfg))
 
 
@@ -349,12 +349,12 @@ def run_all(
     layers: Annotated[Optional[str], typer.Option("--layers", "--layer", help="Layers (default: the first and the last).")] = None,
     neurons: NeuronsOpt = "0-1",
     n_excerpts: Annotated[int, typer.Option(help="Excerpts to read from the corpus.")] = 256,
-    explainer: Annotated[Optional[list[str]], typer.Option(help=f"Explainer(s); repeat the option for several (default: {C.BASELINE_EXPLAINER} and {C.EMBEDDED_LLM}).")] = None,
+    explainer: Annotated[Optional[list[str]], typer.Option(help=f"Explainer(s); repeat the option for several (default: {config.BASELINE_EXPLAINER} and {config.EMBEDDED_LLM}).")] = None,
     explain_excerpts: Annotated[int, typer.Option(help="Top excerpts shown to the explainer.")] = 5,
-    simulator: Annotated[str, typer.Option(help="Simulator LLM at the endpoint.")] = C.EMBEDDED_LLM,
+    simulator: Annotated[str, typer.Option(help="Simulator LLM at the endpoint.")] = config.EMBEDDED_LLM,
     base_url: BaseUrlOpt = None,
     mode: Annotated[str, typer.Option(help="Simulation mode: auto, logprob or chat.")] = "auto",
-    lexical: Annotated[bool, typer.Option("--lexical/--no-lexical", help=f"Also score every explanation with {C.BASELINE_SIMULATOR} (no LLM, seconds).")] = True,
+    lexical: Annotated[bool, typer.Option("--lexical/--no-lexical", help=f"Also score every explanation with {config.BASELINE_SIMULATOR} (no LLM, seconds).")] = True,
     control: ControlOpt = "shuffled",
     judge_methods: Annotated[str, typer.Option(help="Also judge with these methods (detection,fuzzing), by the simulator's LLM.")] = "",
     concurrency: ConcOpt = 8,
@@ -369,15 +369,15 @@ def run_all(
     """The whole pipeline: record, describe, simulate, score, report and viewer (resumable)."""
     from explainer import pipeline
 
-    explainers = tuple(explainer) if explainer else (C.BASELINE_EXPLAINER, C.EMBEDDED_LLM)
-    cfg = C.RunConfig(run=run, model=model, corpus=corpus, layers=layers, neurons=neurons,
+    explainers = tuple(explainer) if explainer else (config.BASELINE_EXPLAINER, config.EMBEDDED_LLM)
+    cfg = config.RunConfig(run=run, model=model, corpus=corpus, layers=layers, neurons=neurons,
                       n_excerpts=n_excerpts, seed=seed, device=device, explainers=explainers,
                       explain_excerpts=explain_excerpts,
                       simulator=simulator, mode=mode, lexical=lexical, control=control,
                       cascade=tuple(e.strip() for e in cascade.split(",")) if cascade else (),
                       accept=accept, accept_by=accept_by,
                       excerpts_per_prompt=excerpts_per_prompt,
-                      llm=C.LLMConfig(base_url=base_url, concurrency=concurrency, cache=cache),
+                      llm=config.LLMConfig(base_url=base_url, concurrency=concurrency, cache=cache),
                       judge_methods=tuple(m.strip() for m in judge_methods.split(",") if m.strip()))
     typer.echo(_call(pipeline.run, cfg))
 
