@@ -30,40 +30,40 @@ def run(cfg: config.RunConfig) -> str:
     layers = cfg.layers or spread_layers(spec.n_layers, 2)
     _say(f"[1/5] record {spec.name} layers {layers}")
     record.run(config.RecordConfig(run=run_dir, model=cfg.model, corpus=cfg.corpus, layers=layers,
-                              n_excerpts=cfg.n_excerpts, ctx=cfg.ctx, seed=cfg.seed,
-                              device=cfg.device))
+                                   n_excerpts=cfg.n_excerpts, ctx=cfg.ctx, seed=cfg.seed,
+                                   device=cfg.device))
     for name in cfg.explainers:
         _say(f"[2/5] describe with {name}")
         describe.run(config.DescribeConfig(run=run_dir, layers=layers, neurons=cfg.neurons,
-                                      model=spec.name, explainer=name,
-                                      n_excerpts=cfg.explain_excerpts, llm=cfg.llm))
+                                           model=spec.name, explainer=name,
+                                           n_excerpts=cfg.explain_excerpts, llm=cfg.llm))
     # The lexical baseline first (seconds): the floor the LLM simulator's scores must beat.
     sims = [config.BASELINE_SIMULATOR] if cfg.lexical and cfg.simulator != config.BASELINE_SIMULATOR else []
     for sim in sims + [cfg.simulator]:
         _say(f"[3/5] simulate and score with {sim}"
              + (f", and the {cfg.control} control" if cfg.control != "none" else ""))
         simulate.run(config.SimulateConfig(run=run_dir, layers=layers, neurons=cfg.neurons,
-                                      model=spec.name, simulator=sim, mode=cfg.mode,
-                                      control=cfg.control, seed=cfg.seed, llm=cfg.llm,
-                                      excerpts_per_prompt=cfg.excerpts_per_prompt))
+                                           model=spec.name, simulator=sim, mode=cfg.mode,
+                                           control=cfg.control, seed=cfg.seed, llm=cfg.llm,
+                                           excerpts_per_prompt=cfg.excerpts_per_prompt))
     if cfg.cascade:
         from explainer import cascade
 
         _say(f"[3/5] cascade {' > '.join(cfg.cascade)}, judged by {cfg.simulator}")
         _say(cascade.run(config.CascadeConfig(
             describe=config.DescribeConfig(run=run_dir, layers=layers, neurons=cfg.neurons,
-                                      model=spec.name, n_excerpts=cfg.explain_excerpts,
-                                      llm=cfg.llm),
+                                           model=spec.name, n_excerpts=cfg.explain_excerpts,
+                                           llm=cfg.llm),
             simulate=config.SimulateConfig(run=run_dir, simulator=cfg.simulator, mode=cfg.mode,
-                                      excerpts_per_prompt=cfg.excerpts_per_prompt, llm=cfg.llm),
+                                           excerpts_per_prompt=cfg.excerpts_per_prompt, llm=cfg.llm),
             explainers=cfg.cascade, accept=cfg.accept, accept_by=cfg.accept_by)))
     for method in cfg.judge_methods:
         from explainer import judge
 
         _say(f"[3/5] judge by {method} with {cfg.simulator}")
         judge.run(config.JudgeConfig(run=run_dir, method=method, layers=layers, neurons=cfg.neurons,
-                                model=spec.name, judge=cfg.simulator, seed=cfg.seed,
-                                llm=cfg.llm))
+                                     model=spec.name, judge=cfg.simulator, seed=cfg.seed,
+                                     llm=cfg.llm))
     plot = run_dir / "report.png"
     _say("[4/5] report")
     table = report.run(config.ReportConfig(run=run_dir, plot=plot))
