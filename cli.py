@@ -121,10 +121,10 @@ def record(
     from explainer import record as stage
 
     cfg = config.RecordConfig(run=run, model=model, corpus=corpus, layers=layers, n_excerpts=n_excerpts,
-                         ctx=ctx, top_k=top_k, random_k=random_k, quantile_k=quantile_k,
-                         quantile_bins=quantile_bins, sides=sides,
-                         batch_size=batch_size, seed=seed, device=device, shards=shards,
-                         engine=config.EngineConfig(engine, ray_address, workers))
+                              ctx=ctx, top_k=top_k, random_k=random_k, quantile_k=quantile_k,
+                              quantile_bins=quantile_bins, sides=sides,
+                              batch_size=batch_size, seed=seed, device=device, shards=shards,
+                              engine=config.EngineConfig(engine, ray_address, workers))
     typer.echo(_call(stage.run, cfg))
 
 
@@ -140,7 +140,7 @@ def report(
     from explainer.views import report as stage
 
     typer.echo(_call(stage.run, config.ReportConfig(run=run, by=by, format=format, plot=plot,
-                                               cost=cost)))
+                                                    cost=cost)))
 
 
 @app.command()
@@ -194,12 +194,12 @@ def judge(
     from explainer import judge as stage
 
     cfg = config.JudgeConfig(run=run, method=method, layers=layers, neurons=neurons, model=model,
-                        explainer=explainer, judge=judge, sampling=sampling,
-                        excerpts_per_prompt=excerpts_per_prompt,
-                        n_positive=n_positive, n_negative=n_negative, fraction=fraction,
-                        seed=seed, logprobs=logprobs,
-                        llm=config.LLMConfig(base_url=base_url, concurrency=concurrency),
-                        engine=config.EngineConfig(engine, ray_address, workers))
+                             explainer=explainer, judge=judge, sampling=sampling,
+                             excerpts_per_prompt=excerpts_per_prompt,
+                             n_positive=n_positive, n_negative=n_negative, fraction=fraction,
+                             seed=seed, logprobs=logprobs,
+                             llm=config.LLMConfig(base_url=base_url, concurrency=concurrency),
+                             engine=config.EngineConfig(engine, ray_address, workers))
     typer.echo(_call(stage.run, cfg))
 
 
@@ -229,11 +229,11 @@ def simulate(
     from explainer import simulate as stage
 
     cfg = config.SimulateConfig(run=run, engine=config.EngineConfig(engine, ray_address, workers),
-                           layers=layers, neurons=neurons, model=model,
-                           explainer=explainer, simulator=simulator, mode=mode, n_top=n_top,
-                           n_random=n_random, calibrate=calibrate,
-                           excerpts_per_prompt=excerpts_per_prompt, control=control, seed=seed,
-                           llm=config.LLMConfig(base_url=base_url, concurrency=concurrency,
+                                layers=layers, neurons=neurons, model=model,
+                                explainer=explainer, simulator=simulator, mode=mode, n_top=n_top,
+                                n_random=n_random, calibrate=calibrate,
+                                excerpts_per_prompt=excerpts_per_prompt, control=control, seed=seed,
+                                llm=config.LLMConfig(base_url=base_url, concurrency=concurrency,
                                            cache=cache))
     typer.echo(_call(stage.run, cfg))
 
@@ -288,9 +288,9 @@ def describe(
 
     llm = config.LLMConfig(base_url=base_url, concurrency=concurrency, timeout_s=timeout, cache=cache)
     cfg = config.DescribeConfig(run=run, engine=config.EngineConfig(engine, ray_address, workers),
-                           layers=layers, neurons=neurons, model=model,
-                           explainer=explainer, candidates=candidates, temperature=temperature,
-                           n_excerpts=n_excerpts, api=api, evidence=evidence, sides=side, llm=llm)
+                                layers=layers, neurons=neurons, model=model,
+                                explainer=explainer, candidates=candidates, temperature=temperature,
+                                n_excerpts=n_excerpts, api=api, evidence=evidence, sides=side, llm=llm)
     if cascade is None and not revise:
         typer.echo(_call(stage.run, cfg))
         return
@@ -298,12 +298,12 @@ def describe(
 
     sim_url = simulator_base_url or (None if simulator == config.EMBEDDED_LLM else base_url)
     sim = config.SimulateConfig(run=run, simulator=simulator, mode=mode,
-                           excerpts_per_prompt=excerpts_per_prompt,
-                           llm=config.LLMConfig(base_url=sim_url, concurrency=concurrency, cache=cache))
+                                excerpts_per_prompt=excerpts_per_prompt,
+                                llm=config.LLMConfig(base_url=sim_url, concurrency=concurrency, cache=cache))
     names = tuple(e.strip() for e in (cascade or explainer).split(","))
     typer.echo(_call(composer.run, config.CascadeConfig(describe=cfg, simulate=sim, explainers=names,
-                                                   accept=accept, revise=revise,
-                                                   accept_by=accept_by)))
+                                                        accept=accept, revise=revise,
+                                                        accept_by=accept_by)))
 
 
 @app.command()
@@ -322,8 +322,8 @@ def puzzles(
     from explainer import puzzles as stage
 
     cfg = config.PuzzlesConfig(run=run, simulator=simulator, mode=mode, file=file, format=format,
-                          explain=explain, explainer=explainer,
-                          llm=config.LLMConfig(base_url=base_url, concurrency=concurrency))
+                               explain=explain, explainer=explainer,
+                               llm=config.LLMConfig(base_url=base_url, concurrency=concurrency))
     typer.echo(_call(stage.run, cfg))
 
 
@@ -371,14 +371,14 @@ def run_all(
 
     explainers = tuple(explainer) if explainer else (config.BASELINE_EXPLAINER, config.EMBEDDED_LLM)
     cfg = config.RunConfig(run=run, model=model, corpus=corpus, layers=layers, neurons=neurons,
-                      n_excerpts=n_excerpts, seed=seed, device=device, explainers=explainers,
-                      explain_excerpts=explain_excerpts,
-                      simulator=simulator, mode=mode, lexical=lexical, control=control,
-                      cascade=tuple(e.strip() for e in cascade.split(",")) if cascade else (),
-                      accept=accept, accept_by=accept_by,
-                      excerpts_per_prompt=excerpts_per_prompt,
-                      llm=config.LLMConfig(base_url=base_url, concurrency=concurrency, cache=cache),
-                      judge_methods=tuple(m.strip() for m in judge_methods.split(",") if m.strip()))
+                           n_excerpts=n_excerpts, seed=seed, device=device, explainers=explainers,
+                           explain_excerpts=explain_excerpts,
+                           simulator=simulator, mode=mode, lexical=lexical, control=control,
+                           cascade=tuple(e.strip() for e in cascade.split(",")) if cascade else (),
+                           accept=accept, accept_by=accept_by,
+                           excerpts_per_prompt=excerpts_per_prompt,
+                           llm=config.LLMConfig(base_url=base_url, concurrency=concurrency, cache=cache),
+                           judge_methods=tuple(m.strip() for m in judge_methods.split(",") if m.strip()))
     typer.echo(_call(pipeline.run, cfg))
 
 
