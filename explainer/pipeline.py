@@ -38,7 +38,8 @@ def run(cfg: config.RunConfig) -> str:
                                            model=spec.name, explainer=name,
                                            n_excerpts=cfg.explain_excerpts, llm=cfg.llm))
     # The lexical baseline first (seconds): the floor the LLM simulator's scores must beat.
-    sims = [config.BASELINE_SIMULATOR] if cfg.lexical and cfg.simulator != config.BASELINE_SIMULATOR else []
+    lexical = cfg.lexical and cfg.simulator != config.BASELINE_SIMULATOR
+    sims = [config.BASELINE_SIMULATOR] if lexical else []
     for sim in sims + [cfg.simulator]:
         _say(f"[3/5] simulate and score with {sim}"
              + (f", and the {cfg.control} control" if cfg.control != "none" else ""))
@@ -55,7 +56,8 @@ def run(cfg: config.RunConfig) -> str:
                                            model=spec.name, n_excerpts=cfg.explain_excerpts,
                                            llm=cfg.llm),
             simulate=config.SimulateConfig(run=run_dir, simulator=cfg.simulator, mode=cfg.mode,
-                                           excerpts_per_prompt=cfg.excerpts_per_prompt, llm=cfg.llm),
+                                           excerpts_per_prompt=cfg.excerpts_per_prompt,
+                                           llm=cfg.llm),
             explainers=cfg.cascade, accept=cfg.accept, accept_by=cfg.accept_by)))
     for method in cfg.judge_methods:
         from explainer import judge
