@@ -120,9 +120,9 @@ def record(
     """Run the subject model over a corpus and keep each neuron's top and random excerpts."""
     from explainer import record as stage
 
-    cfg = config.RecordConfig(run=run, model=model, corpus=corpus, layers=layers, n_excerpts=n_excerpts,
-                              ctx=ctx, top_k=top_k, random_k=random_k, quantile_k=quantile_k,
-                              quantile_bins=quantile_bins, sides=sides,
+    cfg = config.RecordConfig(run=run, model=model, corpus=corpus, layers=layers,
+                              n_excerpts=n_excerpts, ctx=ctx, top_k=top_k, random_k=random_k,
+                              quantile_k=quantile_k, quantile_bins=quantile_bins, sides=sides,
                               batch_size=batch_size, seed=seed, device=device, shards=shards,
                               engine=config.EngineConfig(engine, ray_address, workers))
     typer.echo(_call(stage.run, cfg))
@@ -153,7 +153,8 @@ def show(
     """Show one neuron: explanations, scores, statistics, and its excerpts shaded by activation."""
     from explainer.views import terminal as stage
 
-    typer.echo(_call(stage.run, config.ShowConfig(run=run, layer=layer, neuron=neuron, model=model)))
+    typer.echo(_call(stage.run, config.ShowConfig(run=run, layer=layer, neuron=neuron,
+                                                  model=model)))
 
 
 @app.command()
@@ -234,7 +235,7 @@ def simulate(
                                 n_random=n_random, calibrate=calibrate,
                                 excerpts_per_prompt=excerpts_per_prompt, control=control, seed=seed,
                                 llm=config.LLMConfig(base_url=base_url, concurrency=concurrency,
-                                           cache=cache))
+                                                     cache=cache))
     typer.echo(_call(stage.run, cfg))
 
 
@@ -257,8 +258,8 @@ def describe(
     model: ModelSel = None,
     explainer: Annotated[str, typer.Option(
         help=f"Explainer LLM's name at the endpoint; {config.EMBEDDED_LLM} (embedded, no network) "
-             f"or {config.BASELINE_EXPLAINER} (no LLM: the top tokens), or {config.BASELINE_LOGITS} "
-             "(no LLM: the tokens it promotes).")] = config.EMBEDDED_LLM,
+             f"or {config.BASELINE_EXPLAINER} (no LLM: the top tokens), or "
+             f"{config.BASELINE_LOGITS} (no LLM: the tokens it promotes).")] = config.EMBEDDED_LLM,
     base_url: BaseUrlOpt = None,
     candidates: Annotated[int, typer.Option(help="Sampled explanations per neuron (all kept).")] = 1,
     temperature: Annotated[Optional[float], typer.Option(
@@ -286,11 +287,13 @@ def describe(
     """Ask an explainer LLM for a one-phrase explanation of each neuron's top excerpts."""
     from explainer import describe as stage
 
-    llm = config.LLMConfig(base_url=base_url, concurrency=concurrency, timeout_s=timeout, cache=cache)
+    llm = config.LLMConfig(base_url=base_url, concurrency=concurrency, timeout_s=timeout,
+                           cache=cache)
     cfg = config.DescribeConfig(run=run, engine=config.EngineConfig(engine, ray_address, workers),
                                 layers=layers, neurons=neurons, model=model,
                                 explainer=explainer, candidates=candidates, temperature=temperature,
-                                n_excerpts=n_excerpts, api=api, evidence=evidence, sides=side, llm=llm)
+                                n_excerpts=n_excerpts, api=api, evidence=evidence, sides=side,
+                                llm=llm)
     if cascade is None and not revise:
         typer.echo(_call(stage.run, cfg))
         return
@@ -299,11 +302,12 @@ def describe(
     sim_url = simulator_base_url or (None if simulator == config.EMBEDDED_LLM else base_url)
     sim = config.SimulateConfig(run=run, simulator=simulator, mode=mode,
                                 excerpts_per_prompt=excerpts_per_prompt,
-                                llm=config.LLMConfig(base_url=sim_url, concurrency=concurrency, cache=cache))
+                                llm=config.LLMConfig(base_url=sim_url, concurrency=concurrency,
+                                                     cache=cache))
     names = tuple(e.strip() for e in (cascade or explainer).split(","))
-    typer.echo(_call(composer.run, config.CascadeConfig(describe=cfg, simulate=sim, explainers=names,
-                                                        accept=accept, revise=revise,
-                                                        accept_by=accept_by)))
+    typer.echo(_call(composer.run, config.CascadeConfig(describe=cfg, simulate=sim,
+                                                        explainers=names, accept=accept,
+                                                        revise=revise, accept_by=accept_by)))
 
 
 @app.command()
@@ -377,7 +381,8 @@ def run_all(
                            cascade=tuple(e.strip() for e in cascade.split(",")) if cascade else (),
                            accept=accept, accept_by=accept_by,
                            excerpts_per_prompt=excerpts_per_prompt,
-                           llm=config.LLMConfig(base_url=base_url, concurrency=concurrency, cache=cache),
+                           llm=config.LLMConfig(base_url=base_url, concurrency=concurrency,
+                                                cache=cache),
                            judge_methods=tuple(m.strip() for m in judge_methods.split(",") if m.strip()))
     typer.echo(_call(pipeline.run, cfg))
 
