@@ -31,7 +31,7 @@ from explainer import ExplainError
 from explainer import config
 from explainer import run as rundir
 from explainer.run.specs import RANDOM_SPLITS, SPLITS
-from explainer.ingest import openai as O
+from explainer.ingest import openai as openai_data
 
 FORMATS = ("openai",)
 PUBLISHED = "openai-published"  # explainer and simulator of what the paper published
@@ -48,7 +48,7 @@ def run(cfg: config.ImportConfig) -> str:
     """Import the files into cfg.run; returns a one-line summary."""
     if cfg.format not in FORMATS:
         raise ExplainError(f"--format {cfg.format}: expected one of {', '.join(FORMATS)}")
-    data = O.read(cfg.paths)
+    data = openai_data.read(cfg.paths)
     entry = _entry(cfg, data)
     key = rundir.model_key(cfg.model)
     run_dir = Path(cfg.run)
@@ -76,7 +76,7 @@ def run(cfg: config.ImportConfig) -> str:
             f"into {run_dir}")
 
 
-def _entry(cfg: config.ImportConfig, data: O.Imported) -> dict:
+def _entry(cfg: config.ImportConfig, data: openai_data.Imported) -> dict:
     """run.json's entry for the model; an ExplainError if a neuron lies outside a known shape."""
     layers = sorted({n.layer for n in data.neurons})
     top_neuron = max(n.neuron for n in data.neurons)
@@ -98,7 +98,7 @@ def _entry(cfg: config.ImportConfig, data: O.Imported) -> dict:
                           "random sample's tokens, max and min over every record"}
 
 
-def _excerpt_ids(data: O.Imported) -> dict[tuple, int]:
+def _excerpt_ids(data: openai_data.Imported) -> dict[tuple, int]:
     """Excerpt id of each record, keyed (tokens, occurrence within its neuron and kind).
 
     One sequence shared by several neurons is one excerpt; a sequence a neuron lists twice in
@@ -123,7 +123,7 @@ def _split(rank: int, splits: tuple[str, ...], n: int) -> str:
     return splits[rank % len(splits)] if rank < n - n % len(splits) else UNUSED
 
 
-def _dealt(n: O.Neuron) -> list[tuple[str, tuple, int, str, O.Record]]:
+def _dealt(n: openai_data.Neuron) -> list[tuple[str, tuple, int, str, openai_data.Record]]:
     """(kind, excerpt key, rank, split, record) of every record of one neuron."""
     q = max((len(b) for b in n.quantiles), default=0)
     out = [("top", r, _split(r, SPLITS, len(n.top)), rec) for r, rec in enumerate(n.top)]
@@ -174,7 +174,7 @@ def _nulls(name: str, cols: dict) -> dict:
     return {**{c: [None] * n for c in rundir.table(name).schema.names}, **cols}
 
 
-def _write_explanations(run_dir: Path, key: str, data: O.Imported) -> None:
+def _write_explanations(run_dir: Path, key: str, data: openai_data.Imported) -> None:
     cand: dict[tuple[int, int], int] = {}
     expl, scores = [], []
     for e in data.explanations:
