@@ -91,11 +91,13 @@ def _hist_panel(ax, head, model_names: dict[str, str], model_order_keys: list[st
     ax.legend(fontsize="small", loc="upper left")
 
 
-def write(path: Path, layer_rows, head, models_meta: dict, controls=None) -> Path:
+def write(path: Path, layer_rows, head, models_meta: dict, controls=None,
+          density=None) -> Path:
     """Write the two-panel PNG to `path`; `layer_rows` from report.aggregate(by='layer').
 
     With `controls` (views.controls rows), a third panel shows own − shuffled per pair, and
-    flags the pairs with no signal."""
+    flags the pairs with no signal. With `density` (views.density.with_density rows), one more
+    panel plots judge score against firing density."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -107,7 +109,10 @@ def write(path: Path, layer_rows, head, models_meta: dict, controls=None) -> Pat
     keys_by_name = {names.get(k, k): k for k in head["model"].unique()}
     order_keys = [keys_by_name[m] for m in model_order if m in keys_by_name]
     ctl = [r for r in controls or [] if r.diff is not None]
-    fig, axes = plt.subplots(1, 3 if ctl else 2, figsize=(19 if ctl else 12, 4.8), dpi=110)
+    dens = density is not None and not density.empty and density["density"].notna().any()
+    n_panels = 2 + bool(ctl) + bool(dens)
+    width = 6.3 * n_panels if dens else (19 if ctl else 12)
+    fig, axes = plt.subplots(1, n_panels, figsize=(width, 4.8), dpi=110)
     try:
         _depth_panel(axes[0], layer_rows, pairs, model_order)
         _hist_panel(axes[1], head, names, order_keys, pairs)
@@ -115,6 +120,10 @@ def write(path: Path, layer_rows, head, models_meta: dict, controls=None) -> Pat
             from explainer.views import controls as control_panel
 
             control_panel.draw(axes[2], ctl)
+        if dens:
+            from explainer.views import density as density_panel
+
+            density_panel.draw(axes[-1], density[density["density"].notna()])
         fig.suptitle(_title(pairs), fontsize=12)
         fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)

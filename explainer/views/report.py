@@ -229,6 +229,9 @@ def run(cfg: ReportConfig) -> str:
 
     judges = judged.aggregate(scores, models_meta, cfg.by)
     corr = judged.correlations(scores, models_meta)
+    from explainer.views import density  # judge scores beside the neurons' firing density
+
+    dens = density.aggregate(scores, cfg.run, models_meta, cfg.by) if judges else []
     rows = aggregate(scores, models_meta, cfg.by)
     per_model = aggregate(scores, models_meta, "model") if cfg.by == "layer" else rows
     pairs = aggregate(scores, models_meta, "pair")
@@ -242,7 +245,8 @@ def run(cfg: ReportConfig) -> str:
 
         layer_rows = rows if cfg.by == "layer" else aggregate(scores, models_meta, "layer")
         plot.write(Path(cfg.plot), layer_rows, headline(scores), models_meta,
-                   controls=ctl_model)
+                   controls=ctl_model,
+                   density=density.with_density(scores, cfg.run) if judges else None)
     if cfg.format == "csv":
         return to_csv(rows)
     if cfg.format == "json":
@@ -250,10 +254,12 @@ def run(cfg: ReportConfig) -> str:
                            "models": _dicts(per_model), "pairs": _dicts(pairs),
                            "puzzles": known[1] if known else [],
                            "judges": _dicts(judges), "correlations": _dicts(corr),
+                           "density": [asdict(r) for r in dens],
                            "controls": controls.dicts(ctl)}, indent=2)
     text = render_tables(rows, per_model, pairs, cfg.by) + (f"\n{known[0]}" if known else "")
     text += f"\n{controls.render(ctl)}" if ctl else ""
     text += f"\n{judged.render(judges, corr)}" if judges else ""
+    text += f"\n{density.render(dens)}" if dens else ""
     return text + (f"\nplot: {cfg.plot}" if cfg.plot is not None else "")
 
 
