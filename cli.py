@@ -135,12 +135,14 @@ def report(
     format: Annotated[str, typer.Option("--format", help="table | csv | json.")] = "table",
     plot: Annotated[Optional[Path], typer.Option(help="Also write a PNG: mean score by layer depth per model, and the score histogram.")] = None,
     cost: Annotated[bool, typer.Option("--cost", help="Instead: LLM calls, tokens and dollars per neuron by stage and model, from llm.sqlite.")] = False,
+    project: Annotated[Optional[int], typer.Option("--project", help="With --cost: project the bill of N neurons from this run's tokens per neuron (live and batch, with a 95% interval).")] = None,
+    price: Annotated[Optional[str], typer.Option("--price", help="With --project: price every call as this model of prices.json (default: each call's own model).")] = None,
 ):
     """Summarise scores by layer, by model size and by explainer/simulator pair."""
     from explainer.views import report as stage
 
     typer.echo(_call(stage.run, config.ReportConfig(run=run, by=by, format=format, plot=plot,
-                                                    cost=cost)))
+                                                    cost=cost, project=project, price=price)))
 
 
 @app.command()

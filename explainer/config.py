@@ -183,6 +183,8 @@ class ReportConfig:
     format: str = "table"  # table | csv | json
     plot: Path | None = None
     cost: bool = False  # tokens and dollars per neuron by stage and LLM, from the run's LLM ledger
+    project: int | None = None  # with cost: what N neurons would cost at the run's tokens/neuron
+    price: str | None = None  # with project: price every call as this model (prices.json)
 
 
 @dataclass(frozen=True)

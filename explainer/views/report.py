@@ -216,10 +216,17 @@ def run(cfg: ReportConfig) -> str:
         raise ExplainError(f"--format {cfg.format}: expected one of {', '.join(FORMATS)}")
     if cfg.plot is not None and Path(cfg.plot).suffix.lower() != ".png":
         raise ExplainError(f"--plot {cfg.plot}: expected a file name ending in .png")
+    if (cfg.project is not None or cfg.price is not None) and not cfg.cost:
+        raise ExplainError("--project/--price: only with --cost (the projection reads the ledger)")
+    if cfg.price is not None and cfg.project is None:
+        raise ExplainError(f"--price {cfg.price}: only with --project N")
     if cfg.cost:
-        from explainer.views import cost
+        from explainer.views import cost, projection
 
-        return cost.run(cfg.run)
+        text = cost.run(cfg.run)
+        if cfg.project is not None:  # what N neurons would cost at this run's tokens per neuron
+            text += "\n\n" + projection.run(cfg.run, cfg.project, cfg.price)
+        return text
     known = _puzzles(cfg)
     if known is not None and not rundir.files(cfg.run, "scores"):
         return known[0] if cfg.format != "json" else json.dumps(
