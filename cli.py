@@ -61,6 +61,7 @@ AcceptByOpt = Annotated[Optional[str], typer.Option(
 CacheOpt = Annotated[Optional[Path], typer.Option(
     "--cache", help="A shared LLM answer cache (SQLite) for several runs (default: "
     "$EXPLAIN_LLM_CACHE, else only the run's own llm.sqlite).")]
+BatchOpt = Annotated[bool, typer.Option("--batch", help="Send the LLM requests through the endpoint's batch interface (/v1/files + /v1/batches): batch price, answers within 24 h; a killed run resumes by polling.")]
 ExcerptsPerPromptOpt = Annotated[int, typer.Option(
     "--excerpts-per-prompt", help="Excerpts of a neuron simulated in one prompt, sharing one "
     "few-shot preamble (1: the paper's format; 5 bills about half the prompt tokens).")]
@@ -192,6 +193,7 @@ def judge(
     engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = 0,
+    batch: BatchOpt = False,
 ):
     """Score explanations with a cheaper judge: detection or fuzzing, beside simulation."""
     from explainer import judge as stage
@@ -201,7 +203,8 @@ def judge(
                              excerpts_per_prompt=excerpts_per_prompt,
                              n_positive=n_positive, n_negative=n_negative, fraction=fraction,
                              seed=seed, logprobs=logprobs,
-                             llm=config.LLMConfig(base_url=base_url, concurrency=concurrency),
+                             llm=config.LLMConfig(base_url=base_url, concurrency=concurrency,
+                                                  batch=batch),
                              engine=config.EngineConfig(engine, ray_address, workers))
     typer.echo(_call(stage.run, cfg))
 
@@ -227,6 +230,7 @@ def simulate(
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = 0,
     cache: CacheOpt = None,
+    batch: BatchOpt = False,
 ):
     """Predict activations from each explanation with a simulator LLM, and score them."""
     from explainer import simulate as stage
@@ -237,7 +241,7 @@ def simulate(
                                 n_random=n_random, calibrate=calibrate,
                                 excerpts_per_prompt=excerpts_per_prompt, control=control, seed=seed,
                                 llm=config.LLMConfig(base_url=base_url, concurrency=concurrency,
-                                                     cache=cache))
+                                                     cache=cache, batch=batch))
     typer.echo(_call(stage.run, cfg))
 
 
@@ -285,12 +289,13 @@ def describe(
     mode: Annotated[str, typer.Option(help="With --cascade/--revise: simulation mode (auto, logprob or chat).")] = "auto",
     excerpts_per_prompt: ExcerptsPerPromptOpt = 1,
     cache: CacheOpt = None,
+    batch: BatchOpt = False,
 ):
     """Ask an explainer LLM for a one-phrase explanation of each neuron's top excerpts."""
     from explainer import describe as stage
 
     llm = config.LLMConfig(base_url=base_url, concurrency=concurrency, timeout_s=timeout,
-                           cache=cache)
+                           cache=cache, batch=batch)
     cfg = config.DescribeConfig(run=run, engine=config.EngineConfig(engine, ray_address, workers),
                                 layers=layers, neurons=neurons, model=model,
                                 explainer=explainer, candidates=candidates, temperature=temperature,
@@ -305,7 +310,7 @@ def describe(
     sim = config.SimulateConfig(run=run, simulator=simulator, mode=mode,
                                 excerpts_per_prompt=excerpts_per_prompt,
                                 llm=config.LLMConfig(base_url=sim_url, concurrency=concurrency,
-                                                     cache=cache))
+                                                     cache=cache, batch=batch))
     names = tuple(e.strip() for e in (cascade or explainer).split(","))
     typer.echo(_call(composer.run, config.CascadeConfig(describe=cfg, simulate=sim,
                                                         explainers=names, accept=accept,
@@ -371,6 +376,7 @@ def run_all(
     accept_by: AcceptByOpt = None,
     excerpts_per_prompt: ExcerptsPerPromptOpt = 1,
     cache: CacheOpt = None,
+    batch: BatchOpt = False,
 ):
     """The whole pipeline: record, describe, simulate, score, report and viewer (resumable)."""
     from explainer import pipeline
@@ -384,7 +390,7 @@ def run_all(
                            accept=accept, accept_by=accept_by,
                            excerpts_per_prompt=excerpts_per_prompt,
                            llm=config.LLMConfig(base_url=base_url, concurrency=concurrency,
-                                                cache=cache),
+                                                cache=cache, batch=batch),
                            judge_methods=tuple(m.strip() for m in judge_methods.split(",") if m.strip()))
     typer.echo(_call(pipeline.run, cfg))
 

@@ -58,6 +58,9 @@ class LLMConfig:
     backoff_s: float = 1.0  # first retry's wait (before jitter); doubles on each retry
     retry_budget_s: float = 600.0  # a request stops retrying once this much time has passed
     cache: Path | None = None  # a shared answer cache (--cache); None: $EXPLAIN_LLM_CACHE or none
+    # through the provider's batch interface (/v1/files + /v1/batches; llm/batch.py): half
+    # price at OpenAI, answers within 24 h; a stage then runs all its jobs at once
+    batch: bool = False
 
 
 ENGINES = ("local", "ray")

@@ -139,6 +139,7 @@ class FakeOpenAI:
         self._port = port
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
+        self.batches: "FakeBatches | None" = None  # the files and batches routes, when attached
 
     # --- lifecycle ---
     @property
@@ -220,7 +221,10 @@ def _make_handler(fake: FakeOpenAI):
             req = Request("GET", self.path, None, self._headers())
             with fake._lock:
                 fake.requests.append(req)
-            if self.path.rstrip("/").endswith("/models") and fake.models is not None:
+            routed = fake.batches.get(self.path) if fake.batches is not None else None
+            if routed is not None:
+                self._send(routed)
+            elif self.path.rstrip("/").endswith("/models") and fake.models is not None:
                 data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"}
                         for m in fake.models]
                 self._send(Reply(body={"object": "list", "data": data}))
@@ -229,6 +233,13 @@ def _make_handler(fake: FakeOpenAI):
 
         def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            routed = fake.batches.post(self.path, raw, self._headers()) \
+                if fake.batches is not None else None
+            if routed is not None:
+                with fake._lock:
+                    fake.requests.append(Request("POST", self.path, None, self._headers()))
+                self._send(routed)
+                return
             try:
                 body = json.loads(raw or b"null")
             except ValueError:
@@ -269,6 +280,105 @@ def _make_handler(fake: FakeOpenAI):
                 pass  # the client gave up (a timeout test)
 
     return Handler
+
+
+class FakeBatches:
+    """OpenAI's files and batches routes (/v1/files, /v1/batches), attached to a FakeOpenAI:
+    `FakeBatches(fake)`. A batch's requests are answered by the server's handler when it is
+    created; `polls` retrieves later it reports `completed` (0: at once). With `expire_after`,
+    a batch ends `expired` instead, with only that many requests in its output file and the
+    rest in its error file (code batch_expired); only the first `expiring` batches expire.
+    `hold` keeps every batch `in_progress` until cleared. `created` counts batch submissions,
+    `sizes` their requests."""
+
+    def __init__(self, fake: FakeOpenAI, polls: int = 0, expire_after: int | None = None,
+                 expiring: int = 1):
+        self.fake, self.polls, self.expire_after = fake, polls, expire_after
+        self.expiring = expiring
+        self.sizes: list[int] = []
+        self.hold = False
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict] = {}
+        self.created = 0
+        self._lock = threading.Lock()
+        fake.batches = self
+
+    def post(self, path: str, raw: bytes, headers: dict) -> Reply | None:
+        path = path.split("?")[0].rstrip("/")
+        if path.endswith("/files"):
+            return self._upload(raw, headers)
+        if path.endswith("/batches"):
+            return self._create(json.loads(raw or b"{}"))
+        return None
+
+    def get(self, path: str) -> Reply | None:
+        parts = path.split("?")[0].rstrip("/").split("/")
+        if len(parts) >= 3 and parts[-3] == "files" and parts[-1] == "content":
+            data = self.files.get(parts[-2])
+            return Reply(body=data, headers={"Content-Type": "application/octet-stream"}) \
+                if data is not None else Reply.error(404, message="no such file")
+        if len(parts) >= 2 and parts[-2] == "batches":
+            return self._retrieve(parts[-1])
+        return None
+
+    def _upload(self, raw: bytes, headers: dict) -> Reply:
+        boundary = headers.get("content-type", "").split("boundary=")[-1].strip('"').encode()
+        data = b""
+        for part in raw.split(b"--" + boundary):
+            head, _, content = part.partition(b"\r\n\r\n")
+            if b'name="file"' in head:
+                data = content[:-2] if content.endswith(b"\r\n") else content
+        with self._lock:
+            fid = f"file-{len(self.files) + 1}"
+            self.files[fid] = data
+        return Reply(body={"id": fid, "object": "file", "bytes": len(data), "created_at": 0,
+                           "filename": "batch.jsonl", "purpose": "batch"})
+
+    def _create(self, body: dict) -> Reply:
+        lines = [json.loads(x) for x in self.files[body["input_file_id"]].splitlines() if x]
+        out, err = [], []
+        expire = self.expire_after is not None and self.created < self.expiring
+        for i, line in enumerate(lines):
+            rec = {"id": f"req-{i}", "custom_id": line["custom_id"]}
+            if expire and i >= self.expire_after:
+                err.append({**rec, "response": None,
+                            "error": {"code": "batch_expired", "message": "expired"}})
+                continue
+            reply = self.fake.handler(Request("POST", "/v1" + line["url"], line["body"], {}))
+            out.append({**rec, "response": {"status_code": reply.status, "request_id": "r",
+                                            "body": reply.body}, "error": None})
+        with self._lock:
+            self.created += 1
+            self.sizes.append(len(lines))
+            bid = f"batch-{self.created}"
+            files = {}
+            for name, rows in (("output_file_id", out), ("error_file_id", err)):
+                if rows:
+                    fid = f"file-{len(self.files) + 1}"
+                    self.files[fid] = "".join(json.dumps(r) + "\n" for r in rows).encode()
+                    files[name] = fid
+            self.batches[bid] = {"id": bid, "object": "batch", "endpoint": body["endpoint"],
+                                 "input_file_id": body["input_file_id"],
+                                 "completion_window": body.get("completion_window", "24h"),
+                                 "created_at": 0, "_polls": 0, "_files": files,
+                                 "_end": "expired" if err else "completed",
+                                 "request_counts": {"total": len(lines), "completed": len(out),
+                                                    "failed": 0}}
+        return self._retrieve(bid, count=False)
+
+    def _retrieve(self, bid: str, count: bool = True) -> Reply:
+        with self._lock:
+            b = self.batches.get(bid)
+            if b is None:
+                return Reply.error(404, message="no such batch")
+            b["_polls"] += int(count)
+            done = not self.hold and b["_polls"] >= self.polls and count
+            status = b["_end"] if done else "in_progress"
+            body = {k: v for k, v in b.items() if not k.startswith("_")}
+            body.update({"status": status, "output_file_id": None, "error_file_id": None})
+            if done:
+                body.update(b["_files"])
+        return Reply(body=body)
 
 
 def main() -> None:

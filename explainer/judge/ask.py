@@ -50,7 +50,7 @@ async def run(cfg: C.JudgeConfig, endpoint, model: str, jobs: list[_Job], phash:
             answers = await _judge(llm, cfg, job)
             writer.add(*_rows(cfg, model, endpoint.model, phash, job, answers))
 
-        await progress.drain(f"judge {cfg.method}", asked, one, cfg.llm.concurrency,
+        await progress.drain(f"judge {cfg.method}", asked, one, llm.capacity(),
                              writer.flush)
         writer.compact()
         print(f"judge: {writer.n_jobs} explanations judged by {cfg.method} "

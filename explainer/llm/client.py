@@ -52,6 +52,7 @@ class LLM:
         self._transport: Transport | None = None
         self._ledger: Ledger | None = None
         self._pending: dict[str, list] = {}  # request hash -> [lock, waiters]
+        self._batcher = None  # with cfg.batch: requests go through a batch (llm/batch.py)
         self._stats = {"calls": 0, "cached": 0, "prompt": 0, "completion": 0, "cost": 0.0,
                        "cost_unknown": 0}
 
@@ -83,6 +84,15 @@ class LLM:
                 members.append(Member(client, host, limit))
             self.client = members[0].client
             self.pool = Pool(members)
+            if getattr(self.cfg, "batch", False):
+                if self.endpoint.embedded:
+                    raise ExplainError("--batch: the embedded model has no batch interface; "
+                                       "name an endpoint with --base-url, or drop --batch")
+                from explainer.llm.batch import Batcher
+
+                self._batcher = Batcher(self.client, self.run_dir, self.stage,
+                                        self.endpoint.model)
+                stack.push_async_callback(self._batcher.close)
             self._transport = Transport(self.pool, self.cfg, self._scrub)
         except BaseException:
             await stack.aclose()
@@ -161,13 +171,19 @@ class LLM:
                               "latency_s": latency_s, "cached": 0, "status": status,
                               "error": msg, "attempt": attempt})
 
-        c, latency_s, host = await self._transport.send(kind, body, failed,
-                                                        f"{self.stage} {key}")
+        batch = self._batcher is not None and not key.startswith("probe")
+        if batch:  # answered when the stage's batch is done (probes stay live)
+            from explainer.llm.batch import HOST
+
+            c, latency_s, host = await self._batcher.send(kind, body, rkey), 0.0, HOST
+        else:
+            c, latency_s, host = await self._transport.send(kind, body, failed,
+                                                            f"{self.stage} {key}")
         usable = accept is None or accept(c)
         if usable:  # an unusable answer is not cached, so the next run asks again
             self._ledger.put(rkey, self.endpoint.model, _to_json(c))
         self._ledger.log(self._row(key, rkey, c, latency_s, "ok" if usable else "unusable",
-                                   host=host), cost=self._cost(c))
+                                   host=host), cost=self._cost(c, batch))
         return c
 
     # --- accounting -----------------------------------------------------------------------
@@ -182,9 +198,15 @@ class LLM:
                 "completion_tokens": c.completion_tokens, "latency_s": latency_s,
                 "cached": int(cached), "status": status, "error": None, "attempt": 0}
 
-    def _cost(self, c: Completion) -> float | None:
+    def _cost(self, c: Completion, batch: bool = False) -> float | None:
         cost = cost_usd(self.endpoint.model, c.prompt_tokens, c.completion_tokens,
                         free=self.endpoint.embedded)
+        if batch:  # the provider's batch rate (prices.json batch column)
+            from explainer.llm.prices import batch_price
+
+            p = batch_price(self.endpoint.model)
+            cost = None if p is None else (c.prompt_tokens * p[0]
+                                           + c.completion_tokens * p[1]) / 1e6
         if cost is None:
             self._stats["cost_unknown"] += 1
         else:
@@ -213,7 +235,12 @@ class LLM:
         return line + (f" [{pool}]" if pool else "")
 
     def capacity(self) -> int:
-        """Requests this client keeps in flight at once (over every endpoint of the pool)."""
+        """Requests this client keeps in flight at once (over every endpoint of the pool); in
+        batch mode every job at once, so that one batch holds the stage's requests."""
+        if self._batcher is not None:
+            from explainer.llm.batch import JOBS
+
+            return JOBS
         return self.pool.capacity() if self.pool is not None else self.cfg.concurrency
 
 
