@@ -230,6 +230,9 @@ def simulate(
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = 0,
     cache: CacheOpt = None,
+    strict_values: Annotated[bool, typer.Option(
+        "--strict-values", help="Fail an excerpt when a value slot has no digit among the "
+        "returned alternatives (default: that slot predicts 0, counted in the report).")] = False,
     batch: BatchOpt = False,
 ):
     """Predict activations from each explanation with a simulator LLM, and score them."""
@@ -240,6 +243,7 @@ def simulate(
                                 explainer=explainer, simulator=simulator, mode=mode, n_top=n_top,
                                 n_random=n_random, calibrate=calibrate,
                                 excerpts_per_prompt=excerpts_per_prompt, control=control, seed=seed,
+                                strict_values=strict_values,
                                 llm=config.LLMConfig(base_url=base_url, concurrency=concurrency,
                                                      cache=cache, batch=batch))
     typer.echo(_call(stage.run, cfg))

@@ -111,6 +111,9 @@ class SimulateConfig:
     n_random: int = 5  # valid-split random excerpts scored
     calibrate: bool = False
     excerpts_per_prompt: int = 1  # K excerpts of a neuron share one prompt (1: the paper's)
+    # a value slot with no digit among the returned alternatives fails its excerpt (the rule
+    # before digit-free slots predicted 0, as the paper's reference code does)
+    strict_values: bool = False
     stage: str = "simulate"  # the ledger's name for these calls (a cascade level: simulate:L2)
     test: bool = True  # also simulate the best candidate's test split (a cascade defers it)
     explain_split: bool = False  # also simulate the explain split (what revision shows)

@@ -11,6 +11,12 @@ scale the explainer sees (`TO_DISPLAY`); correlations do not depend on that fact
 Alignment: predictions belong to the subject model's tokens by their position in the list we
 sent, never by re-tokenising: the logprob parser finds each value slot by its character offset in
 the prompt, the chat parser by the index written in each answer line.
+
+A value slot whose returned alternatives hold no digit predicts 0, as the paper's reference code
+does (the expected value over the digits present, none of them): a small simulator puts its mass
+elsewhere at a slot or two of most excerpts, and failing the whole excerpt for one slot left
+such simulators with no score at all. Such slots are counted (`Parsed.no_digit`, the
+simulations' `n_no_digit` column, the scores' `no_digit_share`); `strict` keeps the old rule.
 """
 
 from __future__ import annotations
@@ -54,6 +60,13 @@ class Parsed:
     predicted: list[float] | None
     error: str | None
     mode: str  # logprob | chat-logprob | chat
+    no_digit: tuple[int, ...] = ()  # slots with no digit among the alternatives (predicted 0)
+    # why there are no predictions: "transport" (no answer: retried on the next run) or
+    # "answer" (an answer that cannot be read: deterministic, cached, never re-sent)
+    failure: str = ""
+
+
+TRANSPORT, ANSWER = "transport", "answer"  # the kinds of `Parsed.failure`
 
 
 def prompt_hash(excerpts_per_prompt: int = 1) -> str:
@@ -124,10 +137,12 @@ def split_parsed(parsed: Parsed, lengths: Sequence[int]) -> list[Parsed]:
     failed prompt fails each of its excerpts with the same reason."""
     if parsed.predicted is None or len(parsed.predicted) != sum(lengths):
         why = parsed.error or f"{len(parsed.predicted or ())} predictions for {sum(lengths)} tokens"
-        return [Parsed(None, why, parsed.mode) for _ in lengths]
+        return [Parsed(None, why, parsed.mode, failure=parsed.failure or ANSWER)
+                for _ in lengths]
     out, start = [], 0
     for n in lengths:
-        out.append(Parsed(list(parsed.predicted[start:start + n]), None, parsed.mode))
+        out.append(Parsed(list(parsed.predicted[start:start + n]), None, parsed.mode,
+                          tuple(k - start for k in parsed.no_digit if start <= k < start + n)))
         start += n
     return out
 
@@ -150,16 +165,20 @@ def expected_value(alternatives: Iterable[tuple[str, float]]) -> float | None:
 
 def parse_echo(prompt: LogprobPrompt, tokens: Sequence[str] | None,
                top_logprobs: Sequence[Mapping[str, float] | None] | None,
-               text_offset: Sequence[int] | None, *, shift: int) -> Parsed:
+               text_offset: Sequence[int] | None, *, shift: int,
+               strict: bool = False) -> Parsed:
     """Predictions from an echoed prompt's top log-probabilities at every value slot.
 
     `shift` is the endpoint's convention, probed once (llm/probe.py `echo_shift`): the
     distribution that predicted prompt token i sits at row i - shift (0: OpenAI, vLLM; 1:
     llama-cpp-python without BOS). It is never guessed from the answer: on number-heavy
     excerpts the rows beside a slot can hold more digit mass than the slot's own.
+    A slot with no digit among its alternatives predicts 0 and is listed in `no_digit`;
+    `strict` fails the excerpt there instead (`--strict-values`).
     """
     if not tokens or top_logprobs is None or text_offset is None:
-        return Parsed(None, "the endpoint returned no prompt log-probabilities", "logprob")
+        return Parsed(None, "the endpoint returned no prompt log-probabilities", "logprob",
+                      failure=ANSWER)
     index = {}
     for i, off in enumerate(text_offset):
         index.setdefault(off, i)
@@ -168,17 +187,34 @@ def parse_echo(prompt: LogprobPrompt, tokens: Sequence[str] | None,
         i = index.get(off)
         if i is None or not tokens[i].startswith(PLACEHOLDER[:1]):
             return Parsed(None, f"token {k}: the simulator's tokenizer merged its value slot "
-                                "with a neighbour", "logprob")
+                                "with a neighbour", "logprob", failure=ANSWER)
         slots.append(i)
-    out = []
+    out, none = [], []
     for k, i in enumerate(slots):
         top = top_logprobs[i - shift] if i - shift >= 0 else None
         ev = expected_value((top or {}).items())
-        if ev is None:
+        if ev is None and strict:
             return Parsed(None, f"token {k}: no value 0-9 among the top log-probabilities",
-                          "logprob")
-        out.append(ev)
-    return Parsed(out, None, "logprob")
+                          "logprob", failure=ANSWER)
+        if ev is None:  # the reference's expected value over no digit: 0
+            none.append(k)
+        out.append(0.0 if ev is None else ev)
+    return Parsed(out, None, "logprob", tuple(none))
+
+
+def failure_note(failures: Mapping[str, int], mode: str) -> str:
+    """The closing words on failed excerpts: which kind is retried, which is not, and what to
+    change. `failures`: excerpts per `Parsed.failure` kind."""
+    parts = []
+    if failures.get(TRANSPORT):
+        parts.append(f"{failures[TRANSPORT]} got no answer (transport errors): they are "
+                     "retried on the next run")
+    if failures.get(ANSWER):
+        other = "--mode chat" if mode == "logprob" else "--mode logprob"
+        parts.append(f"{failures[ANSWER]} got an answer that cannot be read: it is cached and "
+                     f"a rerun reads the same answer again without re-sending it; try {other} "
+                     "or another --simulator model")
+    return "; ".join(parts)
 
 
 def chat_listing(tokens: Sequence[str]) -> str:

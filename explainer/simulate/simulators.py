@@ -25,6 +25,10 @@ from explainer import config as C
 from explainer.simulate import prompt as SP
 
 LOGPROBS = 20  # top log-probabilities asked per prompt token (vLLM's default cap is 20)
+# Tried in turn by `_top_logprobs`: more alternatives leave fewer value slots without a digit.
+# llama-cpp-python takes any number, vLLM up to its --max-logprobs (20 by default), OpenAI's
+# legacy completions 5.
+LOGPROBS_TRIED = (100, LOGPROBS, 5)
 
 
 class _Remote:
@@ -33,6 +37,13 @@ class _Remote:
     def __init__(self, llm, workers: int):
         self.llm, self.workers = llm, workers
         self.examples = SP.load_examples()
+        self.failures: dict[str, int] = {}  # failed excerpts per kind (SP.TRANSPORT, SP.ANSWER)
+
+    def _count(self, parsed: list[SP.Parsed]) -> list[SP.Parsed]:
+        for p in parsed:
+            if p.predicted is None:
+                self.failures[p.failure] = self.failures.get(p.failure, 0) + 1
+        return parsed
 
     def summary(self) -> str:
         return self.llm.summary()
@@ -41,9 +52,12 @@ class _Remote:
 class _Echo(_Remote):
     mode = "logprob"
 
-    def __init__(self, llm, workers: int, shift: int):
+    def __init__(self, llm, workers: int, shift: int, top: int = LOGPROBS,
+                 strict: bool = False):
         super().__init__(llm, workers)
         self.shift = shift  # the endpoint's echo convention (probe.echo_shift), never guessed
+        self.top = top  # alternatives asked per prompt token (as many as the endpoint takes)
+        self.strict = strict  # --strict-values: a slot with no digit fails its excerpt
 
     async def predict(self, explanation: str, tokens: Sequence[str], key: str) -> SP.Parsed:
         return (await self.predict_many(explanation, [tokens], key))[0]
@@ -56,18 +70,18 @@ class _Echo(_Remote):
         prompt = SP.logprob_prompt_many(explanation, excerpts, self.examples)
         lengths = [len(t) for t in excerpts]
 
-        def parse(c) -> SP.Parsed:
-            return SP.parse_echo(prompt, c.tokens, c.top_logprobs, c.text_offset,
-                                 shift=self.shift)
-
         try:
             # max_tokens=1: llama.cpp reads 0 as "no limit"; the one answer token is ignored.
+            # Every answer is cached, readable or not: at temperature 0 an unreadable one would
+            # come back the same, so a rerun reads it again instead of paying for it again.
             c = await self.llm.complete(prompt.text, max_tokens=1, echo=True,
-                                        logprobs=LOGPROBS, key=key,
-                                        accept=lambda c: parse(c).predicted is not None)
+                                        logprobs=self.top, key=key)
         except LLMError as err:
-            return SP.split_parsed(SP.Parsed(None, str(err)[:300], self.mode), lengths)
-        return SP.split_parsed(parse(c), lengths)
+            return self._count(SP.split_parsed(SP.Parsed(
+                None, str(err)[:300], self.mode, failure=SP.TRANSPORT), lengths))
+        return self._count(SP.split_parsed(SP.parse_echo(
+            prompt, c.tokens, c.top_logprobs, c.text_offset, shift=self.shift,
+            strict=self.strict), lengths))
 
 
 class _Chat(_Remote):
@@ -85,17 +99,15 @@ class _Chat(_Remote):
         lengths = [len(t) for t in excerpts]
         n = sum(lengths)
 
-        def parse(c) -> SP.Parsed:
-            return SP.parse_chat(c.text, n, c.chat_logprobs)
-
         try:
             # ~4 answer tokens a line ("12", TAB, "3", newline), plus slack for a preamble.
+            # Cached readable or not (temperature 0: the same answer would come back).
             c = await self.llm.chat(msgs, max_tokens=5 * n + 32, logprobs=True,
-                                    top_logprobs=len(SP.VALUES), key=key,
-                                    accept=lambda c: parse(c).predicted is not None)
+                                    top_logprobs=len(SP.VALUES), key=key)
         except LLMError as err:
-            return SP.split_parsed(SP.Parsed(None, str(err)[:300], self.mode), lengths)
-        return SP.split_parsed(parse(c), lengths)
+            return self._count(SP.split_parsed(SP.Parsed(
+                None, str(err)[:300], self.mode, failure=SP.TRANSPORT), lengths))
+        return self._count(SP.split_parsed(SP.parse_chat(c.text, n, c.chat_logprobs), lengths))
 
 
 class _InProcess:
@@ -169,9 +181,29 @@ async def open_simulator(cfg: C.SimulateConfig, endpoint):
         # Each neuron sends ~10 excerpts at once; a few neurons in flight keep the semaphore full.
         workers = max(1, llm.capacity())  # over every endpoint of the pool
         if mode == "logprob":
-            yield _Echo(llm, workers, _echo_shift(Path(cfg.run), endpoint, caps.echo_shift))
+            yield _Echo(llm, workers, _echo_shift(Path(cfg.run), endpoint, caps.echo_shift),
+                        await _top_logprobs(llm), cfg.strict_values)
         else:
             yield _Chat(llm, workers)
+
+
+async def _top_logprobs(llm) -> int:
+    """The most prompt alternatives the endpoint returns per token, of LOGPROBS_TRIED: asked on
+    the probe's short prompt (a cached answer on later runs); a refusal (HTTP 400) tries fewer."""
+    from explainer.llm import LLMError
+    from explainer.llm.probe import PROBE_TEXT, UNSUPPORTED
+
+    for top in LOGPROBS_TRIED[:-1]:
+        try:
+            await llm.complete(PROBE_TEXT, max_tokens=1, echo=True, logprobs=top,
+                               key=f"probe:top-logprobs-{top}")
+            return top
+        except LLMError as err:
+            if err.status not in UNSUPPORTED:
+                raise ExplainError(f"the endpoint at {llm.endpoint.host} failed the probe of "
+                                   f"its top log-probabilities ({err}); try again later, or "
+                                   "pass --mode chat") from None
+    return LOGPROBS_TRIED[-1]
 
 
 def _echo_shift(run: Path, endpoint, probed: int) -> int:
