@@ -49,15 +49,11 @@ ControlOpt = Annotated[str, typer.Option(
     "of its layer and side (a seeded derangement), the specificity control; or none.")]
 CascadeOpt = Annotated[Optional[str], typer.Option(
     "--cascade", help="Explainers E1,E2,... cheapest first: each explains the neurons the "
-    "previous one left below --accept (judged by the simulation score on the valid split).")]
+    "previous one left below --accept (judged as --accept-by says).")]
 AcceptOpt = Annotated[Optional[float], typer.Option(
     "--accept", help="With --cascade: a level's explanation is kept at this valid score or "
     "above (default: none is; each neuron keeps its best level).")]
-AcceptByOpt = Annotated[Optional[str], typer.Option(
-    "--accept-by", help="With --cascade: who decides acceptance: detection or fuzzing (the "
-    "simulator's LLM as judge; --accept is a balanced accuracy, 0-1) or simulation (--accept "
-    "is a correlation). Default: detection, the cheapest (simulation with --revise or "
-    "baseline-lexical). The kept explanation is simulated and scored either way.")]
+AcceptByOpt = Annotated[Optional[str], typer.Option("--accept-by", help="With --cascade: who decides acceptance: detection or fuzzing (the simulator's LLM as judge; --accept is a balanced accuracy, 0-1) or simulation (--accept is a correlation). Default: detection, the cheapest (simulation with --revise or baseline-lexical). The kept explanation is simulated and scored either way.")]
 CacheOpt = Annotated[Optional[Path], typer.Option(
     "--cache", help="A shared LLM answer cache (SQLite) for several runs (default: "
     "$EXPLAIN_LLM_CACHE, else only the run's own llm.sqlite).")]
@@ -203,8 +199,7 @@ def judge(
                              excerpts_per_prompt=excerpts_per_prompt,
                              n_positive=n_positive, n_negative=n_negative, fraction=fraction,
                              seed=seed, logprobs=logprobs,
-                             llm=config.LLMConfig(base_url=base_url, concurrency=concurrency,
-                                                  batch=batch),
+                             llm=config.LLMConfig(base_url=base_url, concurrency=concurrency, batch=batch),
                              engine=config.EngineConfig(engine, ray_address, workers))
     typer.echo(_call(stage.run, cfg))
 
