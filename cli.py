@@ -171,7 +171,7 @@ def view(
 @app.command()
 def judge(
     run: RunOpt,
-    method: Annotated[str, typer.Option(help="detection (which excerpts fit the explanation?) or fuzzing (are the highlighted tokens the ones it names?).")],
+    method: Annotated[str, typer.Option(help="detection (which excerpts fit the explanation?), fuzzing (are the highlighted tokens the ones it names?), generation (does the neuron fire on texts the judge writes from the explanation?) or steering (does steering the neuron raise the tokens it names?).")],
     layers: LayersOpt = "all",
     neurons: NeuronsOpt = "all",
     model: ModelSel = None,
@@ -185,6 +185,9 @@ def judge(
     fraction: Annotated[Optional[float], typer.Option(help="Highlight share of the reference max (default: the preset's).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the shuffle into prompts and of fuzzing's decoys.")] = 0,
     logprobs: Annotated[Optional[bool], typer.Option("--logprobs/--no-logprobs", help="Ask for top_logprobs (P(yes) and AUROC); default: yes, except on the embedded model (slow there).")] = None,
+    n_texts: Annotated[int, typer.Option(help="generation: texts the judge writes per explanation (at least 5 must be kept).")] = 10,
+    steer_k: Annotated[float, typer.Option(help="steering: add k x the neuron's mean top activation at every position.")] = 1.0,
+    device: Annotated[str, typer.Option(help="generation, steering: torch device of the subject model.")] = "cpu",
     concurrency: ConcOpt = 8,
     engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None,
@@ -198,7 +201,8 @@ def judge(
                              explainer=explainer, judge=judge, sampling=sampling,
                              excerpts_per_prompt=excerpts_per_prompt,
                              n_positive=n_positive, n_negative=n_negative, fraction=fraction,
-                             seed=seed, logprobs=logprobs,
+                             seed=seed, logprobs=logprobs, n_texts=n_texts, steer_k=steer_k,
+                             device=device,
                              llm=config.LLMConfig(base_url=base_url, concurrency=concurrency, batch=batch),
                              engine=config.EngineConfig(engine, ray_address, workers))
     typer.echo(_call(stage.run, cfg))
@@ -366,7 +370,7 @@ def run_all(
     mode: Annotated[str, typer.Option(help="Simulation mode: auto, logprob or chat.")] = "auto",
     lexical: Annotated[bool, typer.Option("--lexical/--no-lexical", help=f"Also score every explanation with {config.BASELINE_SIMULATOR} (no LLM, seconds).")] = True,
     control: ControlOpt = "shuffled",
-    judge_methods: Annotated[str, typer.Option(help="Also judge with these methods (detection,fuzzing), by the simulator's LLM.")] = "",
+    judge_methods: Annotated[str, typer.Option(help="Also judge with these methods (detection,fuzzing,generation,steering), by the simulator's LLM.")] = "",
     concurrency: ConcOpt = 8,
     seed: Annotated[int, typer.Option(help="Seed of the random sample.")] = 0,
     device: Annotated[str, typer.Option(help="torch device of the subject model.")] = "cpu",

@@ -164,6 +164,11 @@ class JudgeConfig:
     n_negative: int | None = None  # the neuron's random excerpts that do not fire
     fraction: float | None = None  # a token is highlighted at > this share of the reference max
     seed: int = 0  # of the shuffle into prompts and of fuzzing's decoy highlights
+    # generation: texts asked of the judge per explanation (at least 5 must be kept to score)
+    n_texts: int = 10
+    # steering: the multiple k of the neuron's mean top activation added (docs/reference.md)
+    steer_k: float = 1.0
+    device: str = "cpu"  # generation and steering: where the subject model runs
     # top_logprobs (P(yes), AUROC); None: yes, except on the embedded server, where they cost
     # ~40 ms per prompt token (llama-cpp-python keeps every position's logits for them)
     logprobs: bool | None = None

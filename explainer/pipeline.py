@@ -65,7 +65,7 @@ def run(cfg: config.RunConfig) -> str:
         _say(f"[3/5] judge by {method} with {cfg.simulator}")
         judge.run(config.JudgeConfig(run=run_dir, method=method, layers=layers, neurons=cfg.neurons,
                                      model=spec.name, judge=cfg.simulator, seed=cfg.seed,
-                                     llm=cfg.llm))
+                                     llm=cfg.llm, device=cfg.device))
     plot = run_dir / "report.png"
     _say("[4/5] report")
     table = report.run(config.ReportConfig(run=run_dir, plot=plot))
@@ -78,7 +78,7 @@ def run(cfg: config.RunConfig) -> str:
 def _check_judges(methods: tuple[str, ...]) -> None:
     """Refuse an unknown --judge-methods name before anything is recorded."""
     from explainer import ExplainError
-    from explainer.judge.prompt import METHODS
+    from explainer.judge.stage import METHODS
 
     bad = [m for m in methods if m not in METHODS]
     if bad:

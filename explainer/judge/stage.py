@@ -32,6 +32,9 @@ from explainer.judge import sampling as SA
 from explainer.score import classify as K
 
 DONE = {"ok", K.ONE_CLASS, K.NO_ITEMS}  # statuses that a rerun does not redo
+# Scorers beside the LLM judges that run the subject model (judge/generation.py, steering.py).
+SUBJECT_METHODS = ("generation", "steering")
+METHODS = P.METHODS + SUBJECT_METHODS
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,10 @@ def text_hash(text: str) -> str:
 
 def run(cfg: C.JudgeConfig) -> Path:
     """Judge the selected explanations with one method; returns the run's judgments/ folder."""
+    if cfg.method in SUBJECT_METHODS:
+        from explainer.judge import generation, steering
+
+        return (generation if cfg.method == "generation" else steering).run(cfg)
     _check(cfg)
     from explainer import llm as L
 
@@ -110,7 +117,7 @@ def _check(cfg: C.JudgeConfig) -> None:
 
     engine.check(cfg.engine)  # Ray installed and its cluster answering, before any file
     if cfg.method not in P.METHODS:
-        raise ExplainError(f"--method {cfg.method!r}: expected one of {', '.join(P.METHODS)}")
+        raise ExplainError(f"--method {cfg.method!r}: expected one of {', '.join(METHODS)}")
     if cfg.sampling not in SA.PRESETS:
         raise ExplainError(f"--sampling {cfg.sampling!r}: expected one of "
                            f"{', '.join(SA.PRESETS)}")

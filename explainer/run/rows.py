@@ -91,6 +91,13 @@ class ScoreRow:
     # which were explain's) and every parameter of it as JSON (judge/sampling.py)
     sampling: str = ""
     sampling_params: str | None = None
+    # generation and steering rows (schema.py says what each holds)
+    auroc_other: float | None = None
+    mad: float | None = None
+    n_written: int | None = None
+    n_kept: int | None = None
+    gain: float | None = None
+    steer_k: float | None = None
 
 
 @dataclass(frozen=True)
@@ -142,3 +149,29 @@ class JudgmentRow:
     explanation_hash: str
     sampling: str = ""  # the sampling preset that drew the excerpt (see ScoreRow.sampling)
     sampling_params: str | None = None  # its every parameter, as JSON
+
+
+@dataclass(frozen=True)
+class GenerationRow:
+    """One text of the generation judge (written, or another neuron's) or one control window."""
+
+    model: str
+    layer: int
+    neuron: int
+    side: str
+    explainer: str
+    candidate: int
+    judge: str  # the generator LLM's name at its endpoint
+    role: str  # own | other (the deranged source's texts) | window (a random excerpt's window)
+    index: int  # the line's position among the generator's lines, or the window's number
+    text: str | None  # the cleaned line (None for a window)
+    status: str  # kept | empty | short | restates | duplicate | extra (own); ok (other, window)
+    token_ids: list[int] | None  # what the subject read (None for a dropped line)
+    tokens: list[str] | None
+    activations: list[float] | None  # this neuron's, in the side's units
+    max_activation: float | None
+    excerpt_id: int | None  # a window's excerpt
+    start: int | None  # a window's first token within its excerpt
+    source_neuron: int | None  # role other: the neuron the texts were written for
+    prompt_hash: str
+    explanation_hash: str

@@ -106,7 +106,16 @@ TABLES: dict[str, Table] = {
                        ("recall_by_quantile", LIST_F32), ("n_judged", pa.int64()),
                        ("n_failed", pa.int64()),
                        # judge rows: the sampling preset and its parameters (JSON)
-                       ("sampling", pa.string()), ("sampling_params", pa.string())]),
+                       ("sampling", pa.string()), ("sampling_params", pa.string()),
+                       # generation (judge/generation.py; `score` = AUROC vs length-matched
+                       # windows of the neuron's random excerpts): AUROC vs the texts written
+                       # for another neuron's explanation, the mean difference in units of the
+                       # windows' spread, texts written and kept; steering (judge/steering.py;
+                       # `score` = own gain - shuffled gain): the named tokens' mean gain in
+                       # log-probability and the multiple k of the mean top activation added
+                       ("auroc_other", pa.float64()), ("mad", pa.float64()),
+                       ("n_written", pa.int64()), ("n_kept", pa.int64()),
+                       ("gain", pa.float64()), ("steer_k", pa.float64())]),
             ("model", "layer", "neuron", "side", "explainer", "candidate", "simulator", "mode",
              "method", "control", "split", "sampling"),
         ),
@@ -126,6 +135,24 @@ TABLES: dict[str, Table] = {
                        ("sampling", pa.string()), ("sampling_params", pa.string())]),
             ("model", "layer", "neuron", "side", "explainer", "candidate", "method", "judge",
              "excerpt_id", "label", "sampling"),
+        ),
+        Table(
+            "generations",
+            # generation (judge/generation.py): one row per line the generator wrote (role own,
+            # status kept or why it was dropped), per text written for the deranged source
+            # neuron's explanation read on this neuron (role other), and per length-matched
+            # window of the neuron's random excerpts (role window: excerpt_id, start); tokens
+            # and activations (this neuron's, in the side's units) only where the subject read it
+            pa.schema([("neuron", pa.int32()), ("side", pa.string()), ("explainer", pa.string()),
+                       ("candidate", pa.int32()), ("judge", pa.string()),
+                       ("role", pa.string()), ("index", pa.int32()), ("text", pa.string()),
+                       ("status", pa.string()), ("token_ids", LIST_I32), ("tokens", LIST_STR),
+                       ("activations", LIST_F32), ("max_activation", F32),
+                       ("excerpt_id", pa.int64()), ("start", pa.int32()),
+                       ("source_neuron", pa.int32()), ("prompt_hash", pa.string()),
+                       ("explanation_hash", pa.string())]),
+            ("model", "layer", "neuron", "side", "explainer", "candidate", "judge", "role",
+             "index", "prompt_hash", "explanation_hash"),
         ),
         Table(
             "puzzles",

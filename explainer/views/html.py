@@ -277,6 +277,9 @@ def _write_layer(run, out, mkey, name, layer, tokens,
     from explainer.views import judgments
 
     judged = rows_by_neuron(rundir.read(run, "judgments", mkey, layer))
+    from explainer.views import generation  # texts the generation judge wrote, steering gains
+
+    generated = rows_by_neuron(rundir.read(run, "generations", mkey, layer))
     for i, n in enumerate(neurons):
         stats = split["neurons"].get(n)
         nv = neuron_view(name, mkey, layer, n, split["records"].get(n, []),
@@ -284,6 +287,9 @@ def _write_layer(run, out, mkey, name, layer, tokens,
                          split["simulations"].get(n, []), tokens, N_TOP, N_RANDOM)
         page = neuron_page(nv, split["records"].get(n, []), _nav(neurons, i), template)
         page = judgments.into_page(page, judged.get(n, []), tokens)
+        page = generation.into_page(page, generated.get(n, []), split["scores"].get(n, []),
+                                    max(abs(stats[0]["max"]), abs(stats[0]["min"])) if stats
+                                    else 1.0)
         (page_dir / f"N{n}.html").write_text(page)
     return len(neurons), _index_filters(rows)
 

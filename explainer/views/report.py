@@ -247,6 +247,12 @@ def run(cfg: ReportConfig) -> str:
     ctl_model = controls.aggregate(scores, models_meta, "model")
     ctl = (controls.aggregate(scores, models_meta, "layer") if cfg.by == "layer" else []) \
         + ctl_model
+    from explainer.views import generation  # generation and steering: own vs shuffled too
+
+    gen_model = generation.aggregate(scores, models_meta, "model")
+    ctl += (generation.aggregate(scores, models_meta, "layer") if cfg.by == "layer" else []) \
+        + gen_model
+    ctl_model += gen_model
     if cfg.plot is not None:
         from explainer.views import plot
 
