@@ -56,7 +56,7 @@ AcceptOpt = Annotated[Optional[float], typer.Option(
 AcceptByOpt = Annotated[Optional[str], typer.Option("--accept-by", help="With --cascade: who decides acceptance: detection or fuzzing (the simulator's LLM as judge; --accept is a balanced accuracy, 0-1) or simulation (--accept is a correlation). Default: detection, the cheapest (simulation with --revise or baseline-lexical). The kept explanation is simulated and scored either way.")]
 CacheOpt = Annotated[Optional[Path], typer.Option(
     "--cache", help="A shared LLM answer cache (SQLite) for several runs (default: "
-    "$EXPLAIN_LLM_CACHE, else only the run's own llm.sqlite).")]
+    "$EXPLAIN_LLM_CACHE, else only the run's own LLM ledger).")]
 BatchOpt = Annotated[bool, typer.Option("--batch", help="Send the LLM requests through the endpoint's batch interface (/v1/files + /v1/batches): batch price, answers within 24 h; a killed run resumes by polling.")]
 ExcerptsPerPromptOpt = Annotated[int, typer.Option(
     "--excerpts-per-prompt", help="Excerpts of a neuron simulated in one prompt, sharing one "
@@ -131,7 +131,7 @@ def report(
     by: Annotated[str, typer.Option(help="Rows per layer (and per model after), or per model only: layer | model.")] = "layer",
     format: Annotated[str, typer.Option("--format", help="table | csv | json.")] = "table",
     plot: Annotated[Optional[Path], typer.Option(help="Also write a PNG: mean score by layer depth per model, and the score histogram.")] = None,
-    cost: Annotated[bool, typer.Option("--cost", help="Instead: LLM calls, tokens and dollars per neuron by stage and model, from llm.sqlite.")] = False,
+    cost: Annotated[bool, typer.Option("--cost", help="Instead: LLM calls, tokens and dollars per neuron by stage and model, from the run's LLM ledger.")] = False,
     project: Annotated[Optional[int], typer.Option("--project", help="With --cost: project the bill of N neurons from this run's tokens per neuron (live and batch, with a 95% interval).")] = None,
     price: Annotated[Optional[str], typer.Option("--price", help="With --project: price every call as this model of prices.json (default: each call's own model).")] = None,
 ):
