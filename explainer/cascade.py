@@ -4,7 +4,7 @@ the simulation score as the judge), and let an explainer correct itself after se
 simulation went wrong.
 
 A composer, like pipeline.py: it runs the describe and simulate stages level by level (they
-still meet only at the run directory) and asks the explainer for revisions (revise.py). Per
+still meet only at the run directory) and asks the explainer for revisions (describe/revise.py). Per
 level: explain the neurons still pending, simulate and score them on the valid split (test split
 deferred), revise those below T up to N rounds, keep those at T or above, pass the rest on.
 Finally the test split is simulated for the one explanation each neuron keeps (the first one
@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from explainer import ExplainError
-from explainer import config as C
+from explainer import config
 from explainer import run as rundir
 from explainer.run.specs import parse_spec
 
@@ -38,7 +38,7 @@ class Level:
     label: str  # the name its explanations are stored under (explainer_label)
 
 
-def run(cfg: C.CascadeConfig) -> str:
+def run(cfg: config.CascadeConfig) -> str:
     """Run every level on the selected neurons; returns the per-level summary table."""
     from explainer import describe
     from explainer.run.evidence import explainer_label
@@ -84,7 +84,7 @@ def run(cfg: C.CascadeConfig) -> str:
                    scale="valid score" if by == "simulation" else f"{by} balanced accuracy")
 
 
-def _check(cfg: C.CascadeConfig) -> None:
+def _check(cfg: config.CascadeConfig) -> None:
     names = cfg.explainers
     if not names or any(not n.strip() for n in names):
         raise ExplainError(f"--cascade {','.join(names)}: name one explainer or more, cheapest "
@@ -100,7 +100,7 @@ def _check(cfg: C.CascadeConfig) -> None:
     if cfg.revise and base:
         raise ExplainError(f"--revise {cfg.revise}: {base[0]} uses no LLM and cannot revise; "
                            "drop --revise or the baseline")
-    if cfg.simulate.simulator == C.BASELINE_SIMULATOR and cfg.revise:
+    if cfg.simulate.simulator == config.BASELINE_SIMULATOR and cfg.revise:
         raise ExplainError("--revise: needs an LLM simulator's predictions, not baseline-lexical")
 
 
@@ -119,10 +119,10 @@ def _choose(valid: dict[Key, list[float | None]], accept: float | None) -> dict[
     return out
 
 
-def _judge(cfg: C.CascadeConfig, lv: Level, model: str, keys: set[Key],
+def _judge(cfg: config.CascadeConfig, lv: Level, model: str, keys: set[Key],
            phash: str) -> dict[Key, float | None]:
     """Valid-split scores of a level's explanations, after up to N revision rounds."""
-    from explainer import revise
+    from explainer.describe import revise
 
     _simulate(cfg, lv, model, keys, test=False)
     scores = valid_scores(cfg.describe.run, model, lv.label, cfg.simulate.simulator, phash, keys)
@@ -139,7 +139,7 @@ def _judge(cfg: C.CascadeConfig, lv: Level, model: str, keys: set[Key],
     return scores
 
 
-def _simulate(cfg: C.CascadeConfig, lv: Level, model: str, keys: set[Key], test: bool) -> None:
+def _simulate(cfg: config.CascadeConfig, lv: Level, model: str, keys: set[Key], test: bool) -> None:
     from explainer import cascade_accept, simulate
 
     for layer, neurons in sorted(_by_layer(keys).items()):
@@ -158,13 +158,8 @@ def valid_scores(run_dir: Path, model: str, label: str, simulator: str, phash: s
 
     out: dict[Key, float | None] = {}
     for layer in sorted({k[0] for k in keys}):
-        sc = rundir.read(run_dir, "scores", model=model, layer=layer)
-        if sc.empty:
-            continue
-        sc = sc[(sc["explainer"] == label) & (sc["simulator"] == simulator)
-                & (sc["split"] == split) & sc["best"].astype(bool)
-                & (sc["method"] == "simulation") & (sc["control"] == "none")
-                & (sc["sim_prompt_hash"] == phash)]
+        sc = rundir.query.chosen(rundir.query.read_scores(run_dir, model, layer), split,
+                                 simulator=simulator, prompt_hash=phash, explainer=label)
         for side, n, score, status in zip(sc["side"], sc["neuron"], sc["score"], sc["status"]):
             k = (layer, side, int(n))
             if k in keys:
@@ -173,7 +168,7 @@ def valid_scores(run_dir: Path, model: str, label: str, simulator: str, phash: s
     return out
 
 
-def _selection(d: C.DescribeConfig) -> tuple[str, set[Key]]:
+def _selection(d: config.DescribeConfig) -> tuple[str, set[Key]]:
     """The (layer, side, neuron)s the user selected (describe has already validated them)."""
     models = rundir.read_run_json(d.run).get("models", {})
     model = rundir.model_key(d.model) if d.model else next(iter(models))
@@ -206,7 +201,7 @@ def _spec(neurons) -> str:
     return ",".join(str(n) for n in sorted(neurons))
 
 
-def _remember(run_dir: Path, model: str, cfg: C.CascadeConfig, levels: list[Level],
+def _remember(run_dir: Path, model: str, cfg: config.CascadeConfig, levels: list[Level],
               phash: str) -> None:
     """run.json keeps the cascade's settings, so `report --cost` can redo its choice."""
     entry = {"levels": [lv.label for lv in levels], "accept": cfg.accept,
@@ -246,8 +241,11 @@ def summary(run_dir: Path, model: str, levels: list[Level], valid: dict, chosen:
 
 
 def _mean(values) -> str:
-    vals = [v for v in values if v is not None]
-    return f"{sum(vals) / len(vals):.3f}" if vals else "-"
+    """The mean of the defined values, formatted ('-' when none is defined)."""
+    from explainer.score.metrics import mean_defined
+
+    mean = mean_defined(list(values))[0]
+    return "-" if mean is None else f"{mean:.3f}"
 
 
 def _say(text: str) -> None:

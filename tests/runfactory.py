@@ -73,3 +73,41 @@ def explain_excerpts(layer: int, neuron: int, n_excerpts: int = 12, ctx: int = 8
     ranked = sorted(ids, key=lambda i: (-max(activations(layer, neuron, i, ctx)), i))
     chosen = [i for r, i in enumerate(ranked) if r % 4 == 0][:shown]
     return [list(zip(excerpt_tokens(i, ctx), activations(layer, neuron, i, ctx))) for i in chosen]
+
+
+def gated_activations(layer: int, neuron: int, excerpt_id: int, ctx: int = 8) -> list[float]:
+    """A gated neuron's one activation per token, both signs: 1 + excerpt_id / 10 on its own
+    trigger, minus that on the next neuron's trigger (its negative side), 0 elsewhere."""
+    up, down = trigger(layer, neuron), trigger(layer, (neuron + 1) % len(VOCAB))
+    size = 1.0 + excerpt_id / 10
+    return [size if t == up else -size if t == down else 0.0
+            for t in excerpt_tokens(excerpt_id, ctx)]
+
+
+def make_gated_run(root: Path, *, d_mlp: int = 8, n_excerpts: int = 12, ctx: int = 8,
+                   n_random: int = 3) -> Path:
+    """One layer of gated neurons (`gated_activations`): top excerpts ranked by max, bottom ones
+    by min, random ones the first `n_random`, every kind reading the same activations (as
+    record keeps them), and run.json naming both sides."""
+    run = make_run(root, n_layers=1, d_mlp=d_mlp, n_excerpts=n_excerpts, ctx=ctx,
+                   n_random=n_random)
+    rundir.remove_partition(run, "records", MODEL, 0)
+    ids = list(range(n_excerpts))
+    cols: dict[str, list] = {c: [] for c in rundir.table("records").schema.names}
+    for neuron in range(d_mlp):
+        acts = {i: gated_activations(0, neuron, i, ctx) for i in ids}
+        kept = [("top", i, r, SPLITS[r % 4])
+                for r, i in enumerate(sorted(ids, key=lambda i: (-max(acts[i]), i)))]
+        kept += [("bottom", i, r, SPLITS[r % 4])
+                 for r, i in enumerate(sorted(ids, key=lambda i: (min(acts[i]), i)))]
+        kept += [("random", i, r, SPLITS[1 + r % 3]) for r, i in enumerate(ids[:n_random])]
+        for kind, i, rank, split in kept:
+            for col, v in (("neuron", neuron), ("excerpt_id", i), ("kind", kind),
+                           ("rank", rank), ("split", split), ("activations", acts[i]),
+                           ("max_activation", max(acts[i]))):
+                cols[col].append(v)
+    rundir.write_columns(run, "records", cols, model=MODEL, layer=0)
+    meta = rundir.read_run_json(run)
+    meta["models"][MODEL]["sides"] = ["pos", "neg"]
+    rundir.write_run_json(run, meta)
+    return run

@@ -1,5 +1,5 @@
 """Scripted simulators for the fake OpenAI server: they know the true activations of a runfactory
-run and answer the simulator prompts with them (or shuffled, or garbage).
+run and answer the simulator prompts with them (or shuffled, or garbage, or an HTTP 500).
 
 The explanation names the neuron ("neuron L1N3 ..."), the token list names the excerpt, so a
 handler can look up the recorded activations and answer in either protocol:
@@ -62,7 +62,8 @@ def fake_tokens(prompt: str) -> tuple[list[str], list[int]]:
 
 
 class Handler:
-    """A fake simulator endpoint; `style` is truth | shuffled | garbage; `shift` mimics llama.cpp."""
+    """A fake simulator endpoint; `style` is truth | shuffled | garbage | error (HTTP 500 to
+    every simulator prompt: no answer, so a rerun asks again); `shift` mimics llama.cpp."""
 
     def __init__(self, style: str = "truth", ctx: int = 16, n_excerpts: int = 20,
                  shift: int = 0, chat_logprobs: bool = True, seed: int = 0,
@@ -79,6 +80,8 @@ class Handler:
 
     def __call__(self, req: Request) -> Reply:
         body = req.body or {}
+        if self.style == "error" and "Neuron: " in str(body):
+            return Reply.error(500, message="the simulator is down")
         if req.path.endswith("/chat/completions"):
             return self._chat(body)
         prompt = body["prompt"]

@@ -141,8 +141,11 @@ def test_simulator_that_ignores_the_explanation_shows_no_signal(tmp_path):
     assert res.exit_code == 0, res.output
     assert "Specificity" in res.stdout and V.NO_SIGNAL in res.stdout
     assert png.read_bytes()[:4] == b"\x89PNG"
-    # the own-score tables never count a control row
-    assert "neurons" in res.stdout and " 16 " not in res.stdout
+    # the own-score tables never count a control row: 8 neurons, not 8 own + 8 shuffled
+    data = json.loads(CliRunner().invoke(app, ["report", "--run", str(run), "--format",
+                                               "json"]).stdout)
+    assert [r["n_neurons"] for r in data["rows"] + data["models"]] == [8, 8]
+    assert len(rundir.read(run, "scores")) == 8 * 3  # valid, test and the control, each
 
 
 def _quoted(layer, neuron):
@@ -182,8 +185,9 @@ def test_lexical_prediction_edit_resimulates(tmp_path, monkeypatch):
 
     monkeypatch.setattr(baseline, "source_hash", lambda: "edited00000")  # lexical.py edited
     simulate.run(C.SimulateConfig(run=run, simulator=C.BASELINE_SIMULATOR))
+    # Simulated again under the new hash, beside the old rows (the hash is part of the key).
     sims = rundir.read(run, "simulations")
-    assert len(sims) == n and set(sims["sim_prompt_hash"]) == {"edited00000"}
+    assert (sims["sim_prompt_hash"] == "edited00000").sum() == n and len(sims) == 2 * n
 
 
 def test_bad_control_is_refused(tmp_path):

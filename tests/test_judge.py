@@ -275,3 +275,31 @@ def test_a_plain_read_has_one_row_per_key_after_a_rerun(tmp_path):
     assert len(plain) == len(rundir.read(run, "judgments")) == 40
     sc = pd.read_parquet(run / "scores")
     assert len(sc) == 2 and (sc["status"] == "ok").all()
+
+
+def _chosen_by(run, simulator, candidate, d_mlp):
+    """Simulation score rows in which `simulator` chose `candidate` for every neuron."""
+    rundir.write_rows(run, "scores", [rundir.ScoreRow(
+        model=JF.MODEL, layer=0, neuron=n, explainer="fake-explainer", candidate=c,
+        simulator=simulator, split="valid", explanation="x", score=0.5 if c == candidate
+        else 0.1, score_top=None, score_random=None, rsquared=None, abs_dev_explained=None,
+        n_tokens=8, best=c == candidate, status="ok", error=None, mode="logprob",
+        sim_prompt_hash=simulator[:6]) for n in range(d_mlp) for c in (0, 1)])
+
+
+# The judge's own model simulated; or another LLM did (the judge follows it, not the lexical).
+@pytest.mark.parametrize("simulator", ["fake-model", "another-llm"])
+def test_judges_mark_the_candidate_their_simulator_chose_not_the_lexical_one(tmp_path,
+                                                                             simulator):
+    run = JF.make_run(tmp_path / "run", d_mlp=2)
+    rundir.write_rows(run, "explanations", [rundir.ExplanationRow(
+        JF.MODEL, 0, n, "fake-explainer", "p" * 12, 1, JF.explanation(n) + " or so", 10, 5,
+        "ok", None) for n in range(2)])
+    _chosen_by(run, simulator, 0, 2)  # the LLM simulator chose candidate 0
+    _chosen_by(run, C.BASELINE_SIMULATOR, 1, 2)  # the lexical baseline, written last, chose 1
+    with FakeOpenAI(JF.Judge("perfect")) as fake:
+        stage.run(_cfg(run, fake, method="detection"))
+    sc = _scores(run, "detection")
+    assert len(sc) == 4  # both candidates judged, the chosen one labelled
+    assert sorted(zip(sc["neuron"], sc["candidate"], sc["best"])) == \
+        [(0, 0, True), (0, 1, False), (1, 0, True), (1, 1, False)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +18,9 @@ PLUMBING = {"run", "llm", "prompts", "config", "progress", "engine", "subject"}
 SHARED = {"score"}
 # Composition: may import anything.
 # puzzles runs the simulator (and explainer) on known answers, outside any run directory.
-# cascade (with revise) runs describe and simulate level by level, and asks for revisions.
+# cascade runs describe and simulate level by level (describe/revise.py asks for revisions).
 # cascade_accept: which scorer accepts a cascade level (runs the judge stage)
-COMPOSERS = {"pipeline", "cli", "puzzles", "cascade", "revise", "cascade_accept"}
+COMPOSERS = {"pipeline", "cli", "puzzles", "cascade", "cascade_accept"}
 
 
 def _package_of(path: Path) -> str:
@@ -84,7 +85,7 @@ def test_score_metrics_and_rows_are_pure():
         mods = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names} | \
             {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         allowed = {"__future__", "dataclasses", "typing", "math", "numpy", "hashlib",
-                   "explainer.run.rows", "explainer.score"}
+                   "explainer.run.rows", "explainer.run.query", "explainer.score"}
         assert mods <= allowed, (name, mods - allowed)
         calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call)
                  and isinstance(n.func, ast.Name)}
@@ -110,3 +111,72 @@ def test_every_module_is_under_400_lines():
     long = {str(p.relative_to(ROOT)): n for p in [*_sources(), ROOT / "cli.py"]
             if (n := len(p.read_text().splitlines())) > 400}
     assert not long, long
+
+
+# A hand-written filter of the scores (or simulations) table by method, control or best: the
+# selection rule lives once, in run/query.py, and every reader asks it.
+_HAND_FILTER = re.compile(
+    r"""\[["'](method|control|best)["']\]\s*(==|!=|\.isin|\.astype)"""  # frame["best"] ...
+    r"""|\b(if|and)\s+r\.(method|control|best)\b(?!.*\belse\b)"""  # a row-by-row filter
+    r"""|sort_values\(\[["']best["']""")  # best-first, then drop_duplicates
+
+
+def test_no_module_outside_run_filters_scores_by_hand():
+    bad = []
+    for path in _sources():
+        if _package(path) == "run":
+            continue
+        text = path.read_text()
+        if "scores" not in text and "simulations" not in text:
+            continue  # reads neither table
+        for i, line in enumerate(text.splitlines(), 1):
+            if _HAND_FILTER.search(line):
+                bad.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()}")
+    assert not bad, "filter through explainer.run.query instead:\n" + "\n".join(bad)
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def _module_imports(path: Path, known: set[str]) -> set[str]:
+    """explainer modules a file imports, at module level or inside a function (a package's
+    `from explainer.x import y` names module x.y when y is a module, else x)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("explainer"):
+            for a in node.names:
+                sub = f"{node.module}.{a.name}"
+                out.add(sub if sub in known else node.module)
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("explainer")}
+    return {m for m in out if m in known}
+
+
+def test_no_two_modules_import_each_other_directly_or_in_a_loop():
+    paths = {_module_name(p): p for p in PKG.rglob("*.py") if not p.is_symlink()}
+    known = set(paths)
+    # A package's __init__ re-exporting its modules is the package's interface, not a loop:
+    # only module-to-module edges count (package -> its own modules is left out).
+    graph = {m: {d for d in _module_imports(p, known) - {m}
+                 if not (p.name == "__init__.py" and d.startswith(m + "."))
+                 and not m.startswith(d + ".") and paths[d].name != "__init__.py"}
+             for m, p in paths.items()}
+    loops = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(m: str, trail: list[str]) -> None:
+        state[m] = 1
+        for d in sorted(graph[m]):
+            if state.get(d) == 1:
+                loops.append(" -> ".join(trail[trail.index(d):] + [d]))
+            elif d not in state:
+                visit(d, trail + [d])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not loops, loops

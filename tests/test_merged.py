@@ -24,9 +24,32 @@ def _thirds(tokens):
 
 def test_one_excerpt_is_the_papers_prompt_and_hash():
     ex = SP.load_examples()
-    assert SP.logprob_prompt_many("x", [ODD], ex) == SP.logprob_prompt("x", ODD, ex)
-    assert SP.chat_messages_many("x", [ODD], ex) == SP.chat_messages("x", ODD, ex)
-    assert SP.prompt_hash(1) == SP.prompt_hash() == prompts.prompt_hash(*SP.FILES)
+    # Independently of the merging code: K = 1 asks in the paper's format, a question block
+    # shaped exactly like the few-shot blocks (the shot file), "unknown" in place of each value.
+    p = SP.logprob_prompt_many("x", [ODD], ex)
+    question = prompts.fill(prompts.load("simulate_logprob_shot"), "simulate_logprob_shot",
+                            explanation="x", listing="".join(
+                                f"{prompts.show_token(t)}\t{SP.PLACEHOLDER}\n" for t in ODD))
+    assert p.text.endswith(question.rstrip("\n") + "\n")
+    assert p.text.count("Neuron: x\n") == 1 and len(p.offsets) == len(ODD)
+    assert [p.text[o:o + len(SP.PLACEHOLDER)] for o in p.offsets] == [SP.PLACEHOLDER] * len(ODD)
+    for e in ex:  # every few-shot block, with its values, before the question
+        shot = prompts.fill(prompts.load("simulate_logprob_shot"), "simulate_logprob_shot",
+                            explanation=e.explanation,
+                            listing="".join(f"{t}\t{v}\n" for t, v in zip(e.tokens, e.values)))
+        assert shot in p.text[: len(p.text) - len(question)]
+    # chat: the instructions, one user/assistant pair per example, then the excerpt's tokens
+    # numbered 0..N-1 one per line, with no "# excerpt" header (that is the merged format's)
+    msgs = SP.chat_messages_many("x", [ODD], ex)
+    assert msgs[0] == {"role": "system", "content": prompts.load("simulate_chat_system").strip()}
+    assert [m["role"] for m in msgs[1:]] == ["user", "assistant"] * len(ex) + ["user"]
+    assert [m["content"] for m in msgs[2:-1:2]] == \
+        ["\n".join(f"{k}\t{v}" for k, v in enumerate(e.values)) for e in ex]
+    last = msgs[-1]["content"]
+    assert "# excerpt" not in last and last.startswith("Neuron: x\n")
+    listed = [ln for ln in last.split("\n") if "\t" in ln]
+    assert listed == [f"{k}\t{prompts.show_token(t)}" for k, t in enumerate(ODD)]
+    assert SP.prompt_hash(1) == prompts.prompt_hash(*SP.FILES)
     assert len({SP.prompt_hash(k) for k in (1, 2, 5, 10)}) == 4
 
 
@@ -119,15 +142,18 @@ def test_k1_predictions_are_not_reused_at_k5_and_resume_within_k5(tmp_path):
         assert len(_asked(fake)) == n + 2 * 4  # simulated again, K=5 at a time
         simulate.run(_cfg(run, fake, mode="logprob", excerpts_per_prompt=5))
         assert len(_asked(fake)) == n + 2 * 4  # done: nothing sent
-    # The K=5 rows replaced the K=1 ones (same keys); none of them mixes the two formats.
+    # The K=5 rows sit beside the K=1 ones (the prompt hash is part of the key); no score
+    # mixes the two formats: each one's predictions are all of its own hash.
     sc, sims = rundir.read(run, "scores"), rundir.read(run, "simulations")
-    assert len(sc) == 2 * 2 and set(sc["sim_prompt_hash"]) == {SP.prompt_hash(5)}
-    assert set(sims["sim_prompt_hash"]) == {SP.prompt_hash(5)}
+    assert len(sc) == 2 * 2 * 2
+    assert set(sc["sim_prompt_hash"]) == {SP.prompt_hash(5), SP.prompt_hash(1)}
+    assert sims.groupby("sim_prompt_hash").size().to_dict() == \
+        {SP.prompt_hash(1): 2 * 18, SP.prompt_hash(5): 2 * 18}
 
 
 def test_a_failed_merged_prompt_fails_its_excerpts_and_is_retried(tmp_path):
     run = _run(tmp_path, neurons=[0])
-    handler = simfake.Handler("garbage", CTX, N_EXCERPTS)
+    handler = simfake.Handler("error", CTX, N_EXCERPTS)  # no answer: asked again next run
     with FakeOpenAI(handler) as fake:
         simulate.run(_cfg(run, fake, mode="chat", excerpts_per_prompt=5))
         sims = rundir.read(run, "simulations")

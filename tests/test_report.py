@@ -11,6 +11,7 @@ from explainer import ExplainError
 from explainer.views import report
 from explainer import run as rundir
 from explainer.config import ReportConfig
+from explainer.score import metrics
 from tests.reportfactory import EXPLAINERS, MODELS, counted, make_run
 
 
@@ -64,23 +65,39 @@ def test_bootstrap_interval_brackets_mean_and_is_seeded(scored):
     for r in _rows(run, "layer"):
         assert r.ci_low <= r.mean <= r.ci_high
     x = np.random.default_rng(5).normal(0.2, 0.3, 400)
-    lo, hi = report.bootstrap_ci(x, n_boot=4000, seed=1)
-    assert (lo, hi) == report.bootstrap_ci(x, n_boot=4000, seed=1)
+    lo, hi = metrics.bootstrap_ci(x, n_boot=4000, seed=1)
+    assert (lo, hi) == metrics.bootstrap_ci(x, n_boot=4000, seed=1)
     # Independent check: the normal-theory interval of a mean of 400 draws.
     half = 1.96 * x.std(ddof=1) / np.sqrt(x.size)
     assert lo == pytest.approx(x.mean() - half, abs=0.01)
     assert hi == pytest.approx(x.mean() + half, abs=0.01)
-    assert report.bootstrap_ci([]) == (None, None)
-    assert report.bootstrap_ci([0.4]) == (0.4, 0.4)
+    assert metrics.bootstrap_ci([]) == (None, None)
+    assert metrics.bootstrap_ci([0.4]) == (0.4, 0.4)
 
 
-def test_chunked_bootstrap_matches_numpy_reference():
-    # With a single chunk the draw sequence is numpy's own: compare with a direct computation.
-    x = np.linspace(-0.5, 0.9, 50)
+@pytest.mark.parametrize("n", [50, 51])  # chunks of an even and an odd number of draws
+def test_chunked_bootstrap_matches_numpy_reference(monkeypatch, n):
+    # A chunk of 7 resamples: 500 resamples take 72 draws of the generator, not one. numpy's
+    # stream is the same however it is cut, so the result must equal one direct draw of all.
+    x = np.linspace(-0.5, 0.9, n)
     rng = np.random.default_rng(3)
     means = x[rng.integers(0, x.size, (500, x.size))].mean(1)
     want = np.quantile(means, [0.025, 0.975])
-    assert report.bootstrap_ci(x, n_boot=500, seed=3) == pytest.approx(tuple(want))
+    calls = []
+    real = np.random.default_rng
+
+    class Counting:  # the generator, counting its draws
+        def __init__(self, seed):
+            self.rng = real(seed)
+
+        def integers(self, low, high, size):
+            calls.append(size)
+            return self.rng.integers(low, high, size)
+
+    monkeypatch.setattr(metrics, "CHUNK_INDICES", 7 * n)
+    monkeypatch.setattr(np.random, "default_rng", Counting)
+    assert metrics.bootstrap_ci(x, n_boot=500, seed=3) == pytest.approx(tuple(want), abs=1e-12)
+    assert len(calls) == 72 and calls[0] == (7, n) and calls[-1] == (3, n)
 
 
 def test_models_ordered_by_size_and_pooled(scored):
@@ -158,3 +175,84 @@ def test_cli_report_show_view(scored, tmp_path):
     assert res.exit_code == 0 and "neuron 3" in res.stdout
     res = runner.invoke(app, ["view", "--run", str(run), "--out", str(tmp_path / "site")])
     assert res.exit_code == 0 and res.stdout.strip() == str(tmp_path / "site" / "index.html")
+
+
+def _rows_of(items_by_neuron):
+    """Valid-split score rows of neurons given as (top pairs, random pairs) of (real, pred)."""
+    from explainer.score import rows as score_rows
+
+    out = []
+    for n, (top, rand) in enumerate(items_by_neuron):
+        items = [score_rows.Item("top", "valid", tuple(r), tuple(p), None, i)
+                 for i, (r, p) in enumerate(top)]
+        items += [score_rows.Item("random", "valid", tuple(r), tuple(p), None, 100 + i)
+                  for i, (r, p) in enumerate(rand)]
+        cand = score_rows.Candidate("m", 0, n, "ex", 0, "sim", "text", mode="logprob")
+        out.append(score_rows.score_row(cand, "valid", items, False, best=True))
+    return out
+
+
+def test_top_and_random_columns_count_a_constant_prediction_as_0(tmp_path):
+    rng = np.random.default_rng(0)
+    real = [rng.normal(size=8) for _ in range(5)]
+    noisy = [r + rng.normal(size=8) for r in real]
+    rows = _rows_of([
+        # 0: predicts the top excerpts exactly, the random ones as one constant
+        ([(real[0], 2 * real[0])], [(real[1], np.zeros(8))]),
+        # 1: the random excerpts' activation is constant (dead there): left out of that column
+        ([(real[2], noisy[2])], [(np.full(8, 0.3), noisy[1])]),
+        # 2: both defined
+        ([(real[3], noisy[3])], [(real[4], noisy[4])]),
+    ])
+    assert [r.status_random for r in rows] == ["constant_prediction", "constant_activation",
+                                               "ok"]
+    assert all(r.status == "ok" for r in rows)  # the headline is defined for every neuron
+    rundir.write_rows(tmp_path, "scores", rows)
+    rundir.write_run_json(tmp_path, {"format": 1, "models": {"m": {"model": "m"}}})
+    (row,) = _rows(tmp_path, "model")
+    # Independently: np.corrcoef of what was scored, 0 for the constant prediction, the neuron
+    # dead on its random excerpts left out, as the headline counts them.
+    assert row.mean_random == pytest.approx(np.mean([0.0, np.corrcoef(real[4], noisy[4])[0, 1]]))
+    assert row.mean_top == pytest.approx(np.mean([1.0, np.corrcoef(real[2], noisy[2])[0, 1],
+                                                  np.corrcoef(real[3], noisy[3])[0, 1]]))
+    assert row.n_scored == 3
+
+
+def test_a_report_over_two_simulator_prompts_shows_them_apart(tmp_path, monkeypatch):
+    import shutil
+
+    from explainer import config, prompts
+    from explainer.simulate import stage as simulate
+    from tests import runfactory, simfake
+    from tests.fake_openai import FakeOpenAI
+
+    run = runfactory.make_run(tmp_path / "run", n_layers=1, d_mlp=8, n_excerpts=20, ctx=16,
+                              n_random=12)
+    rundir.write_rows(run, "explanations", [rundir.ExplanationRow(
+        runfactory.MODEL, 0, n, "fake-explainer", "p" * 12, 0, simfake.explanation(0, n), 1, 1,
+        "ok", None) for n in range(4)])
+
+    def simulate_neurons(fake, neurons):
+        simulate.run(config.SimulateConfig(
+            run=run, simulator="fake-model", mode="logprob", neurons=neurons,
+            llm=config.LLMConfig(base_url=fake.base_url, concurrency=4, max_retries=0)))
+
+    with FakeOpenAI(simfake.Handler("truth", 16, 20)) as fake:
+        simulate_neurons(fake, "0-3")
+        edited = tmp_path / "prompts"  # an edited simulator prompt, then half the neurons again
+        shutil.copytree(prompts.PROMPTS_DIR, edited)
+        path = edited / "simulate_logprob.txt"
+        path.write_text(path.read_text().replace("Most tokens get 0", "Most tokens are 0"))
+        monkeypatch.setattr(prompts, "PROMPTS_DIR", edited)
+        simulate_neurons(fake, "0-1")
+    hashes = rundir.read(run, "scores")["sim_prompt_hash"]
+    old, new = list(dict.fromkeys(hashes))
+    data = json.loads(report.run(ReportConfig(run=run, format="json")))
+    by_hash = {r["sim_prompt_hash"]: r for r in data["rows"]}
+    assert len(data["rows"]) == 2 and set(by_hash) == {old, new}  # two rows, never one mean
+    assert by_hash[old]["n_neurons"] == 4 and by_hash[new]["n_neurons"] == 2
+    text = report.run(ReportConfig(run=run))
+    assert "prompt" in text and old[:6] in text and new[:6] in text
+    note = [ln for ln in text.splitlines() if ln.startswith("note:")]
+    assert len(note) == 1 and "2 neuron sides" in note[0] and f"older prompt than {new[:6]}" \
+        in note[0] and "explain simulate" in note[0]

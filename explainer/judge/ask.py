@@ -11,11 +11,10 @@ import asyncio
 import sys
 from pathlib import Path
 
-from explainer import config as C
+from explainer import config
 from explainer import run as rundir
-from explainer.judge import prompt as P
-from explainer.judge.stage import _Job, text_hash
-from explainer.score import classify as K
+from explainer.judge import prompt as judge_prompt
+from explainer.score import classify
 
 FLUSH_JOBS = 16  # explanations buffered before a write; a kill loses at most this much work
 SPLIT = "heldout"  # score rows' split: valid/test top excerpts, quantile and random samples
@@ -23,9 +22,10 @@ MODE = "chat"  # judges always speak chat
 TOP_LOGPROBS = 5
 
 
-async def run(cfg: C.JudgeConfig, endpoint, model: str, jobs: list[_Job], phash: str) -> None:
-    """Judge every job; rows are written as jobs finish (also on the way out of an error)."""
-    from explainer import llm as L
+async def run(cfg: config.JudgeConfig, endpoint, model: str, jobs: list, phash: str) -> None:
+    """Judge every job (stage._Job; ask never imports stage, which calls it); rows are written
+    as jobs finish (also on the way out of an error)."""
+    from explainer.llm import LLM, probe
     from explainer import progress
 
     from dataclasses import replace
@@ -42,11 +42,11 @@ async def run(cfg: C.JudgeConfig, endpoint, model: str, jobs: list[_Job], phash:
         writer.compact()
         return
     # The embedded llama.cpp server answers logprobs only when it keeps every position's logits.
-    async with L.LLM(endpoint, cfg.run, stage=cfg.stage or f"judge-{cfg.method}", cfg=cfg.llm,
+    async with LLM(endpoint, cfg.run, stage=cfg.stage or f"judge-{cfg.method}", cfg=cfg.llm,
                      prompt_logprobs=cfg.logprobs) as llm:
-        await L.probe(llm, echo=False)
+        await probe(llm, echo=False)
 
-        async def one(job: _Job) -> None:
+        async def one(job) -> None:
             answers = await _judge(llm, cfg, job)
             writer.add(*_rows(cfg, model, endpoint.model, phash, job, answers))
 
@@ -59,31 +59,31 @@ async def run(cfg: C.JudgeConfig, endpoint, model: str, jobs: list[_Job], phash:
         print(f"judge: LLM {llm.summary()}", file=sys.stderr)
 
 
-async def _judge(llm, cfg: C.JudgeConfig, job: _Job) -> list[list[P.Answer]]:
+async def _judge(llm, cfg: config.JudgeConfig, job) -> list[list[judge_prompt.Answer]]:
     """The answers of every prompt of one job, prompt by prompt."""
     return list(await asyncio.gather(*(_ask(llm, cfg, job, k, batch)
                                        for k, batch in enumerate(job.target.batches))))
 
 
-async def _ask(llm, cfg: C.JudgeConfig, job: _Job, k: int, batch) -> list[P.Answer]:
+async def _ask(llm, cfg: config.JudgeConfig, job, k: int, batch) -> list[judge_prompt.Answer]:
     from explainer.llm import LLMError
 
     n = len(batch)
-    msgs = P.messages(cfg.method, job.explanation,
-                      [(it.excerpt.tokens, it.highlighted) for it in batch])
+    msgs = judge_prompt.messages(cfg.method, job.explanation,
+                                 [(it.excerpt.tokens, it.highlighted) for it in batch])
     key = f"L{job.layer}/N{job.neuron}/{job.side}/{job.explainer}/c{job.candidate}/b{k}"
     try:
-        c = await llm.chat(msgs, max_tokens=P.max_tokens(n), logprobs=cfg.logprobs,
+        c = await llm.chat(msgs, max_tokens=judge_prompt.max_tokens(n), logprobs=cfg.logprobs,
                            top_logprobs=TOP_LOGPROBS if cfg.logprobs else None, key=key,
                            accept=lambda c: all(a.prediction is not None
-                                                for a in P.parse(c.text, n)))
+                                                for a in judge_prompt.parse(c.text, n)))
     except LLMError as err:
-        return [P.Answer(None, None, None, str(err)[:300])] * n
-    return P.parse(c.text, n, c.chat_logprobs)
+        return [judge_prompt.Answer(None, None, None, str(err)[:300])] * n
+    return judge_prompt.parse(c.text, n, c.chat_logprobs)
 
 
-def _rows(cfg: C.JudgeConfig, model: str, judge: str, phash: str, job: _Job,
-          answers: list[list[P.Answer]]) -> tuple[list, list]:
+def _rows(cfg: config.JudgeConfig, model: str, judge: str, phash: str, job,
+          answers: list[list[judge_prompt.Answer]]) -> tuple[list, list]:
     """(judgment rows, [the score row]) of one job."""
     judged = []
     for batch, got in zip(job.target.batches, answers):
@@ -96,19 +96,20 @@ def _rows(cfg: C.JudgeConfig, model: str, judge: str, phash: str, job: _Job,
                 status="ok" if a.prediction is not None else "failed", error=a.error,
                 quantile=it.quantile, threshold=job.target.threshold,
                 highlighted=list(it.highlighted) if it.highlighted is not None else None,
-                answer=a.line, prompt_hash=phash, explanation_hash=text_hash(job.explanation),
+                answer=a.line, prompt_hash=phash,
+                explanation_hash=rundir.query.text_hash(job.explanation),
                 sampling=job.target.sampling, sampling_params=job.target.params))
     ok = [(r, it) for r, it in zip(judged, (i for b in job.target.batches for i in b))
           if r.status == "ok"]
-    c = K.classify([r.label for r, _ in ok], [r.prediction for r, _ in ok],
-                   [r.probability for r, _ in ok], [r.quantile for r, _ in ok],
-                   job.target.n_bins)
+    c = classify.classify([r.label for r, _ in ok], [r.prediction for r, _ in ok],
+                          [r.probability for r, _ in ok], [r.quantile for r, _ in ok],
+                          job.target.n_bins)
     n_failed = len(judged) - len(ok)
     if job.target.why is not None:
         status, error = job.target.status, job.target.why
     elif not ok:
         status, error = "failed", next((r.error for r in judged if r.error), "no answer")
-    elif c.status != K.OK:
+    elif c.status != classify.OK:
         status, error = c.status, "the readable answers hold one class only"
     else:
         status = "partial" if n_failed else "ok"
@@ -120,7 +121,7 @@ def _rows(cfg: C.JudgeConfig, model: str, judge: str, phash: str, job: _Job,
         score=c.balanced_accuracy, score_top=None, score_random=None, rsquared=None,
         abs_dev_explained=None, n_tokens=sum(len(it.excerpt.tokens) for _, it in ok),
         best=job.best, status=status, error=error, side=job.side, mode=MODE, method=cfg.method,
-        sim_prompt_hash=phash, explanation_hash=text_hash(job.explanation),
+        sim_prompt_hash=phash, explanation_hash=rundir.query.text_hash(job.explanation),
         accuracy=c.accuracy, balanced_accuracy=c.balanced_accuracy, f1=c.f1,
         precision=c.precision, recall=c.recall, auroc=c.auroc,
         recall_by_quantile=c.recall_by_quantile, n_judged=len(ok), n_failed=n_failed,

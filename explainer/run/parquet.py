@@ -30,7 +30,8 @@ from typing import Any, Iterable, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from explainer.run.schema import DEFAULTS, TABLES, UNSAFE_CHARS, model_key, partition_dir
+from explainer.run.schema import (DEFAULTS, TABLES, UNSAFE_CHARS, key_columns, model_key,
+                                  partition_dir)
 
 
 _WRITER: list[str] = []  # this process's writer id, made on first use (see `writer_id`)
@@ -272,7 +273,8 @@ def _keep_newest(data: pa.Table, key: list[str]) -> pa.Table:
     import pyarrow.compute as pc
 
     idx = pa.array(range(data.num_rows), pa.int64())
-    grouped = data.select(key).append_column("_i", idx).group_by(key).aggregate([("_i", "max")])
+    grouped = key_columns(data, key).append_column("_i", idx).group_by(key).aggregate(
+        [("_i", "max")])
     keep = pc.sort_indices(grouped.column("_i_max"))
     return data.take(pc.take(grouped.column("_i_max"), keep))
 

@@ -47,6 +47,7 @@ class SimulationRow:
     source_neuron: int | None = None  # the neuron the explanation was written for
     sim_prompt_hash: str = ""  # 12 hex of the simulator prompt files used
     explanation_hash: str = ""  # 12 hex of the explanation text simulated
+    n_no_digit: int = 0  # value slots with no digit among the alternatives, predicted 0
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ class ScoreRow:
     # which were explain's) and every parameter of it as JSON (judge/sampling.py)
     sampling: str = ""
     sampling_params: str | None = None
+    status_top: str | None = None  # why score_top is undefined (metrics status), or ok
+    status_random: str | None = None  # likewise for score_random
     # generation and steering rows (schema.py says what each holds)
     auroc_other: float | None = None
     mad: float | None = None
@@ -98,6 +101,7 @@ class ScoreRow:
     n_kept: int | None = None
     gain: float | None = None
     steer_k: float | None = None
+    no_digit_share: float | None = None  # share of the split's value slots without a digit
 
 
 @dataclass(frozen=True)

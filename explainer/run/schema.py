@@ -83,9 +83,14 @@ TABLES: dict[str, Table] = {
                        ("split", pa.string()), ("predicted", LIST_F32),
                        ("status", pa.string()), ("error", pa.string()), ("side", pa.string()),
                        ("control", pa.string()), ("source_neuron", pa.int32()),
-                       ("sim_prompt_hash", pa.string()), ("explanation_hash", pa.string())]),
+                       ("sim_prompt_hash", pa.string()), ("explanation_hash", pa.string()),
+                       # value slots with no digit among the simulator's alternatives (their
+                       # prediction is 0, as the paper's reference code has it)
+                       ("n_no_digit", pa.int32())]),
+            # `mode` compares by family: a chat excerpt that failed (`chat`) and was retried
+            # with logprobs (`chat-logprob`) is one row, the retry
             ("model", "layer", "neuron", "side", "explainer", "candidate", "simulator", "mode",
-             "control", "kind", "excerpt_id"),
+             "control", "kind", "excerpt_id", "sim_prompt_hash", "explanation_hash"),
         ),
         Table(
             "scores",
@@ -107,6 +112,9 @@ TABLES: dict[str, Table] = {
                        ("n_failed", pa.int64()),
                        # judge rows: the sampling preset and its parameters (JSON)
                        ("sampling", pa.string()), ("sampling_params", pa.string()),
+                       # why score_top / score_random is undefined (metrics status), so a report
+                       # counts a constant prediction there as 0 and leaves a dead side out
+                       ("status_top", pa.string()), ("status_random", pa.string()),
                        # generation (judge/generation.py; `score` = AUROC vs length-matched
                        # windows of the neuron's random excerpts): AUROC vs the texts written
                        # for another neuron's explanation, the mean difference in units of the
@@ -115,9 +123,14 @@ TABLES: dict[str, Table] = {
                        # log-probability and the multiple k of the mean top activation added
                        ("auroc_other", pa.float64()), ("mad", pa.float64()),
                        ("n_written", pa.int64()), ("n_kept", pa.int64()),
-                       ("gain", pa.float64()), ("steer_k", pa.float64())]),
+                       ("gain", pa.float64()), ("steer_k", pa.float64()),
+                       # simulation rows: the share of the split's predicted value slots that
+                       # had no digit among the alternatives (predicted 0); null before
+                       ("no_digit_share", pa.float64())]),
+            # `mode` compares by family (MODE_FAMILY_KEYS); the prompt and explanation hashes
+            # keep scores made under another simulator prompt or of another text apart
             ("model", "layer", "neuron", "side", "explainer", "candidate", "simulator", "mode",
-             "method", "control", "split", "sampling"),
+             "method", "control", "split", "sampling", "sim_prompt_hash", "explanation_hash"),
         ),
         Table(
             "judgments",
@@ -174,7 +187,30 @@ TABLES: dict[str, Table] = {
 
 # Values of columns added to the contract later, for files written before them.
 DEFAULTS = {"side": "pos", "evidence": "inputs", "control": "none", "method": "simulation",
-            "level": 0, "sampling": ""}
+            "level": 0, "sampling": "", "sim_prompt_hash": "", "explanation_hash": ""}
+
+# Key columns compared by `mode_family`, not by their text: in a newest-row-per-key read and in
+# compaction a retried excerpt's `chat-logprob` row replaces its failed `chat` row.
+MODE_FAMILY_KEYS = ("mode",)
+
+
+def mode_family(mode: str) -> str:
+    """A simulator mode without its variant: chat-logprob is chat (the same prompt and answer,
+    read with or without the endpoint's logprobs)."""
+    return str(mode).split("-")[0]
+
+
+def key_columns(data: pa.Table, key: list[str]) -> pa.Table:
+    """The key columns of `data` as rows are told apart: a `mode` by its family."""
+    import pyarrow.compute as pc
+
+    cols = []
+    for c in key:
+        col = data.column(c)
+        if c in MODE_FAMILY_KEYS:
+            col = pc.replace_substring_regex(col, pattern="-.*$", replacement="")
+        cols.append(col)
+    return pa.table(cols, names=key)
 
 
 def table(name: str) -> Table:

@@ -57,6 +57,8 @@ class Scores:
     abs_dev_explained: float | None  # likewise
     n_tokens: int
     status: str  # the headline's status
+    status_top: str = OK  # why score_top is undefined (counted like the headline: `counted`)
+    status_random: str = OK
 
 
 IDENTITY = Calibration(1.0, 0.0, OK)
@@ -69,6 +71,19 @@ def counted(score: float | None, status: str) -> float | None:
     if status == OK and score is not None:
         return float(score)
     return 0.0 if status == CONSTANT_PREDICTION else None
+
+
+def counted_values(scores: Sequence[float | None], statuses: Sequence[str | None]) -> np.ndarray:
+    """`counted` over two columns (NaN and None read as undefined): NaN where a row is left
+    out. A missing status (a row written before the column existed) counts the value alone."""
+    out = []
+    for v, st in zip(scores, statuses):
+        value = None if v is None or v != v else float(v)
+        if st is None or st != st:  # no status stored: the value decides
+            st = OK if value is not None else ""
+        c = counted(value, st)
+        out.append(np.nan if c is None else c)
+    return np.asarray(out, dtype=np.float64)
 
 
 def _flat(x) -> np.ndarray:
@@ -154,15 +169,16 @@ def score_excerpts(top: Sequence[tuple[Sequence[float], Sequence[float]]],
     if real.shape != pred.shape or real_t.shape != pred_t.shape:
         raise ValueError("every excerpt needs one prediction per real activation")
     head = correlation(real, pred)
+    top, rand = correlation(real_t, pred_t), correlation(real_r, pred_r)
     cal = calibration.apply(pred) if calibration is not None else None
     return Scores(
         score=head.value,
-        score_top=correlation(real_t, pred_t).value,
-        score_random=correlation(real_r, pred_r).value,
+        score_top=top.value,
+        score_random=rand.value,
         rsquared=rsquared(real, cal).value if cal is not None else None,
         abs_dev_explained=abs_dev_explained(real, cal).value if cal is not None else None,
         n_tokens=int(real.size),
-        status=head.status,
+        status=head.status, status_top=top.status, status_random=rand.status,
     )
 
 
@@ -179,3 +195,24 @@ def mean_defined(values: Sequence[float | None]) -> tuple[float | None, int]:
     """Mean of the defined values and how many were undefined (never NaN in a mean)."""
     ok = [v for v in values if v is not None]
     return (float(np.mean(ok)) if ok else None), len(values) - len(ok)
+
+
+def bootstrap_ci(values, n_boot: int = 2000, seed: int = 0, level: float = 0.95):
+    """Percentile bootstrap interval of the mean; (None, None) with no values."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        return None, None
+    if x.size == 1:
+        return float(x[0]), float(x[0])
+    rng = np.random.default_rng(seed)
+    # Chunks keep memory bounded for layers of thousands of neurons (at most CHUNK_INDICES
+    # indices drawn at once).
+    chunk = max(1, min(n_boot, CHUNK_INDICES // x.size))
+    means = np.concatenate([x[rng.integers(0, x.size, (min(chunk, n_boot - i), x.size))].mean(1)
+                            for i in range(0, n_boot, chunk)])
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+CHUNK_INDICES = 4_000_000  # bootstrap indices drawn at once (≈ 32 MB of int64)

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Sequence
 
 from explainer import run as rundir
-from explainer.score import rows as SS
+from explainer.score import rows as score_rows
 
-SHUFFLED = "shuffled"
+SHUFFLED = rundir.query.SHUFFLED
 
 
 @dataclass(frozen=True)
@@ -58,14 +58,8 @@ def derangement(neurons: Sequence[int], key: str) -> dict[int, int]:
 def chosen(run_dir: Path, model: str, layer: int, simulator: str, mode: str | None,
            phash: str) -> dict[tuple, tuple[int, str]]:
     """(neuron, side, explainer) -> (candidate, explanation_hash) of each chosen explanation."""
-    sc = rundir.read(run_dir, "scores", model=model, layer=layer)
-    if sc.empty:
-        return {}
-    sc = sc[(sc["simulator"] == simulator) & (sc["method"] == "simulation")
-            & (sc["control"] == "none") & (sc["sim_prompt_hash"] == phash)
-            & (sc["split"] == "valid") & sc["best"].astype(bool)]
-    if mode is not None:
-        sc = sc[sc["mode"].map(SS.mode_family) == SS.mode_family(mode)]
+    sc = rundir.query.chosen(rundir.query.read_scores(run_dir, model, layer), "valid",
+                             simulator=simulator, mode=mode, prompt_hash=phash)
     return {(int(n), sd, e): (int(c), h) for n, sd, e, c, h in zip(
         sc["neuron"], sc["side"], sc["explainer"], sc["candidate"], sc["explanation_hash"])}
 
@@ -81,7 +75,8 @@ def plan(run_dir: Path, model: str, jobs: Sequence, simulator: str, mode: str | 
             pick = best.get((j.neuron, j.side, j.explainer))
             texts = dict(j.candidates)
             # Only a chosen explanation whose text is still the described one takes part.
-            if pick is not None and pick[0] in texts and SS.text_hash(texts[pick[0]]) == pick[1]:
+            if pick is not None and pick[0] in texts and \
+                    score_rows.text_hash(texts[pick[0]]) == pick[1]:
                 groups.setdefault((j.side, j.explainer), {})[j.neuron] = (j, pick[0],
                                                                           texts[pick[0]])
         for (side, explainer), members in sorted(groups.items()):
@@ -99,37 +94,28 @@ class Done:
 
     def __init__(self, run_dir: Path, model: str, layer: int, simulator: str,
                  mode: str | None, phash: str):
-        sims = rundir.read(run_dir, "simulations", model=model, layer=layer)
-        sc = rundir.read(run_dir, "scores", model=model, layer=layer)
-        self.pred: dict[tuple, tuple] = {}
-        self.scored: set[tuple] = set()
-        if not sims.empty:
-            sims = sims[(sims["simulator"] == simulator) & (sims["status"] == "ok")
-                        & (sims["control"] == SHUFFLED) & (sims["sim_prompt_hash"] == phash)]
-            if mode is not None:
-                sims = sims[sims["mode"].map(SS.mode_family) == SS.mode_family(mode)]
-            self.pred = {(int(n), sd, e, int(s), h, k, int(x)): tuple(float(v) for v in p)
-                         for n, sd, e, s, h, k, x, p in zip(
-                             sims["neuron"], sims["side"], sims["explainer"],
-                             sims["source_neuron"], sims["explanation_hash"], sims["kind"],
-                             sims["excerpt_id"], sims["predicted"])}
-        if not sc.empty:
-            sc = sc[(sc["simulator"] == simulator) & (sc["method"] == "simulation")
-                    & (sc["control"] == SHUFFLED) & (sc["sim_prompt_hash"] == phash)
-                    & (sc["split"] == "valid") & (sc["status"] != "failed")]
-            if mode is not None:
-                sc = sc[sc["mode"].map(SS.mode_family) == SS.mode_family(mode)]
-            self.scored = {(int(n), sd, e, int(s), h) for n, sd, e, s, h in zip(
-                sc["neuron"], sc["side"], sc["explainer"], sc["source_neuron"],
-                sc["explanation_hash"])}
+        sims = rundir.query.simulations(
+            rundir.read(run_dir, "simulations", model=model, layer=layer),
+            simulator=simulator, mode=mode, prompt_hash=phash, control=SHUFFLED)
+        sc = rundir.query.select(rundir.query.read_scores(run_dir, model, layer),
+                                 control=SHUFFLED, simulator=simulator, mode=mode,
+                                 prompt_hash=phash, split="valid")
+        self.pred = {(int(n), sd, e, int(s), h, k, int(x)): tuple(float(v) for v in p)
+                     for n, sd, e, s, h, k, x, p in zip(
+                         sims["neuron"], sims["side"], sims["explainer"],
+                         sims["source_neuron"], sims["explanation_hash"], sims["kind"],
+                         sims["excerpt_id"], sims["predicted"])}
+        self.scored = {(int(n), sd, e, int(s), h) for n, sd, e, s, h, st in zip(
+            sc["neuron"], sc["side"], sc["explainer"], sc["source_neuron"],
+            sc["explanation_hash"], sc["status"]) if st not in ("failed", score_rows.INCOMPLETE)}
 
     def reusable(self, job: ControlJob, ex) -> tuple | None:
         return self.pred.get((job.neuron, job.side, job.explainer, job.source,
-                              SS.text_hash(job.explanation), ex.kind, ex.excerpt_id))
+                              score_rows.text_hash(job.explanation), ex.kind, ex.excerpt_id))
 
     def complete(self, job: ControlJob) -> bool:
         return (job.neuron, job.side, job.explainer, job.source,
-                SS.text_hash(job.explanation)) in self.scored
+                score_rows.text_hash(job.explanation)) in self.scored
 
 
 def pending(run_dir: Path, model: str, jobs: Sequence, simulator: str, mode: str | None,
@@ -165,13 +151,13 @@ async def run(sim, run_dir: Path, model: str, jobs: Sequence, simulator: str, ph
 async def _control(sim, job: ControlJob, model: str, simulator: str, done: Done,
                    phash: str) -> tuple[list, list]:
     """Simulate one control on its target's valid excerpts; returns (simulation rows, score)."""
-    ehash = SS.text_hash(job.explanation)
+    ehash = score_rows.text_hash(job.explanation)
     sims: list[rundir.SimulationRow] = []
 
-    async def one(ex) -> SS.Item:
+    async def one(ex) -> score_rows.Item:
         pred = done.reusable(job, ex)
         if pred is not None:
-            return SS.Item(ex.scored_as, ex.split, ex.real, pred, None)
+            return score_rows.Item(ex.scored_as, ex.split, ex.real, pred, None, ex.excerpt_id)
         key = f"L{job.layer}/N{job.neuron}/from{job.source}/{ex.split}/{ex.excerpt_id}"
         parsed = await sim.predict(job.explanation, ex.tokens, key)
         ok = parsed.predicted is not None and len(parsed.predicted) == len(ex.tokens)
@@ -182,13 +168,16 @@ async def _control(sim, job: ControlJob, model: str, simulator: str, done: Done,
             excerpt_id=ex.excerpt_id, kind=ex.kind, split=ex.split,
             predicted=list(parsed.predicted) if ok else None, status="ok" if ok else "failed",
             error=err, side=job.side, control=SHUFFLED, source_neuron=job.source,
-            sim_prompt_hash=phash, explanation_hash=ehash))
-        return SS.Item(ex.scored_as, ex.split, ex.real,
-                       tuple(parsed.predicted) if ok else None, err)
+            sim_prompt_hash=phash, explanation_hash=ehash,
+            n_no_digit=len(parsed.no_digit) if ok else 0))
+        return score_rows.Item(ex.scored_as, ex.split, ex.real,
+                               score_rows.as_stored(parsed.predicted) if ok else None, err,
+                               ex.excerpt_id, len(parsed.no_digit) if ok else 0)
 
     items = list(await asyncio.gather(*(one(ex) for ex in job.excerpts)))
-    cand = SS.Candidate(model, job.layer, job.neuron, job.explainer, job.candidate, simulator,
-                        job.explanation, side=job.side, mode=sim.mode, sim_prompt_hash=phash,
-                        explanation_hash=ehash, control=SHUFFLED, source_neuron=job.source)
+    cand = score_rows.Candidate(model, job.layer, job.neuron, job.explainer, job.candidate,
+                                simulator, job.explanation, side=job.side, mode=sim.mode,
+                                sim_prompt_hash=phash, explanation_hash=ehash, control=SHUFFLED,
+                                source_neuron=job.source)
     # No calibration: a control is simulated on the valid split only.
-    return sims, [SS.score_row(cand, "valid", items, calibrate=False)]
+    return sims, [score_rows.score_row(cand, "valid", items, calibrate=False)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from explainer import run as rundir
-from explainer.score import rows as SS
+from explainer.score import rows as score_rows
 
 
 class Done:
@@ -24,42 +24,52 @@ class Done:
     def __init__(self, run_dir: Path, model: str, layer: int, simulator: str,
                  mode: str | None, prompt_hash: str, neurons: set[int]):
         # Only these neurons' rows: memory follows the block, not the layer.
-        sims = rundir.read_neurons(run_dir, "simulations", model, layer, neurons)
-        sims = sims[(sims["simulator"] == simulator) & (sims["status"] == "ok")
-                    & (sims["control"] == "none") & (sims["sim_prompt_hash"] == prompt_hash)]
-        sc = rundir.read_neurons(run_dir, "scores", model, layer, neurons)
-        sc = sc[(sc["simulator"] == simulator) & (sc["method"] == "simulation")
-                & (sc["control"] == "none") & (sc["sim_prompt_hash"] == prompt_hash)]
-        if mode is not None:  # predictions of another mode are not reused
-            sims = sims[sims["mode"].map(SS.mode_family) == SS.mode_family(mode)]
-            sc = sc[sc["mode"].map(SS.mode_family) == SS.mode_family(mode)]
+        sims = rundir.query.simulations(
+            rundir.read_neurons(run_dir, "simulations", model, layer, neurons),
+            simulator=simulator, mode=mode, prompt_hash=prompt_hash)
+        # predictions of another mode family are not reused (mode None: --mode auto, any)
+        sc = rundir.query.select(rundir.query.read_scores(run_dir, model, layer, neurons),
+                                 simulator=simulator, mode=mode, prompt_hash=prompt_hash)
         self.pred = {(int(n), sd, e, int(c), k, int(x), h): tuple(float(v) for v in p)
                      for n, sd, e, c, k, x, h, p in zip(
                          sims["neuron"], sims["side"], sims["explainer"], sims["candidate"],
                          sims["kind"], sims["excerpt_id"], sims["explanation_hash"],
                          sims["predicted"])}
+        # value slots predicted 0 for want of a digit, per reusable prediction (0 before the
+        # column existed: such slots failed their excerpt then)
+        counts = sims["n_no_digit"] if "n_no_digit" in sims else [0] * len(sims)
+        self.no_digit = {k: int(v) for k, v in zip(self.pred, counts) if v == v and v}
         self.scored = {(int(n), sd, e, int(c), s, h) for n, sd, e, c, s, h, st in zip(
             sc["neuron"], sc["side"], sc["explainer"], sc["candidate"], sc["split"],
-            sc["explanation_hash"], sc["status"]) if st != "failed"}
-        self.best = {(int(n), sd, e): int(c) for n, sd, e, c, s, b in zip(
-            sc["neuron"], sc["side"], sc["explainer"], sc["candidate"], sc["split"], sc["best"])
-            if s == "valid" and b}
+            sc["explanation_hash"], sc["status"]) if st not in ("failed", score_rows.INCOMPLETE)}
+        # (neuron, side, explainer) -> the chosen candidate and the text it was chosen as
+        best = rundir.query.chosen(sc, "valid")
+        self.best = {(int(n), sd, e): (int(c), h) for n, sd, e, c, h in zip(
+            best["neuron"], best["side"], best["explainer"], best["candidate"],
+            best["explanation_hash"])}
 
     def reusable(self, job, cand: int, text: str, ex) -> tuple | None:
         return self.pred.get((job.neuron, job.side, job.explainer, cand, ex.kind,
-                              ex.excerpt_id, SS.text_hash(text)))
+                              ex.excerpt_id, score_rows.text_hash(text)))
+
+    def no_digit_of(self, job, cand: int, text: str, ex) -> int:
+        return self.no_digit.get((job.neuron, job.side, job.explainer, cand, ex.kind,
+                                  ex.excerpt_id, score_rows.text_hash(text)), 0)
 
     def complete(self, job, splits: tuple, test: bool = True) -> bool:
         texts = dict(job.candidates)
         for cand, text in job.candidates:
             if (job.neuron, job.side, job.explainer, cand, "valid",
-                    SS.text_hash(text)) not in self.scored:
+                    score_rows.text_hash(text)) not in self.scored:
                 return False
             for ex in job.excerpts:
                 if ex.split in splits and ex.split != "test" and \
                         self.reusable(job, cand, text, ex) is None:
                     return False
-        best = self.best.get((job.neuron, job.side, job.explainer))
-        return not test or best is None or best not in texts or (
-            job.neuron, job.side, job.explainer, best, "test",
-            SS.text_hash(texts[best])) in self.scored
+        best, text = self.best.get((job.neuron, job.side, job.explainer), (None, None))
+        if best is None:
+            return True  # no candidate has a defined score: nothing to choose or test
+        if best not in texts or score_rows.text_hash(texts[best]) != text:
+            return False  # chosen among texts described since: choose again
+        return not test or (job.neuron, job.side, job.explainer, best, "test", text) \
+            in self.scored

@@ -23,11 +23,12 @@ from pathlib import Path
 from explainer import ExplainError
 from explainer import progress
 from explainer import run as rundir
-from explainer import config as C
+from explainer import config
 from explainer.run.specs import parse_spec
-from explainer.score import rows as SS
+from explainer.score import rows as score_rows
 from explainer.simulate.reuse import Done as _Done
 from explainer.simulate import grouped
+from explainer.simulate import prompt as simulate_prompt
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class _Job:
     side: str = "pos"
 
 
-def run(cfg: C.SimulateConfig) -> Path:
+def run(cfg: config.SimulateConfig) -> Path:
     """Simulate and score the selected neurons' explanations; returns the run's scores/ folder."""
     if cfg.mode not in MODES:
         raise ExplainError(f"--mode {cfg.mode!r}: expected one of {', '.join(MODES)}")
@@ -70,14 +71,14 @@ def run(cfg: C.SimulateConfig) -> Path:
                            "excerpt to score (both >= 0)")
     if cfg.excerpts_per_prompt < 1:
         raise ExplainError(f"--excerpts-per-prompt {cfg.excerpts_per_prompt}: must be 1 or more")
-    if cfg.control not in C.CONTROLS:
-        raise ExplainError(f"--control {cfg.control}: expected one of {', '.join(C.CONTROLS)}")
-    from explainer import llm as L
+    if cfg.control not in config.CONTROLS:
+        raise ExplainError(f"--control {cfg.control}: expected one of {', '.join(config.CONTROLS)}")
+    from explainer import llm
 
     run_dir = Path(cfg.run)
     # baseline-lexical needs no LLM, so no endpoint either
-    endpoint = None if cfg.simulator == C.BASELINE_SIMULATOR else \
-        L.resolve(cfg.simulator, cfg.llm.base_url)
+    endpoint = None if cfg.simulator == config.BASELINE_SIMULATOR else \
+        llm.resolve(cfg.simulator, cfg.llm.base_url)
     model, layers = rundir.explained_layers(run_dir, cfg.model, cfg.layers)
     from dataclasses import replace
 
@@ -92,7 +93,7 @@ def run(cfg: C.SimulateConfig) -> Path:
         _compact(run_dir, model, [la for la, _ in units])  # once, not once per block
         if cfg.control == "none":
             return run_dir / "scores"
-        cfg = replace(cfg, engine=C.EngineConfig())
+        cfg = replace(cfg, engine=config.EngineConfig())
     jobs: list[_Job] = []
     for layer in layers:
         jobs += _jobs(run_dir, model, layer, cfg)
@@ -115,7 +116,7 @@ def _compact(run_dir: Path, model: str, layers) -> None:
 # --- what to simulate ---------------------------------------------------------------------
 
 
-def _jobs(run_dir: Path, model: str, layer: int, cfg: C.SimulateConfig) -> list[_Job]:
+def _jobs(run_dir: Path, model: str, layer: int, cfg: config.SimulateConfig) -> list[_Job]:
     ex = rundir.selected_explanations(run_dir, model, layer, cfg.explainer, cfg.neurons)
     if ex.empty:
         return []
@@ -131,7 +132,7 @@ def _jobs(run_dir: Path, model: str, layer: int, cfg: C.SimulateConfig) -> list[
 
 
 def _excerpts(run_dir: Path, model: str, layer: int, neurons: set[int], splits: tuple,
-              cfg: C.SimulateConfig) -> dict[tuple[int, str], tuple[_Excerpt, ...]]:
+              cfg: config.SimulateConfig) -> dict[tuple[int, str], tuple[_Excerpt, ...]]:
     """Per (neuron, side), the first n_top top and n_random random excerpts (by rank) of each
     split: the positive side's top excerpts are kind 'top'; the negative side's are kind
     'bottom', and it sees every activation negated (its random excerpts are the same ones)."""
@@ -168,7 +169,7 @@ def _excerpts(run_dir: Path, model: str, layer: int, neurons: set[int], splits: 
 # --- running ------------------------------------------------------------------------------
 
 
-async def _run(cfg: C.SimulateConfig, endpoint, name: str, model: str,
+async def _run(cfg: config.SimulateConfig, endpoint, name: str, model: str,
                jobs: list[_Job]) -> None:
     from explainer.simulate import control, simulators
 
@@ -198,7 +199,7 @@ async def _run(cfg: C.SimulateConfig, endpoint, name: str, model: str,
               file=sys.stderr)
 
 
-async def _own(sim, cfg: C.SimulateConfig, name: str, model: str, todo: list[_Job],
+async def _own(sim, cfg: config.SimulateConfig, name: str, model: str, todo: list[_Job],
                splits: tuple, phash: str) -> None:
     """Simulate and score each job's own explanations with an open simulator."""
     done = {lay: _Done(cfg.run, model, lay, name, sim.mode, phash,
@@ -211,9 +212,11 @@ async def _own(sim, cfg: C.SimulateConfig, name: str, model: str, todo: list[_Jo
                                   cfg.calibrate, phash, k=cfg.excerpts_per_prompt, test=cfg.test))
 
     await progress.drain("simulate", todo, one, sim.workers, writer.flush)
+    # which failures a rerun retries (no answer) and which it reads again from the cache
+    note = simulate_prompt.failure_note(getattr(sim, "failures", {}), sim.mode)
     print(f"simulate: {writer.n_scores} neurons x explanations scored "
-          f"({writer.n_defined} defined, {writer.n_failed} failed excerpts; failures are "
-          f"retried on the next run), mode {sim.mode}", file=sys.stderr)
+          f"({writer.n_defined} defined, {writer.n_failed} failed excerpts"
+          f"{'; ' + note if note else ''}), mode {sim.mode}", file=sys.stderr)
 
 
 async def _neuron(sim, job: _Job, model: str, simulator: str, done: _Done, splits: tuple,
@@ -223,37 +226,44 @@ async def _neuron(sim, job: _Job, model: str, simulator: str, done: _Done, split
     rows, score rows). With `test` False the best one's test split waits (a cascade level)."""
     sims: list[rundir.SimulationRow] = []
 
-    def item(cand: int, text: str, ex: _Excerpt, parsed) -> SS.Item:
+    def item(cand: int, text: str, ex: _Excerpt, parsed) -> score_rows.Item:
         ok = parsed.predicted is not None and len(parsed.predicted) == len(ex.tokens)
         err = None if ok else (parsed.error or "wrong number of predictions")
+        n_none = len(parsed.no_digit) if ok else 0  # value slots without a digit, predicted 0
         sims.append(rundir.SimulationRow(
             model=model, layer=job.layer, neuron=job.neuron, explainer=job.explainer,
             candidate=cand, simulator=simulator, mode=parsed.mode, excerpt_id=ex.excerpt_id,
             kind=ex.kind, split=ex.split, predicted=list(parsed.predicted) if ok else None,
             status="ok" if ok else "failed", error=err, side=job.side,
-            source_neuron=job.neuron, sim_prompt_hash=phash, explanation_hash=SS.text_hash(text)))
-        return SS.Item(ex.scored_as, ex.split, ex.real, tuple(parsed.predicted) if ok else None,
-                       err)
+            source_neuron=job.neuron, sim_prompt_hash=phash,
+            explanation_hash=score_rows.text_hash(text), n_no_digit=n_none))
+        return score_rows.Item(ex.scored_as, ex.split, ex.real,
+                               score_rows.as_stored(parsed.predicted) if ok else None, err,
+                               ex.excerpt_id, n_none)
 
-    async def items_of(cand: int, text: str, wanted: tuple) -> list[SS.Item]:
-        def reuse(ex: _Excerpt) -> SS.Item | None:
+    async def items_of(cand: int, text: str, wanted: tuple) -> list[score_rows.Item]:
+        def reuse(ex: _Excerpt) -> score_rows.Item | None:
             pred = done.reusable(job, cand, text, ex)
-            return None if pred is None else SS.Item(ex.scored_as, ex.split, ex.real, pred, None)
+            return None if pred is None else score_rows.Item(ex.scored_as, ex.split, ex.real,
+                                                             pred, None, ex.excerpt_id,
+                                                             done.no_digit_of(job, cand, text, ex))
 
         return await grouped.items(sim, [ex for ex in job.excerpts if ex.split in wanted], k,
                                    text, f"L{job.layer}/N{job.neuron}/c{cand}", reuse,
                                    lambda ex, parsed: item(cand, text, ex, parsed))
 
     per_cand = await asyncio.gather(*(items_of(c, t, splits) for c, t in job.candidates))
-    cands = [SS.Candidate(model, job.layer, job.neuron, job.explainer, c, simulator, t,
-                          side=job.side, mode=sim.mode, sim_prompt_hash=phash,
-                          explanation_hash=SS.text_hash(t)) for c, t in job.candidates]
-    rows, best = SS.mark_best([SS.score_row(c, "valid", it, calibrate)
-                               for c, it in zip(cands, per_cand)])
+    cands = [score_rows.Candidate(model, job.layer, job.neuron, job.explainer, c, simulator, t,
+                                  side=job.side, mode=sim.mode, sim_prompt_hash=phash,
+                                  explanation_hash=score_rows.text_hash(t))
+             for c, t in job.candidates]
+    rows, best = score_rows.mark_best([score_rows.score_row(c, "valid", it, calibrate)
+                                       for c, it in zip(cands, per_cand)])
     if best is not None and test:
         i = [c.candidate for c in cands].index(best)
         held = await items_of(best, cands[i].explanation, ("test",))
-        rows.append(SS.score_row(cands[i], "test", per_cand[i] + held, calibrate, best=True))
+        rows.append(score_rows.score_row(cands[i], "test", per_cand[i] + held, calibrate,
+                                         best=True))
     return sims, rows
 
 
@@ -285,7 +295,7 @@ class _Writer:
         self.sims, self.scores = [], []
 
 
-def _explained(run_dir: Path, model: str, layers: list[int], cfg: C.SimulateConfig) -> list:
+def _explained(run_dir: Path, model: str, layers: list[int], cfg: config.SimulateConfig) -> list:
     """(layer, neurons with an explanation to simulate): what the engines cut into blocks."""
     d_mlp = int((rundir.model_meta(run_dir, model) or {}).get("d_mlp") or 1 << 30)
     among = None if str(cfg.neurons).strip() == "all" else \

@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 
 from explainer import run as rundir
+from explainer.score.metrics import mean_defined
+from explainer.views.formats import num
 
 # judge-<method>:LN accepts a level, score:LN is its kept explanations' final scoring
 # (cascade_accept.py; views/accept_cost.py splits the parts)
@@ -41,15 +43,10 @@ def _scores(run_dir: Path, model: str, entry: dict, split: str) -> list[dict]:
     """Per level: {(layer, side, neuron): counted score} of the level's best explanation."""
     from explainer.score.metrics import counted
 
-    sc = rundir.read(run_dir, "scores", model=model)
-    if sc.empty:
-        return [{} for _ in entry["levels"]]
-    sc = sc[(sc["split"] == split) & sc["best"].astype(bool) & (sc["method"] == "simulation")
-            & (sc["control"] == "none") & (sc["simulator"] == entry["simulator"])
-            & (sc["sim_prompt_hash"] == entry["sim_prompt_hash"])]
+    sc = rundir.query.read_scores(run_dir, model)
     out = []
-    for label in entry["levels"]:
-        mine = sc[sc["explainer"] == label]
+    for mine in rundir.query.cascade_levels(sc, entry["levels"], entry["simulator"],
+                                            entry["sim_prompt_hash"], split):
         out.append({(int(la), sd, int(n)): counted(None if s != s else float(s), st)
                     for la, sd, n, s, st in zip(mine["layer"], mine["side"], mine["neuron"],
                                                 mine["score"], mine["status"])})
@@ -91,5 +88,5 @@ def render(run_dir: Path, rows) -> str:
 
 
 def _mean(values) -> str:
-    vals = [v for v in values if v is not None]
-    return f"{sum(vals) / len(vals):.3f}" if vals else "—"
+    """The mean of the defined values, formatted (an em dash when none is defined)."""
+    return num(mean_defined(list(values))[0])

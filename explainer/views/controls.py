@@ -20,12 +20,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from explainer.score import metrics as S
+from explainer import run as rundir
+from explainer.score import metrics
 from explainer.views.formats import num as _num
 
 # A group: one explainer/simulator pair (and mode). Its unit is a neuron's side: both sides of
 # a gated neuron are separate explanation targets, each deranged within its own side, pooled here.
-PAIR = ["explainer", "simulator", "mode"]
+PAIR = ["explainer", "simulator", "mode", "sim_prompt_hash"]
 KEY = ["model", "layer", "neuron", "side"] + PAIR
 NO_SIGNAL = "no signal"
 MIN_PAIRS = 5  # below this a bootstrap interval is too narrow to trust: no verdict
@@ -48,42 +49,30 @@ class ControlRow:
     diff_low: float | None  # 95% bootstrap interval of that mean
     diff_high: float | None
     verdict: str  # signal | no signal | worse than shuffled | too few pairs
+    sim_prompt_hash: str = ""  # own and shuffled both simulated under this simulator prompt
 
 
 def paired(scores):
     """One row per neuron with a shuffled control: KEY + own, shuffled (counted; NaN when left
-    out) and source_neuron."""
+    out) and source_neuron. Own and shuffled come from one simulator prompt (run.query.pairs)."""
     import pandas as pd
 
-    from explainer.views.report import headline
-
     cols = KEY + ["own", "shuffled", "source_neuron"]
-    if "control" not in scores or not (scores["control"] == "shuffled").any():
+    merged = rundir.query.pairs(scores)
+    if merged.empty:
         return pd.DataFrame(columns=cols)
-    ctl = scores[(scores["control"] == "shuffled") & (scores["split"] == "valid")
-                 & (scores["method"] == "simulation")]
-    ctl = ctl.drop_duplicates(KEY, keep="last")
-    head = headline(scores)
-    merged = ctl[KEY + ["score", "status", "source_neuron"]].merge(
-        head[KEY + ["score", "status"]], on=KEY, how="inner", suffixes=("_ctl", "_own"))
-    return merged.assign(own=_counted(merged["score_own"], merged["status_own"]),
-                         shuffled=_counted(merged["score_ctl"], merged["status_ctl"]))[cols]
-
-
-def _counted(score, status) -> np.ndarray:
-    vals = [S.counted(None if v != v else float(v), st) for v, st in zip(score, status)]
-    return np.array([np.nan if v is None else v for v in vals], dtype=np.float64)
+    return merged.assign(own=metrics.counted_values(merged["score_own"], merged["status_own"]),
+                         shuffled=metrics.counted_values(merged["score_ctl"],
+                                                         merged["status_ctl"]))[cols]
 
 
 def summarize(g, model: str, layer, key: tuple, seed: int = 0,
               n_boot: int = 2000) -> ControlRow:
     """One ControlRow from paired rows (one per neuron) of one group."""
-    from explainer.views.report import bootstrap_ci
-
     ok = np.isfinite(g["own"].to_numpy()) & np.isfinite(g["shuffled"].to_numpy())
     own, shuf = g["own"].to_numpy()[ok], g["shuffled"].to_numpy()[ok]
     d = own - shuf
-    lo, hi = bootstrap_ci(d, n_boot=n_boot, seed=seed)
+    lo, hi = metrics.bootstrap_ci(d, n_boot=n_boot, seed=seed)
     if d.size < MIN_PAIRS:
         verdict = "too few pairs"
     elif lo > 0:
@@ -94,6 +83,7 @@ def summarize(g, model: str, layer, key: tuple, seed: int = 0,
         verdict = NO_SIGNAL
     return ControlRow(model=model, layer=None if layer is None else int(layer),
                       explainer=key[0], simulator=key[1], mode=key[2],
+                      sim_prompt_hash=key[3],
                       sides="+".join(sorted(set(g["side"]))),
                       n_pairs=int(d.size), own=float(own.mean()) if d.size else None,
                       shuffled=float(shuf.mean()) if d.size else None,
@@ -113,7 +103,7 @@ def aggregate(scores, models_meta: dict, by: str = "layer", seed: int = 0,
         name = models_meta.get(mkey, {}).get("model", mkey)
         for k, g in p[p["model"] == mkey].groupby(keys, sort=True):
             layer = None if by == "model" else k[0]
-            out.append(summarize(g, name, layer, tuple(k[-3:]), seed, n_boot))
+            out.append(summarize(g, name, layer, tuple(k[-4:]), seed, n_boot))
     return out
 
 
@@ -139,6 +129,8 @@ def render(rows: list[ControlRow], width: int = 220) -> str:
     cols += [("layer", lambda r: "all" if r.layer is None else str(r.layer))] if any(r.layer is not None for r in rows) else []
     cols += [("explainer", lambda r: r.explainer), ("simulator", lambda r: r.simulator)]
     cols += [("mode", lambda r: r.mode)] if len({r.mode for r in rows}) > 1 else []
+    cols += [("prompt", lambda r: r.sim_prompt_hash[:6])] \
+        if len({r.sim_prompt_hash for r in rows}) > 1 else []
     cols += [("sides", lambda r: r.sides)] if any(r.sides != "pos" for r in rows) else []
     cols += [("pairs", lambda r: str(r.n_pairs)), ("own", lambda r: _num(r.own)),
              ("shuffled", lambda r: _num(r.shuffled)), ("own−shuffled", lambda r: _num(r.diff)),
@@ -146,7 +138,7 @@ def render(rows: list[ControlRow], width: int = 220) -> str:
               else f"{r.diff_low:.3f}…{r.diff_high:.3f}"),
              ("verdict", lambda r: r.verdict)]
     for name, _ in cols:
-        left = name in ("model", "explainer", "simulator", "mode", "sides", "verdict")
+        left = name in ("model", "explainer", "simulator", "mode", "prompt", "sides", "verdict")
         t.add_column(name, justify="left" if left else "right", no_wrap=True)
     for r in rows:
         t.add_row(*(fn(r) for _, fn in cols))

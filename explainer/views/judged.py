@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from explainer.score import classify as K
+from explainer import run as rundir
+from explainer.config import BASELINE_SIMULATOR
+from explainer.score import classify, metrics
 from explainer.views.formats import num as _num
 
 JUDGES = ("detection", "fuzzing")
@@ -61,28 +63,20 @@ class CorrRow:
 
 def judged(scores):
     """One row per neuron-side and (method, explainer, judge): best, else lowest candidate."""
-    rows = scores[scores["method"].isin(JUDGES)].copy()
-    if rows.empty:
-        return rows
+    rows = rundir.query.filled(scores)
     # rows written before presets carry '' and were drawn by the explain preset
-    rows["sampling"] = rows["sampling"].replace("", "explain") if "sampling" in rows else \
-        "explain"
-    order = rows.sort_values(["best", "candidate"], ascending=[False, True], kind="stable")
-    return order.drop_duplicates(KEY, keep="first").sort_values(KEY).reset_index(drop=True)
+    rows["sampling"] = rows["sampling"].replace("", "explain")
+    return rundir.query.judged(rows, KEY, JUDGES)
 
 
 def _mean(x) -> float | None:
-    x = np.asarray(x, dtype=np.float64)
-    x = x[np.isfinite(x)]
-    return float(x.mean()) if x.size else None
+    return metrics.mean_defined([None if v != v else float(v) for v in x])[0]
 
 
 def _summary(g, model: str, layer, key) -> JudgeRow:
-    from explainer.views.report import bootstrap_ci
-
     ok = g[g["status"].isin(COUNTED) & g["balanced_accuracy"].notna()]
     ba = ok["balanced_accuracy"].to_numpy(np.float64)
-    lo, hi = bootstrap_ci(ba)
+    lo, hi = metrics.bootstrap_ci(ba)
     failed = g["n_failed"].fillna(0).astype(int)
     return JudgeRow(model, layer, key[0], key[1], key[2], len(g), len(ok), _mean(ba), lo, hi,
                     CHANCE, _mean(ok["auroc"]), _mean(ok["f1"]), len(g) - len(ok),
@@ -111,9 +105,10 @@ def aggregate(scores, models_meta: dict, by: str = "layer") -> list[JudgeRow]:
 def _per_neuron(scores) -> dict[str, dict[tuple, float]]:
     """method -> {(model, layer, neuron, side, explainer): the neuron's headline number}."""
     out: dict[str, dict[tuple, float]] = {}
-    sim = scores[(scores["method"] == "simulation") & (scores["split"] == "valid")
-                 & (scores["status"] == "ok")]
-    sim = sim.sort_values(["best", "candidate"], ascending=[False, True], kind="stable")
+    sim = rundir.query.chosen(scores, "valid", stand_in=True)
+    # One simulator per neuron: an LLM's before the lexical baseline's.
+    sim = sim[sim["status"] == "ok"].sort_values(
+        "simulator", key=lambda s: s == BASELINE_SIMULATOR, kind="stable")
     for src, col in ((sim, "score"), (judged(scores), "balanced_accuracy")):
         if src.empty:
             continue
@@ -136,7 +131,7 @@ def correlations(scores, models_meta: dict) -> list[CorrRow]:
             both = sorted(set(per[a]) & set(per[b]))
             for model, explainer in sorted({(k[0], k[4]) for k in both}):
                 keys = [k for k in both if k[0] == model and k[4] == explainer]
-                rho = K.rank_correlation([per[a][k] for k in keys], [per[b][k] for k in keys])
+                rho = classify.rank_correlation([per[a][k] for k in keys], [per[b][k] for k in keys])
                 out.append(CorrRow(models_meta.get(model, {}).get("model", model), explainer,
                                    a, b, len(keys), rho))
     return out

@@ -89,7 +89,7 @@ def results(rows) -> list[PuzzleResult]:
 
 def summarize(res: list[PuzzleResult], puzzle_set: str, simulator: str, mode: str) -> Summary:
     """Share ranked first, chance, and the mean margin with its bootstrap interval."""
-    from explainer.views.report import bootstrap_ci
+    from explainer.score.metrics import bootstrap_ci
 
     ok = [r for r in res if r.first is not None]
     margins = [r.margin for r in ok]

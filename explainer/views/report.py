@@ -20,7 +20,7 @@ from explainer import ExplainError
 from explainer import run as rundir
 from explainer.config import ReportConfig
 from explainer.run.evidence import split_label
-from explainer.score import metrics as S
+from explainer.score import metrics
 from explainer.views.formats import format_params, num as _num
 
 BYS = ("layer", "model")
@@ -55,93 +55,63 @@ class ReportRow:
     evidence: str = "inputs"
     side: str = "pos"  # pos, or neg: the negative side of a gated neuron, scored on its own
     mode: str = ""  # the simulator's mode: scores made in different modes are never pooled
+    sim_prompt_hash: str = ""  # the simulator prompt: two versions are two rows, never one mean
 
 
-def bootstrap_ci(values, n_boot: int = 2000, seed: int = 0, level: float = 0.95):
-    """Percentile bootstrap interval of the mean; (None, None) with no values."""
-    x = np.asarray(values, dtype=np.float64)
-    if x.size == 0:
-        return None, None
-    if x.size == 1:
-        return float(x[0]), float(x[0])
-    rng = np.random.default_rng(seed)
-    # Chunks keep memory bounded for layers of thousands of neurons (≈ 4M indices at once).
-    chunk = max(1, min(n_boot, 4_000_000 // x.size))
-    means = np.concatenate([x[rng.integers(0, x.size, (min(chunk, n_boot - i), x.size))].mean(1)
-                            for i in range(0, n_boot, chunk)])
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
-    return float(lo), float(hi)
+# One neuron's headline: per model, layer, neuron, side, explainer, simulator, mode family and
+# simulator prompt (run/query.py: two prompt versions are two rows of the report, never one mean).
+GROUP = rundir.query.CHOICE
 
 
-# One neuron's headline: per model, layer, neuron, side, explainer, simulator and mode.
-GROUP = ["model", "layer", "neuron", "side", "explainer", "simulator", "mode"]
-
-
-def own_simulation(scores):
-    """Simulation scores of each neuron's own explanations (judges and controls are reported
-    apart); a run written before these columns existed reads their defaults."""
-    keep = np.ones(len(scores), dtype=bool)
-    if "method" in scores:
-        keep &= (scores["method"] == "simulation").to_numpy()
-    if "control" in scores:
-        keep &= (scores["control"] == "none").to_numpy()
-    return scores[keep]
-
-
-def headline(scores):
-    """One valid-split row per (model, layer, neuron, explainer, simulator): the chosen candidate.
+def headline(scores, current=None):
+    """One valid-split row per neuron and `GROUP`: the chosen candidate (run.query.chosen).
 
     A neuron whose candidates all failed has no `best` row; its lowest candidate stands in, so it
-    is counted as failed rather than silently dropped.
+    is counted as failed rather than silently dropped. `current`: the explanations still
+    described (run.query.current_explanations); scores of texts described since are left out.
     """
-    valid = own_simulation(scores)
-    valid = valid[valid["split"] == "valid"]
-    if valid.empty:
-        return valid
-    order = valid.sort_values(["best", "candidate"], ascending=[False, True], kind="stable")
-    key = GROUP
-    return order.drop_duplicates(key, keep="first").sort_values(key).reset_index(drop=True)
+    return rundir.query.chosen(scores, "valid", stand_in=True, current=current)
 
 
 def _test_scores(scores, head):
     """The chosen candidates' counted test-split scores, aligned to `head`'s rows (NaN where
     absent; 0 for a constant prediction, on either split: a neuron whose chosen explanation
     predicted nothing on valid and was never tested still counts as 0)."""
-    key = GROUP + ["candidate"]
-    test = own_simulation(scores)
-    test = test[test["split"] == "test"][key + ["score", "status"]]
+    key = GROUP + ["candidate", "explanation_hash"]
+    test = rundir.query.select(scores, split="test")[key + ["score", "status"]]
     merged = head[key + ["status"]].merge(test.drop_duplicates(key, keep="last"), on=key,
                                           how="left", suffixes=("_valid", ""))
-    out = _counted(merged["score"], merged["status"].fillna(""))
-    out[np.isnan(out) & (merged["status"].isna() & (merged["status_valid"]
-                                                     == S.CONSTANT_PREDICTION)).to_numpy()] = 0.0
+    out = metrics.counted_values(merged["score"], merged["status"].fillna(""))
+    constant = merged["status_valid"] == metrics.CONSTANT_PREDICTION
+    out[np.isnan(out) & (merged["status"].isna() & constant).to_numpy()] = 0.0
     return out
 
 
-def _counted(score, status) -> np.ndarray:
-    """`metrics.counted` over columns: NaN where a row is left out."""
-    vals = [S.counted(None if v != v else float(v), st) for v, st in zip(score, status)]
-    return np.array([np.nan if v is None else v for v in vals], dtype=np.float64)
+def _column(rows, name: str) -> np.ndarray:
+    """A top-only or random-only column counted as the headline is (metrics.counted with its
+    own status: a constant prediction there is 0, a side dead on those excerpts is left out).
+    Rows written before the status columns: a constant headline counts 0 there too."""
+    status = rows[f"status_{name}"] if f"status_{name}" in rows else [None] * len(rows)
+    vals = metrics.counted_values(rows[f"score_{name}"], status)
+    const = (rows["status"] == metrics.CONSTANT_PREDICTION).to_numpy()
+    vals[const & np.isnan(vals)] = 0.0
+    return vals
 
 
 def _mean(values) -> float | None:
-    x = np.asarray(values, dtype=np.float64)
-    x = x[np.isfinite(x)]
-    return float(x.mean()) if x.size else None
+    return metrics.mean_defined([None if v != v else float(v) for v in values])[0]
 
 
 def summarize(rows, meta: dict, layer, explainer: str, simulator: str, seed: int = 0,
-              n_boot: int = 2000, side: str = "pos", mode: str = "") -> ReportRow:
+              n_boot: int = 2000, side: str = "pos", mode: str = "",
+              sim_prompt_hash: str = "") -> ReportRow:
     """Aggregate headline rows (already one per neuron) into one ReportRow."""
     status = rows["status"].to_numpy()
-    score = _counted(rows["score"], status)
+    score = metrics.counted_values(rows["score"], status)
     ok = np.isfinite(score)  # defined, or a constant prediction counted as 0
     good = score[ok]
-    dead = np.isin(status, list(S.DEAD))
-    # A constant prediction is constant on the top and random excerpts too: 0 there as well.
-    const = status == S.CONSTANT_PREDICTION
-    lo, hi = bootstrap_ci(good, n_boot=n_boot, seed=seed)
+    dead = np.isin(status, list(metrics.DEAD))
+    lo, hi = metrics.bootstrap_ci(good, n_boot=n_boot, seed=seed)
     n_layers = meta.get("n_layers")
     depth = None
     if layer is not None and n_layers:
@@ -154,13 +124,15 @@ def summarize(rows, meta: dict, layer, explainer: str, simulator: str, seed: int
         mean=float(good.mean()) if good.size else None, ci_low=lo, ci_high=hi,
         median=float(np.median(good)) if good.size else None,
         share_good=float((good >= GOOD).mean()) if good.size else None,
-        mean_top=_mean(np.where(const, 0.0, rows["score_top"].to_numpy(np.float64))[ok]),
-        mean_random=_mean(np.where(const, 0.0, rows["score_random"].to_numpy(np.float64))[ok]),
+        # Each over the neurons its own status counts, exactly as the headline's.
+        mean_top=_mean(_column(rows, "top")),
+        mean_random=_mean(_column(rows, "random")),
         mean_test=_mean(rows["test_score"].to_numpy(dtype=np.float64)[ok])
         if "test_score" in rows else None,
         n_dead=int(dead.sum()),
         # Anything neither counted nor dead: failed to simulate, or no tokens to score.
         n_failed=int((~ok & ~dead).sum()), side=side, mode=mode,
+        sim_prompt_hash=sim_prompt_hash,
     )
 
 
@@ -177,12 +149,12 @@ def aggregate(scores, models_meta: dict, by: str = "layer", seed: int = 0, n_boo
     head = head.assign(test_score=_test_scores(scores, head))
     mkeys = sorted(head["model"].unique(), key=lambda m: _size_key(models_meta.get(m, {}), m))
     out: list[ReportRow] = []
-    pair = ["explainer", "simulator", "mode", "side"]
+    pair = ["explainer", "simulator", "mode", "side", "sim_prompt_hash"]
     if by == "pair":
-        for (ex, sim, mode, side), g in head.groupby(pair, sort=True):
+        for (ex, sim, mode, side, phash), g in head.groupby(pair, sort=True):
             meta = {"model": ", ".join(models_meta.get(m, {}).get("model", m)
                                        for m in mkeys if m in set(g["model"]))}
-            out.append(summarize(g, meta, None, ex, sim, seed, n_boot, side, mode))
+            out.append(summarize(g, meta, None, ex, sim, seed, n_boot, side, mode, phash))
         return out
     for mkey in mkeys:
         meta = {"model": mkey, **models_meta.get(mkey, {})}
@@ -191,9 +163,33 @@ def aggregate(scores, models_meta: dict, by: str = "layer", seed: int = 0, n_boo
         keys = pair if by == "model" else ["layer"] + pair
         for k, g in mrows.groupby(keys, sort=True):
             layer = None if by == "model" else int(k[0])
-            ex, sim, mode, side = k[-4:]
-            out.append(summarize(g, meta, layer, ex, sim, seed, n_boot, side, mode))
+            ex, sim, mode, side, phash = k[-5:]
+            out.append(summarize(g, meta, layer, ex, sim, seed, n_boot, side, mode, phash))
     return out
+
+
+def prompt_versions(scores, run: Path | str = "RUN") -> str:
+    """A note for each simulator scored under several prompt versions: the newest version (the
+    one written last), how many neurons are scored only under an older one, and the command
+    that re-simulates them. '' when every simulator has one version."""
+    head = headline(scores)
+    own = rundir.query.select(scores)  # in read order: the newest write last
+    lines = []
+    for (mkey, sim, mode), g in head.groupby(["model", "simulator", "mode"], sort=True):
+        mine = own[(own["model"] == mkey) & (own["simulator"] == sim) & (own["mode"] == mode)]
+        versions = list(dict.fromkeys(mine["sim_prompt_hash"][::-1]))  # newest first
+        if len(versions) < 2:
+            continue
+        unit = ["layer", "neuron", "side", "explainer"]
+        fresh = set(map(tuple, g[g["sim_prompt_hash"] == versions[0]][unit].to_numpy()))
+        stale = {k for k in map(tuple, g[unit].to_numpy()) if k not in fresh}
+        lines.append(
+            f"note: {sim} ({mode}) on {mkey} scored under {len(versions)} simulator prompt "
+            f"versions, shown as separate rows (prompt {', '.join(v[:6] for v in versions)}); "
+            f"{len(stale)} neuron sides have scores only under an older prompt than "
+            f"{versions[0][:6]}: re-simulate them with `explain simulate --run {run} "
+            f"--simulator {sim}`")
+    return "\n".join(lines)
 
 
 def load(run: Path):
@@ -204,6 +200,8 @@ def load(run: Path):
     scores = rundir.read(run, "scores")
     if scores.empty:
         raise ExplainError(f"--run {run}: has no scores yet (run `explain score` first)")
+    # Scores of an explanation text described since are stale: not reported.
+    scores = rundir.query.without_stale(scores, rundir.query.current_explanations(run))
     models_meta = rundir.read_run_json(run).get("models", {})
     return scores, models_meta
 
@@ -270,6 +268,11 @@ def run(cfg: ReportConfig) -> str:
                            "density": [asdict(r) for r in dens],
                            "controls": controls.dicts(ctl)}, indent=2)
     text = render_tables(rows, per_model, pairs, cfg.by) + (f"\n{known[0]}" if known else "")
+    versions = prompt_versions(scores, cfg.run)
+    text += f"\n{versions}" if versions else ""
+    from explainer.views import digits  # value slots without a digit, beside each pair
+
+    text += digits.section(headline(scores))
     text += f"\n{controls.render(ctl)}" if ctl else ""
     text += f"\n{judged.render(judges, corr)}" if judges else ""
     text += f"\n{density.render(dens)}" if dens else ""
@@ -312,6 +315,9 @@ def _table(title: str, rows: list[ReportRow], first: list[tuple[str, callable]])
     cols += [("simulator", lambda r: r.simulator)] if several_sims else []
     cols += [("mode", lambda r: r.mode)] if len({r.mode for r in rows}) > 1 else []
     cols += [("side", lambda r: r.side)] if any(r.side != "pos" for r in rows) else []
+    if len({(r.simulator, r.mode, r.sim_prompt_hash) for r in rows}) > \
+            len({(r.simulator, r.mode) for r in rows}):  # several prompt versions: say which
+        cols += [("prompt", lambda r: r.sim_prompt_hash[:6])]
     cols += [
         ("neurons", lambda r: str(r.n_neurons)),
         ("scored", lambda r: str(r.n_scored)),
@@ -325,7 +331,8 @@ def _table(title: str, rows: list[ReportRow], first: list[tuple[str, callable]])
         ("dead", lambda r: str(r.n_dead)),
         ("failed", lambda r: str(r.n_failed)),
     ]
-    text_cols = ("model", "models", "explainer", "evidence", "simulator", "mode", "side")
+    text_cols = ("model", "models", "explainer", "evidence", "simulator", "mode", "side",
+                 "prompt")
     for name, _ in cols:
         t.add_column(name, justify="left" if name in text_cols else "right", no_wrap=True)
     previous = None
@@ -352,7 +359,7 @@ def render_tables(rows, per_model, pairs, by: str, width: int = 220) -> str:
                              model_cols + [("layer", lambda r: str(r.layer)),
                                            ("depth", lambda r: _num(r.depth, "{:.2f}"))]))
     console.print(_table("Score by model (smallest first)", per_model, model_cols))
-    if len({(r.explainer, r.simulator, r.mode, r.side) for r in pairs}) > 1:
+    if len({(r.explainer, r.simulator, r.mode, r.side, r.sim_prompt_hash) for r in pairs}) > 1:
         console.print(_table("Score by explainer / simulator", pairs,
                              [("models", lambda r: r.model)]))
     # Tables take their natural width; strip the padding rich adds to the console's width.

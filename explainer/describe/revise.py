@@ -1,7 +1,9 @@
 """Revision (`explain describe --revise N`): the explainer sees its explanation beside where the
 simulator's guesses from it went wrong, and writes a better one.
 
-Part of the cascade composer (cascade.py calls `run` once per level and round). What the
+The cascade composer (cascade.py) calls `run` once per level and round. It lives in describe:
+it asks the explainer, and reads the stored simulations through `run.query`, never the simulate
+stage. What the
 explainer is shown: each explain-split excerpt that the simulator predicted (the excerpts the
 explanation was written from), its text, then the tokens where the real activation or the guess
 is above 1 on the 0-10 display scale, with the verdict "missed" (real high, guess low) or "false
@@ -16,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from explainer import config as C
+from explainer import config
 from explainer import prompts
 from explainer import run as rundir
 
@@ -35,9 +37,9 @@ def messages(explanation: str, shown: list[tuple[list[str], list[float], list[fl
              ) -> list[dict]:
     """The chat messages of one revision: (tokens, real activations, predictions 0-10) per
     excerpt. Real activations are scaled 0-10 by their maximum over the excerpts shown."""
-    from explainer.describe import prompt as P
+    from explainer.describe import prompt as describe_prompt
 
-    real = P.scale([list(r) for _, r, _ in shown])
+    real = describe_prompt.scale([list(r) for _, r, _ in shown])
     blocks = []
     for j, ((tokens, _, pred), vals) in enumerate(zip(shown, real)):
         text = "".join(tokens).replace("\n", " ").strip()
@@ -58,7 +60,7 @@ def messages(explanation: str, shown: list[tuple[list[str], list[float], list[fl
                 "revise_user", explanation=explanation.strip(), excerpts="\n\n".join(blocks))}]
 
 
-def run(cfg: C.CascadeConfig, lv, model: str, keys: set, rnd: int, phash: str) -> int:
+def run(cfg: config.CascadeConfig, lv, model: str, keys: set, rnd: int, phash: str) -> int:
     """One revision round of `keys` at level `lv`; returns how many revisions were written."""
     inputs = _inputs(cfg, lv, model, keys, phash)
     if not inputs:
@@ -70,28 +72,26 @@ def run(cfg: C.CascadeConfig, lv, model: str, keys: set, rnd: int, phash: str) -
     return sum(r.status == "ok" for r in rows)
 
 
-def _inputs(cfg: C.CascadeConfig, lv, model: str, keys: set, phash: str) -> dict:
+def _inputs(cfg: config.CascadeConfig, lv, model: str, keys: set, phash: str) -> dict:
     """Per key: (the best explanation so far, its explain-split excerpts as (tokens, real,
     predicted)); keys without an explanation or explain-split predictions are left out."""
-    from explainer.score.rows import text_hash
+    text_hash = rundir.query.text_hash
 
     run_dir, out = Path(cfg.describe.run), {}
     toks = None
     for layer in sorted({k[0] for k in keys}):
-        sc = rundir.read(run_dir, "scores", model=model, layer=layer)
-        sc = sc[(sc["explainer"] == lv.label) & (sc["split"] == "valid") & sc["best"].astype(bool)
-                & (sc["simulator"] == cfg.simulate.simulator) & (sc["sim_prompt_hash"] == phash)
-                & (sc["method"] == "simulation") & (sc["control"] == "none")]
+        sc = rundir.query.chosen(rundir.query.read_scores(run_dir, model, layer), "valid",
+                                 simulator=cfg.simulate.simulator, prompt_hash=phash,
+                                 explainer=lv.label)
         best = {(layer, sd, int(n)): (int(c), t) for sd, n, c, t in
                 zip(sc["side"], sc["neuron"], sc["candidate"], sc["explanation"])
                 if (layer, sd, int(n)) in keys}
         if not best:
             continue
-        sims = rundir.read(run_dir, "simulations", model=model, layer=layer)
-        sims = sims[(sims["explainer"] == lv.label) & (sims["split"] == "explain")
-                    & (sims["status"] == "ok") & (sims["sim_prompt_hash"] == phash)
-                    & (sims["simulator"] == cfg.simulate.simulator)
-                    & (sims["control"] == "none")]
+        sims = rundir.query.simulations(
+            rundir.read(run_dir, "simulations", model=model, layer=layer),
+            simulator=cfg.simulate.simulator, mode=None, prompt_hash=phash, split="explain",
+            explainer=lv.label)
         rec = rundir.read(run_dir, "records", model=model, layer=layer,
                           columns=["neuron", "excerpt_id", "kind", "split", "activations"])
         rec = rec[rec["split"] == "explain"]
@@ -114,23 +114,27 @@ def _inputs(cfg: C.CascadeConfig, lv, model: str, keys: set, phash: str) -> dict
     return out
 
 
-async def _ask(cfg: C.CascadeConfig, lv, model: str, inputs: dict, cand: int) -> list:
-    from explainer import llm as L
-    from explainer.describe import prompt as P
+async def _ask(cfg: config.CascadeConfig, lv, model: str, inputs: dict, cand: int) -> list:
+    from explainer import llm
+    from explainer.describe import prompt as describe_prompt
     from explainer.llm import LLMError
 
     d = cfg.describe
-    endpoint = L.resolve(lv.explainer, d.llm.base_url)
+    endpoint = llm.resolve(lv.explainer, d.llm.base_url)
     phash, rows = prompt_hash(), []
-    async with L.LLM(endpoint, d.run, stage=f"revise:L{lv.level}", cfg=d.llm,
-                     prompt_logprobs=False) as llm:
+    async with llm.LLM(endpoint, d.run, stage=f"revise:L{lv.level}", cfg=d.llm,
+                       prompt_logprobs=False) as client:
         async def one(key, text, shown):
             layer, side, n = key
-            ok = lambda c: P.parse_explanation(c.text) is not None  # noqa: E731
+
+            def ok(c) -> bool:
+                return describe_prompt.parse_explanation(c.text) is not None
+
             try:
-                c = await llm.chat(messages(text, shown), max_tokens=MAX_TOKENS, accept=ok,
-                                   key=f"L{layer}/N{n}/c{cand}/revise")
-                new, pt, ct = P.parse_explanation(c.text), c.prompt_tokens, c.completion_tokens
+                c = await client.chat(messages(text, shown), max_tokens=MAX_TOKENS, accept=ok,
+                                      key=f"L{layer}/N{n}/c{cand}/revise")
+                new = describe_prompt.parse_explanation(c.text)
+                pt, ct = c.prompt_tokens, c.completion_tokens
                 err = None if new else f"unusable answer: {c.text[:120]!r}"
             except LLMError as e:
                 new, pt, ct, err = None, 0, 0, str(e)[:300]
