@@ -238,7 +238,7 @@ async def _score(sim, it: _Item, pset: str, simulator: str, phash: str) -> rundi
             return row(None, "failed", f"passage {j + 1}: {why}"[:300])
     # Every passage in the "top" slot: the headline correlation over all of them concatenated.
     scores = metrics.score_excerpts([(x.activations, got.predicted)
-                               for x, got in zip(p.passages, parsed)], [])
+                                     for x, got in zip(p.passages, parsed)], [])
     return row(scores.score, scores.status, None)
 
 
