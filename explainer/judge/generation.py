@@ -38,7 +38,7 @@ from explainer import config as C
 from explainer import run as rundir
 from explainer.judge import reading, texts
 from explainer.judge.sampling import rng_for, side_of
-from explainer.judge.stage import text_hash
+from explainer.run.query import text_hash
 from explainer.run.rows import GenerationRow
 from explainer.score import classify as K
 
@@ -183,16 +183,16 @@ def settings(cfg: C.JudgeConfig) -> str:
 
 
 def explanations(run_dir: Path, model: str, layer: int, explainer: str | None,
-                 neurons: str) -> list[Expl]:
+                 neurons: str, judge: str | None = None) -> list[Expl]:
     """The selected `ok` explanations of a layer, each with whether simulation chose it."""
     ex = rundir.selected_explanations(run_dir, model, layer, explainer, neurons)
     found: dict[tuple, str] = {}
     for r in ex.itertuples(index=False):  # newest row last: a re-described candidate wins
         found[(int(r.neuron), r.side, r.explainer, int(r.candidate))] = r.explanation
-    sc = rundir.read(run_dir, "scores", model=model, layer=layer)
-    chosen = {(int(r.neuron), r.side, r.explainer): int(r.candidate)
-              for r in sc.itertuples(index=False)
-              if r.method == "simulation" and r.split == "valid" and r.best}
+    sc = rundir.query.read_scores(run_dir, model, layer)
+    simulator = rundir.query.following(sc, judge)  # the LLM simulator's choice, not lexical
+    chosen = {} if simulator is None else {
+        (n, sd, e): c for (_, n, sd, e), c in rundir.query.judge_targets(sc, simulator).items()}
     lowest: dict[tuple, int] = {}
     for n, s, e, c in found:
         lowest[(n, s, e)] = min(c, lowest.get((n, s, e), c))
@@ -202,10 +202,11 @@ def explanations(run_dir: Path, model: str, layer: int, explainer: str | None,
 
 def _done(run_dir: Path, model: str, layer: int, ex: list[Expl], judge: str,
           phash: str) -> bool:
-    sc = rundir.read(run_dir, "scores", model=model, layer=layer)
-    have = {(int(r.neuron), r.side, r.explainer, int(r.candidate), r.explanation_hash)
-            for r in sc.itertuples(index=False) if r.method == METHOD and r.control == "none"
-            and r.simulator == judge and r.sim_prompt_hash == phash and r.status in DONE}
+    sc = rundir.query.judged_by(rundir.query.read_scores(run_dir, model, layer), METHOD,
+                                judge, phash)
+    have = {(int(n), sd, e, int(c), h) for n, sd, e, c, h, st in zip(
+        sc["neuron"], sc["side"], sc["explainer"], sc["candidate"], sc["explanation_hash"],
+        sc["status"]) if st in DONE}
     return all((e.neuron, e.side, e.explainer, e.candidate, text_hash(e.explanation)) in have
                for e in ex)
 

@@ -33,7 +33,7 @@ from explainer import run as rundir
 from explainer.judge import reading, texts
 from explainer.judge.generation import SHUFFLED, Expl, derangement, explanations
 from explainer.judge.sampling import rng_for, side_of
-from explainer.judge.stage import text_hash
+from explainer.run.query import text_hash
 
 METHOD = "steering"
 JUDGE = "subject"  # the simulator column: no LLM, the subject model itself
@@ -86,10 +86,11 @@ def run(cfg: C.JudgeConfig) -> Path:
 
 
 def _done(run_dir: Path, model: str, layer: int, ex: list[Expl], phash: str) -> bool:
-    sc = rundir.read(run_dir, "scores", model=model, layer=layer)
-    have = {(int(r.neuron), r.side, r.explainer, int(r.candidate), r.explanation_hash)
-            for r in sc.itertuples(index=False) if r.method == METHOD and r.control == "none"
-            and r.sim_prompt_hash == phash and r.status in DONE}
+    sc = rundir.query.select(rundir.query.read_scores(run_dir, model, layer), method=METHOD,
+                             prompt_hash=phash)
+    have = {(int(n), sd, e, int(c), h) for n, sd, e, c, h, st in zip(
+        sc["neuron"], sc["side"], sc["explainer"], sc["candidate"], sc["explanation_hash"],
+        sc["status"]) if st in DONE}
     return all((e.neuron, e.side, e.explainer, e.candidate, text_hash(e.explanation)) in have
                for e in ex)
 
