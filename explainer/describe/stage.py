@@ -267,7 +267,7 @@ async def _run_llm(cfg: config.DescribeConfig, jobs: list[_Job], writer: _Writer
     # A cascade level's calls are its own in the ledger (describe:L2), so its cost is known.
     stage = f"describe:L{cfg.level}" if cfg.level else "describe"
     async with LLM(endpoint, cfg.run, stage=stage, cfg=cfg.llm,
-                     prompt_logprobs=False) as llm:
+                   prompt_logprobs=False) as llm:
         await probe(llm, echo=False)
 
         async def one(job: _Job) -> None:
