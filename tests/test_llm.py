@@ -458,13 +458,13 @@ def test_ledger_totals_count_each_request_once_and_in_process_calls_are_free(tmp
         tmp_path, "SELECT prompt_tokens FROM calls WHERE stage = 'simulate'"))
     assert s.evaluated_tokens == 800 + 120 + 100 + 5  # the probe ran what it billed
     assert s.usd == 0.0  # a model on this machine costs no dollars, not "unknown"
-    assert s.per_neuron == pytest.approx((4 / 3, (800 + 820 + 790 + 5) / 3, 0.0, 0.0))
     # The cost view reads the same figures.
     from explainer.views import cost
 
     rows = cost.cost_rows(cost.read_calls(tmp_path))
     assert [(r.stage, r.calls, r.prompt_tokens, r.usd) for r in rows] == \
         [("describe", 1, 1000, d.usd), ("simulate", 4, s.prompt_tokens, 0.0)]
+    assert rows[1].per_neuron == pytest.approx((4 / 3, (800 + 820 + 790 + 5) / 3, 0.0, 0.0))
     per_neuron = ledger.totals(calls, by=("neuron",))
     assert per_neuron[((0, 1),)].prompt_tokens == 1000 + 820  # describe + simulate of L0/N1
     assert per_neuron[(None,)].calls == 1  # the probe names no neuron

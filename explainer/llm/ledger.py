@@ -23,9 +23,8 @@ SQLite file with the same `cache` table, read after the run's own files and writ
 so several run directories asking the same requests pay for each answer once. A cache hit is a
 `calls` row with `cached = 1`, cost 0 and, in `saved_usd`, what the answer would have cost.
 
-An in-process model (no server, host `in-process`) logs its evaluations as calls too
-(`Ledger.log_call`): `prompt_tokens` are what an endpoint would bill for the prompt, and
-`evaluated_tokens` what the model actually ran (less, where a shared prefix was reused).
+A model run in this process (host `in-process`) logs its evaluations as calls too
+(`Ledger.log_call`): `prompt_tokens` as an endpoint would bill them, `evaluated_tokens` as run.
 """
 
 from __future__ import annotations
@@ -125,15 +124,6 @@ class Totals:
     completion_tokens: int
     evaluated_tokens: int  # what local models actually ran
     usd: float | None  # estimated from prices.json; 0 for local models; None with no price
-
-    @property
-    def per_neuron(self) -> tuple[float, float, float, float | None] | None:
-        """(calls, prompt tokens, completion tokens, dollars) per neuron, or None (no neuron)."""
-        if not self.neurons:
-            return None
-        n = self.neurons
-        return (self.calls / n, self.prompt_tokens / n, self.completion_tokens / n,
-                None if self.usd is None else self.usd / n)
 
 
 class Ledger:
@@ -292,37 +282,47 @@ def calls(run: Path | str, *, stage: str | None = None, key_prefix: str | None =
     """The run's call rows in the order written, read-only, filtered by `stage`, call key
     prefix, time (`since`, unix seconds) and `sent` (False: cache hits only); `writer` reads a
     Ray worker's own file instead. No file, or one a worker has not yet written tables to: []."""
-    where, args = [], []
-    if stage is not None:
-        where.append("stage = ?")
-        args.append(stage)
+    where, args = ["1"], []
+    for sql, value in (("stage = ?", stage), ("time >= ?", since),
+                       ("cached = ?", None if sent is None else int(not sent))):
+        if value is not None:
+            where.append(sql)
+            args.append(value)
     if key_prefix is not None:
         where.append("substr(key, 1, ?) = ?")  # not LIKE: keys may hold % and _
         args += [len(key_prefix), key_prefix]
-    if since is not None:
-        where.append("time >= ?")
-        args.append(since)
-    if sent is not None:
-        where.append("cached = ?")
-        args.append(0 if sent else 1)
-    file = Path(run) / WORKERS_DIR / f"{writer}.sqlite" if writer else path(run)
-    if not file.exists():
-        return []
-    db = sqlite3.connect(f"file:{file}?mode=ro", uri=True, timeout=60)
-    try:
+
+    def query(db: sqlite3.Connection) -> list[tuple]:
         cols = {r[1] for r in db.execute("PRAGMA table_info(calls)")}
-        if not cols:
-            return []
         # A ledger written before a column existed reads it as NULL.
         sel = ", ".join(c if c in cols else f"NULL AS {c}" for c in _READ.split(", "))
-        rows = db.execute(f"SELECT {sel} FROM calls"
-                          + (f" WHERE {' AND '.join(where)}" if where else "")
-                          + " ORDER BY id", args).fetchall()
-    except sqlite3.OperationalError:  # a worker file caught mid-creation
-        return []
+        return db.execute(f"SELECT {sel} FROM calls WHERE {' AND '.join(where)} ORDER BY id",
+                          args).fetchall()
+
+    return [_call(r) for r in _read(run, writer, query, [])]
+
+
+def counts(run: Path | str, writer: str | None = None) -> tuple[int, int]:
+    """(call rows, rows sent rather than read from a cache) so far (a worker's own file with
+    `writer`): the engines' cheap progress figure."""
+    sql = "SELECT count(*), coalesce(sum(cached = 0), 0) FROM calls"
+    n, sent = _read(run, writer, lambda db: db.execute(sql).fetchone(), (0, 0))
+    return int(n), int(sent)
+
+
+def _read(run: Path | str, writer: str | None, query, empty):
+    """query(a read-only connection) on the run's file (a worker's with `writer`), or `empty`
+    when there is no file yet, or no table in it (a worker file caught mid-creation)."""
+    file = Path(run) / WORKERS_DIR / f"{writer}.sqlite" if writer else path(run)
+    if not file.exists():
+        return empty
+    db = sqlite3.connect(f"file:{file}?mode=ro", uri=True, timeout=60)
+    try:
+        return query(db)
+    except sqlite3.OperationalError:
+        return empty
     finally:
         db.close()
-    return [_call(r) for r in rows]
 
 
 def _call(r: tuple) -> Call:
@@ -334,22 +334,6 @@ def _call(r: tuple) -> Call:
                 int(attempt or 0), cost, saved, pt if evaluated is None else int(evaluated))
 
 
-def counts(run: Path | str, writer: str | None = None) -> tuple[int, int]:
-    """(call rows, rows sent rather than read from a cache) so far (a worker's own file with
-    `writer`): the engines' cheap progress figure."""
-    file = Path(run) / WORKERS_DIR / f"{writer}.sqlite" if writer else path(run)
-    if not file.exists():
-        return 0, 0
-    db = sqlite3.connect(f"file:{file}?mode=ro", uri=True, timeout=60)
-    try:
-        n, sent = db.execute("SELECT count(*), coalesce(sum(cached = 0), 0) FROM calls").fetchone()
-        return int(n), int(sent)
-    except sqlite3.OperationalError:
-        return 0, 0
-    finally:
-        db.close()
-
-
 def totals(rows: Iterable[Call], by: tuple[str, ...] = ("stage", "model")) -> dict[tuple, Totals]:
     """The answered calls of `rows` grouped by `by` (names of Call fields or properties,
     e.g. ("stage", "model"), ("neuron",) or ()), sorted by group."""
@@ -358,8 +342,7 @@ def totals(rows: Iterable[Call], by: tuple[str, ...] = ("stage", "model")) -> di
         if c.status not in ANSWERED:
             continue
         g = groups.setdefault(tuple(getattr(c, b) for b in by),
-                              {"neurons": set(), "req": {}, "sent": set(), "free": False,
-                               "model": c.model})
+                              {"neurons": set(), "req": {}, "sent": set()})
         if c.neuron is not None:
             g["neurons"].add(c.neuron)
         g["req"].setdefault(c.request, (c.prompt_tokens, c.completion_tokens,
