@@ -33,12 +33,14 @@ def recorded(tmp_path_factory, detector, tiny_corpus):
 
     run = tmp_path_factory.mktemp("gen") / "run"
     record.run(C.RecordConfig(run=run, model=str(detector), corpus=str(tiny_corpus), layers="0",
-                              n_excerpts=128, ctx=64))
+                              n_excerpts=128, ctx=64, sides="both"))
     key = rundir.models_in(run, "records")[0]
     expl = {GF.DETECTOR: f'the token "{WORD}"', GF.ANY: "every token", **OTHERS}
     rundir.write_rows(run, "explanations", [
         rundir.ExplanationRow(key, 0, n, "manual", "p" * 12, 0, t, 0, 0, "ok", None)
-        for n, t in expl.items()])
+        for n, t in expl.items()] + [  # two negative sides: a group of their own
+        rundir.ExplanationRow(key, 0, n, "manual", "p" * 12, 0, t, 0, 0, "ok", None, side="neg")
+        for n, t in OTHERS.items()])
     return run
 
 
@@ -57,9 +59,9 @@ def _generate(run, style, **kw):
         return fake.completions()
 
 
-def _rows(run, control="none"):
+def _rows(run, control="none", side="pos"):
     sc = rundir.read(run, "scores")
-    sc = sc[(sc["method"] == "generation") & (sc["control"] == control)]
+    sc = sc[(sc["method"] == "generation") & (sc["control"] == control) & (sc["side"] == side)]
     return {int(r.neuron): r for r in sc.itertuples(index=False)}
 
 
@@ -72,7 +74,9 @@ def exact(recorded, tmp_path_factory):
 
 def test_texts_holding_the_detected_token_score_high(exact):
     run, asked = exact
-    assert asked == 4  # one call per explanation: 10 kept at once
+    # one call per explanation (10 kept at once); the negative sides' two explanations repeat
+    # two positive ones word for word, so their requests are answered from the cache
+    assert asked == 4
     rows = _rows(run)
     d = rows[GF.DETECTOR]
     assert d.status == "ok" and d.score > 0.9 and d.auroc_other > 0.9
@@ -229,12 +233,10 @@ def test_report_pairs_own_with_shuffled_and_the_page_shows_the_texts(exact, tmp_
     text = report.run(C.ReportConfig(run=run))
     assert "fake-model (generation)" in text
     p = GV.paired(rundir.read(run, "scores"))
-    assert len(p) == 4 and set(p["mode"]) == {"generation"}
-    own = _rows(run)
-    shuf = _rows(run, "shuffled")
+    assert len(p) == 6 and set(p["mode"]) == {"generation"}
     for r in p.itertuples():  # own = the chosen explanation's AUROC, shuffled = the control's
-        assert r.own == pytest.approx(own[r.neuron].score)
-        assert r.shuffled == pytest.approx(shuf[r.neuron].score)
+        assert r.own == pytest.approx(_rows(run, side=r.side)[r.neuron].score)
+        assert r.shuffled == pytest.approx(_rows(run, "shuffled", r.side)[r.neuron].score)
     index = html.run(C.ViewConfig(run=run, out=tmp_path / "view"))
     page = (tmp_path / "view" / "neurons").glob(f"*/L0/N{GF.DETECTOR}.html")
     page = next(page).read_text()
@@ -254,3 +256,30 @@ def test_mad_and_windows_against_numpy():
         assert x.tokens == tuple(f"t{x.excerpt_id}.{i}" for i in range(x.start,
                                                                        x.start + len(x.acts)))
         assert x.start >= 1 or len(x.acts) == 8
+
+
+def test_copies_of_the_worked_example_are_dropped():
+    ex = texts.example_texts()
+    assert len(ex) == 4
+    got = texts.screen(["Sales fell in November but recovered strongly by April.\n"
+                        "She was born in May and moved to the coast as a child."],
+                       'the token "May"', 10, ex)
+    assert [t.status for t in got] == ["copied", "kept"]
+
+
+def test_every_score_is_the_auroc_of_the_stored_maxes_on_both_sides(exact):
+    run, _ = exact
+    g = rundir.read(run, "generations")
+    sc = rundir.read(run, "scores")
+    sc = sc[(sc["method"] == "generation") & (sc["control"] == "none")]
+    assert set(sc["side"]) == {"pos", "neg"}
+    for r in sc.itertuples():
+        mine = g[(g["neuron"] == r.neuron) & (g["side"] == r.side)]
+        own = mine[(mine["role"] == "own") & (mine["status"] == "kept")]
+        for t in own.itertuples():  # the stored max is the max of the stored side's values
+            assert t.max_activation == pytest.approx(max(t.activations))
+        win = mine[mine["role"] == "window"]["max_activation"]
+        assert r.score == pytest.approx(G.auroc(list(own["max_activation"]), list(win)))
+        other = mine[mine["role"] == "other"]["max_activation"]
+        assert r.auroc_other == pytest.approx(G.auroc(list(own["max_activation"]),
+                                                      list(other)))

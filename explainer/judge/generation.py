@@ -179,7 +179,8 @@ def _check(cfg: C.JudgeConfig) -> None:
 def settings(cfg: C.JudgeConfig) -> str:
     """What shapes the texts and scores besides the prompt files (a change redoes them)."""
     return (f"n={cfg.n_texts};min={MIN_KEPT};lead={reading.LEAD_IN!r};"
-            f"max_tokens={reading.MAX_TEXT_TOKENS};seed={cfg.seed};windows=1")
+            f"max_tokens={reading.MAX_TEXT_TOKENS};seed={cfg.seed};windows=1;"
+            f"copied={texts.COPIED}")
 
 
 def explanations(run_dir: Path, model: str, layer: int, explainer: str | None,
@@ -217,6 +218,7 @@ async def _ask(cfg: C.JudgeConfig, endpoint, run_dir: Path, todo: list[Expl]) ->
     from explainer import progress
 
     out: dict[tuple, list[str]] = {}
+    examples = texts.example_texts()
     async with L.LLM(endpoint, run_dir, stage=f"judge-{METHOD}", cfg=cfg.llm,
                      prompt_logprobs=False) as llm:
 
@@ -224,7 +226,7 @@ async def _ask(cfg: C.JudgeConfig, endpoint, run_dir: Path, todo: list[Expl]) ->
             got: list[str] = []
             for sample in (0, 1):
                 if sum(t.status == texts.KEPT for t in
-                       texts.screen(got, e.explanation, cfg.n_texts)) >= MIN_KEPT:
+                       texts.screen(got, e.explanation, cfg.n_texts, examples)) >= MIN_KEPT:
                     break
                 key = f"L{e.layer}/N{e.neuron}/{e.side}/{e.explainer}/c{e.candidate}/s{sample}"
                 try:  # the second ask samples (temperature > 0), so it is not the first again
@@ -264,8 +266,9 @@ def group_rows(run_dir: Path, model: str, subject, ex: list[Expl], answers: dict
     """(generations rows, score rows) of one (layer, side, explainer) group."""
     layer, side, explainer = ex[0].layer, ex[0].side, ex[0].explainer
     _, _, sign = side_of(side)
-    screened = {e.key: texts.screen(answers.get(e.key, []), e.explanation, cfg.n_texts)
-                for e in ex}
+    examples = texts.example_texts()
+    screened = {e.key: texts.screen(answers.get(e.key, []), e.explanation, cfg.n_texts,
+                                    examples) for e in ex}
     kept = {k: [t.text for t in v if t.status == texts.KEPT] for k, v in screened.items()}
     flat = [(k, t) for k, ts in kept.items() for t in ts]
     read = reading.read_texts(subject, layer, [t for _, t in flat])
@@ -279,7 +282,7 @@ def group_rows(run_dir: Path, model: str, subject, ex: list[Expl], answers: dict
     scores: list = []
 
     def maxes(rs, n):
-        return [sign * float(r.acts[:, n].max()) for r in rs] if rs else []
+        return [float((sign * r.acts[:, n]).max()) for r in rs]  # the max in the side's units
 
     for e in ex:
         h = text_hash(e.explanation)

@@ -13,6 +13,8 @@ those texts would measure the generator, not the explanation, so each line gets 
 * restates: the explanation itself (three words or more) inside the text, a text made only of
   the explanation's own words, or a text that talks about text: a word such as "token",
   "sentence" or "explanation" together with a quoted span holding a word of the explanation;
+* copied: mostly the words of a text of the worked example (a small generator copies it;
+  word-set overlap, Jaccard, of COPIED or more with one of its lines);
 * duplicate: the same words (case and punctuation aside) as a text kept before it;
 * extra: kept texts past the N asked for.
 """
@@ -27,6 +29,7 @@ from explainer import prompts
 
 SYSTEM, USER, EXAMPLE = "generate_system.txt", "generate_user.txt", "generate_example.txt"
 MIN_WORDS = 3
+COPIED = 0.5  # word-set overlap with a worked-example line from which a text counts as a copy
 TOKENS_PER_TEXT = 48  # answer room per text asked for (two sentences of plain English)
 KEPT = "kept"
 # Words a text uses when it describes text instead of being one.
@@ -43,7 +46,7 @@ class Text:
     """One line of the generator's answer, cleaned, with whether it is kept and why not."""
 
     text: str
-    status: str  # kept | empty | short | restates | duplicate | extra
+    status: str  # kept | empty | short | restates | copied | duplicate | extra
 
 
 def prompt_hash(settings: str = "") -> str:
@@ -69,6 +72,21 @@ def max_tokens(n: int) -> int:
     return TOKENS_PER_TEXT * n + 16
 
 
+def example_texts() -> list[str]:
+    """The texts of the worked example's answer (what a copy is compared with)."""
+    return [ln for ln in prompts.load(EXAMPLE).partition("\n=====\n")[2].splitlines()
+            if ln.strip()]
+
+
+def copied(text: str, examples: Sequence[str]) -> bool:
+    t = set(words(text))
+    for ex in examples:
+        e = set(words(ex))
+        if t and e and len(t & e) / len(t | e) >= COPIED:
+            return True
+    return False
+
+
 def words(text: str) -> list[str]:
     return [w.lower() for w in _WORD.findall(text)]
 
@@ -91,8 +109,10 @@ def restates(text: str, explanation: str) -> bool:
     return bool(set(t) & META) and any(set(words(q)) & named for q in quoted(text))
 
 
-def screen(answers: Sequence[str], explanation: str, n: int) -> list[Text]:
-    """Every line of the answers (several asks, in order) with its status; at most n kept."""
+def screen(answers: Sequence[str], explanation: str, n: int,
+           examples: Sequence[str] = ()) -> list[Text]:
+    """Every line of the answers (several asks, in order) with its status; at most n kept
+    (`examples`: the worked example's texts, whose copies are dropped)."""
     out: list[Text] = []
     seen: set[tuple[str, ...]] = set()
     n_kept = 0
@@ -109,6 +129,8 @@ def screen(answers: Sequence[str], explanation: str, n: int) -> list[Text]:
                 status = "short"
             elif restates(text, explanation):
                 status = "restates"
+            elif copied(text, examples):
+                status = "copied"
             elif w in seen:
                 status = "duplicate"
             elif n_kept >= n:

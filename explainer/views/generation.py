@@ -34,19 +34,29 @@ def paired(scores):
     ok), and `mode` = the method (the column controls.summarize groups on)."""
     import pandas as pd
 
+    from explainer import run as rundir
+
+    query = rundir.query
     cols = KEY + ["own", "shuffled", "mode"]
-    if "method" not in scores or not scores["method"].isin(METHODS).any():
-        return pd.DataFrame(columns=cols)
-    rows = scores[scores["method"].isin(METHODS)].copy()
-    rows["value"] = np.where(rows["method"] == "steering", rows["gain"], rows["score"])
-    rows.loc[rows["status"] != "ok", "value"] = np.nan
-    own = rows[(rows["control"] == "none") & rows["best"].astype(bool)]
-    shuf = rows[rows["control"] == "shuffled"]
-    m = own.drop_duplicates(KEY, keep="last")[KEY + ["value"]].merge(
-        shuf.drop_duplicates(KEY, keep="last")[KEY + ["value"]], on=KEY,
-        suffixes=("_own", "_shuf"))
-    return m.assign(own=m["value_own"].astype(float), shuffled=m["value_shuf"].astype(float),
-                    mode=m["method"])[cols]
+    out = []
+    for method in METHODS:
+        value = "gain" if method == "steering" else "score"
+        own = query.judged(query.select(scores, method=method), KEY, (method,))
+        shuf = query.select(scores, method=method, control=query.SHUFFLED)
+        if own.empty or shuf.empty:
+            continue
+        m = own[KEY + [value, "status"]].merge(
+            shuf.drop_duplicates(KEY, keep="last")[KEY + [value, "status"]], on=KEY,
+            suffixes=("_own", "_shuf"))
+        out.append(m.assign(own=_ok(m[f"{value}_own"], m["status_own"]),
+                            shuffled=_ok(m[f"{value}_shuf"], m["status_shuf"]),
+                            mode=method)[cols])
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=cols)
+
+
+def _ok(values, status):
+    """The values of rows whose status is ok, NaN elsewhere (too few texts, no token named)."""
+    return np.where(status == "ok", values.astype(float), np.nan)
 
 
 def aggregate(scores, models_meta: dict, by: str = "layer", seed: int = 0,
