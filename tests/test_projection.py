@@ -89,3 +89,18 @@ def test_bad_projection_options_are_refused(tmp_path, kw, why):
     run = _run(tmp_path)
     with pytest.raises(ExplainError, match=re.escape(why)):
         report.run(C.ReportConfig(run=run, **kw))
+
+
+def test_a_gated_run_projects_per_neuron_side(tmp_path):
+    from explainer import run as rundir
+    from explainer.views import cost
+
+    run = _run(tmp_path)
+    # explanations of the negative side too (a gated MLP's two signs): two sides per neuron
+    rundir.write_rows(run, "explanations", [rundir.ExplanationRow(
+        JF.MODEL, 0, n, "fake-explainer", "p" * 12, 0, "x", 1, 1, "ok", None, side="neg")
+        for n in range(3)])
+    assert projection.sides_per_neuron(run) == 2.0
+    one = projection.project(cost.read_calls(run), 1000, "gpt-4o-mini")
+    text = projection.run(run, 1000, "gpt-4o-mini")
+    assert "2 sides each" in text and f"projected: ${one.usd / 2:,.2f} live" in text

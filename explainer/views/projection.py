@@ -12,6 +12,11 @@ Dollars: at MODEL's prices for every call (`--price`), else at each call's own m
 local model: 0). Live at the `usd_per_million_tokens` column of prices.json, batch at its
 `batch_usd_per_million_tokens` column (the provider's batch interface, half price at OpenAI).
 
+The unit is a neuron-side: a gated MLP (SwiGLU, e.g. the embedded SmolLM2) has two per
+neuron, each explained and simulated under one call key `L<layer>/N<neuron>`, so the measured
+per-neuron figures are divided by the run's sides per neuron (from `explanations/`); a GPT-2
+neuron has one side, so N neuron-sides of GPT-2 are N neurons.
+
 The interval is 95% for the total of N neurons drawn like the measured ones:
 N·m ± 1.96·sqrt(N²·s²/n + N·s²), with m and s the mean and standard deviation of the measured
 neurons' dollars and n their count: the first term is the uncertainty of m from n neurons (it
@@ -47,8 +52,9 @@ class StageProjection:
 class Projection:
     """The projected bill of N neurons."""
 
-    n: int  # neurons projected
+    n: int  # neuron-sides projected
     measured: int  # neurons measured in the ledger
+    sides: float  # sides per measured neuron (2 on a gated MLP that explained both signs)
     price_model: str | None  # --price, or None (each call's own model)
     stages: tuple[StageProjection, ...]
     usd: float | None
@@ -100,8 +106,8 @@ def interval(values: list[float], n: int) -> tuple[float, float]:
     return max(0.0, n * m - half), n * m + half
 
 
-def project(calls, n: int, price_model: str | None = None) -> Projection:
-    """The projection of `n` neurons from the ledger's `calls`."""
+def project(calls, n: int, price_model: str | None = None, sides: float = 1.0) -> Projection:
+    """The projection of `n` neuron-sides from the ledger's `calls` (`sides` per neuron)."""
     from explainer.llm import ledger, prices
 
     if n < 1:
@@ -115,6 +121,7 @@ def project(calls, n: int, price_model: str | None = None) -> Projection:
         raise ExplainError("--project: the run's ledger has no call for a neuron to measure; "
                            "run describe or simulate first")
     k = len(neurons)
+    unit = k * sides  # what a per-neuron mean is divided by: neuron-sides measured
     stages, totals, totals_batch = [], {nr: 0.0 for nr in neurons}, 0.0
     known = known_batch = True
     for stage, g in sorted(by_stage.items()):
@@ -134,16 +141,16 @@ def project(calls, n: int, price_model: str | None = None) -> Projection:
                     batch += two
         totals_batch += batch
         models = "+".join(sorted({m for _, _, parts in g.values() for m, *_ in parts}))
-        per = live / k
+        per = live / unit
         stages.append(StageProjection(
-            stage, models, sum(v[0] for v in g.values()) / k, sum(v[1] for v in g.values()) / k,
-            per if known else None, per * n if known else None,
-            batch / k * n if known_batch else None))
+            stage, models, sum(v[0] for v in g.values()) / unit,
+            sum(v[1] for v in g.values()) / unit, per if known else None,
+            per * n if known else None, batch / unit * n if known_batch else None))
     if not known:
-        return Projection(n, k, price_model, tuple(stages), None, None, None, None)
-    low, high = interval([totals[nr] for nr in neurons], n)
-    return Projection(n, k, price_model, tuple(stages), sum(totals.values()) / k * n, low,
-                      high, totals_batch / k * n if known_batch else None)
+        return Projection(n, k, sides, price_model, tuple(stages), None, None, None, None)
+    low, high = interval([totals[nr] / sides for nr in neurons], n)
+    return Projection(n, k, sides, price_model, tuple(stages), sum(totals.values()) / unit * n,
+                      low, high, totals_batch / unit * n if known_batch else None)
 
 
 def render(p: Projection, width: int = 200) -> str:
@@ -154,8 +161,10 @@ def render(p: Projection, width: int = 200) -> str:
     from explainer.views.formats import num
 
     at = f"at {p.price_model}'s prices" if p.price_model else "at each call's own model's price"
+    per_side = "" if p.sides == 1 else f" ({p.sides:g} sides each: figures per neuron-side)"
     t = Table(title=f"Projected bill for {p.n:,} neurons {at}, from {p.measured} measured "
-                    "neurons of this run's ledger", title_justify="left", header_style="bold")
+                    f"neurons of this run's ledger{per_side}", title_justify="left",
+              header_style="bold")
     for h in ("stage", "model", "prompt/neuron", "compl./neuron", "$/neuron", "$ live",
               "$ batch"):
         t.add_column(h, justify="left" if h in ("stage", "model") else "right", no_wrap=True)
@@ -182,4 +191,14 @@ def run(run_dir: Path, n: int, price_model: str | None = None) -> str:
     """`explain report --cost --project N [--price MODEL]`."""
     from explainer.views import cost
 
-    return render(project(cost.read_calls(run_dir), n, price_model))
+    return render(project(cost.read_calls(run_dir), n, price_model, sides_per_neuron(run_dir)))
+
+
+def sides_per_neuron(run_dir: Path) -> float:
+    """Mean distinct sides explained per (model, layer, neuron) of the run (1 when none)."""
+    from explainer import run as rundir
+
+    ex = rundir.read(run_dir, "explanations", columns=["neuron", "side"])
+    if ex.empty:
+        return 1.0
+    return float(ex.groupby(["model", "layer", "neuron"])["side"].nunique().mean())
