@@ -242,11 +242,14 @@ def test_ray_address_that_does_not_answer_fails_in_one_line(stage, tmp_path, tin
         args, run = _door_args(stage, tmp_path, tiny_gpt2, tiny_corpus)
         before = _files(run)
         out, seconds = _explain([*args, "--engine", "ray", "--ray-address", address])
+        # The same command refused by the same check for another reason: what starting Python
+        # and importing the stage cost on this machine now (a loaded CI box takes seconds)
+        _, start_s = _explain([*args, "--engine", "ray", "--workers", "-1"])
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr  # no traceback, no Ray log lines
     assert address in lines[0] and "ray start --head" in lines[0]
-    assert seconds < DOOR_LIMIT_S
+    assert seconds - start_s < DOOR_LIMIT_S  # Ray's own retries would take minutes
     assert _files(run) == before  # nothing written (record: no run dir, no staging folder)
 
 
