@@ -2,7 +2,7 @@
 
     python bench/bench_record.py                 # GPT-2-small-shaped random model + embedded model
     python bench/bench_record.py --models gpt2-arch --n 256
-    python bench/bench_record.py --device cuda   # record ÷ bare forward on the GPU
+    python bench/bench_record.py --device cuda   # record ÷ bare forward on the GPU (batch 512)
 
 Prints ratios measured in one run (seconds on a shared machine are noise; ratios are not):
   throughput ratio = recorded tokens/s (every layer hooked, samplers updated, excerpts staged)
@@ -10,6 +10,10 @@ Prints ratios measured in one run (seconds on a shared machine are noise; ratios
   ratio vs hooked forward = the same, over a forward that stops where record stops (after the
                      last hooked MLP, no logits) with hooks that only read: the samplers' cost.
   memory ratio     = peak RSS recording 4N excerpts / peak RSS recording N excerpts.
+  breakdown        = where one recording batch's time goes, per layer: the samplers step by
+                     step (activation copy, statistics, top-k, bottom-k, hashed random keys,
+                     random pool) against the fused pass record runs, staging, the output side.
+Each ratio comes with its range over the interleaved repeats (the spread on a shared machine).
 With --device cuda (GPT-2-small-shaped model, every layer hooked, the device samplers):
   device ratio     = tokens/s of the recording pass (forward, samplers on the GPU, the kept
                      excerpts copied to the host at the end; files not written) / tokens/s of a
@@ -41,7 +45,7 @@ def gpt2_small_shaped(folder: Path) -> Path:
     return folder
 
 
-def throughput(model: str, n: int, batch_size: int, repeats: int = 3) -> dict:
+def throughput(model: str, n: int, batch_size: int, repeats: int = 3, sides: str = "auto") -> dict:
     import shutil
 
     import torch
@@ -56,31 +60,147 @@ def throughput(model: str, n: int, batch_size: int, repeats: int = 3) -> dict:
     layers = list(range(spec.n_layers))
     with tempfile.TemporaryDirectory() as tmp:
         cfg = RecordConfig(run=Path(tmp) / "run", model=model, n_excerpts=n,
-                           batch_size=batch_size, top_k=40, random_k=30)
+                           batch_size=batch_size, top_k=40, random_k=30, sides=sides)
+        sides = record._sides(cfg, subject)  # auto: both on a gated model, as record does
         ex = [e.token_ids for e in corpus.excerpts("embedded", subject.tokenizer, cfg.ctx, n)]
         batches = [torch.tensor(ex[i:i + batch_size]) for i in range(0, len(ex), batch_size)]
-        bare = reach = rec = float("inf")
-        for _ in range(repeats):  # alternate, keep the best: this machine's noise is large
+        bare, reach, rec = [], [], []
+        for _ in range(repeats):  # interleaved: this machine's load changes minute to minute
             # The baselines get record's heap settings too, so the ratios measure recording.
             with torch.inference_mode(), shards.steady_heap():
                 subject.forward(batches[0])  # warm-up
                 t0 = time.perf_counter()
                 for b in batches:
                     subject.forward(b)
-                bare = min(bare, time.perf_counter() - t0)
+                bare.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 for b in batches:  # the same forward as record, hooks that only read
                     subject.stream(b, layers, lambda la, a: None)
-                reach = min(reach, time.perf_counter() - t0)
+                reach.append(time.perf_counter() - t0)
             shutil.rmtree(cfg.run, ignore_errors=True)  # no finished shard to resume from
             t0 = time.perf_counter()
-            record._record(cfg, subject, layers, ("pos",), {"bench": True})
-            rec = min(rec, time.perf_counter() - t0)
+            record._record(cfg, subject, layers, sides, {"bench": True})
+            rec.append(time.perf_counter() - t0)
+        parts = breakdown(subject, cfg, sides, ex[:4 * batch_size], Path(tmp))
     tokens = len(ex) * cfg.ctx
+    # Each repeat's own ratios give the spread; the headline is best over best.
+    vs_bare = [b / r for b, r in zip(bare, rec)]
+    vs_hooked = [h / r for h, r in zip(reach, rec)]
     return {"model": spec.name, "excerpts": len(ex), "layers_hooked": len(layers),
-            "bare_tok_s": round(tokens / bare), "record_tok_s": round(tokens / rec),
-            "throughput_ratio": round(bare / rec, 3),
-            "ratio_vs_hooked_forward": round(reach / rec, 3)}
+            "sides": list(sides), "batch_size": batch_size, "bare_tok_s": round(tokens / min(bare)),
+            "record_tok_s": round(tokens / min(rec)),
+            "throughput_ratio": round(min(bare) / min(rec), 3),
+            "throughput_ratio_range": [round(min(vs_bare), 3), round(max(vs_bare), 3)],
+            "ratio_vs_hooked_forward": round(min(reach) / min(rec), 3),
+            "ratio_vs_hooked_forward_range": [round(min(vs_hooked), 3), round(max(vs_hooked), 3)],
+            "breakdown_ms": parts}
+
+
+def breakdown(subject, cfg, sides, excerpts: list, tmp: Path) -> dict:
+    """Where one recording batch's time goes, in ms per layer (per batch where marked).
+
+    The samplers are timed inside the hooks of real forward passes over a few batches (their
+    state filling up as in a run): first each step as separate calls on a contiguous copy (the
+    path before the fused kernel), then the fused pass record runs now, which reads the hook's
+    view in place. The output side (run beside the pass in a background thread) and the staging
+    of excerpts are timed on their own; the forward is the hooked forward's time per layer.
+    """
+    import numpy as np
+    import torch
+
+    from explainer import run as rundir
+    from explainer.record import logits, shards
+    from explainer.record.samplers import LayerSamplers, RandomSample, Stats, TopK, hashed_keys
+    from explainer.record.samplers import stream_id
+
+    d, layers, bs = subject.d_mlp, list(range(subject.spec.n_layers)), cfg.batch_size
+    extra, neg = cfg.top_k * len(sides), "neg" in sides
+    streams = [stream_id(cfg.seed, "random", rundir.model_key(subject.name), la) for la in layers]
+    parts = {k: 0.0 for k in ("forward (hooked)", "activation copy", "statistics", "top-k",
+                              "bottom-k", "random keys (hashed)", "random pool merge",
+                              "fused pass (all samplers)", "staging (per batch)",
+                              "output side (background, per layer, once per run)")}
+    sep = {la: (TopK(cfg.top_k, d, cfg.ctx), TopK(cfg.top_k, d, cfg.ctx), Stats(d),
+                RandomSample(cfg.random_k, extra, d, cfg.ctx, streams[la])) for la in layers}
+    fused = {la: LayerSamplers(cfg.top_k, d, cfg.ctx, cfg.random_k, extra, streams[la], neg)
+             for la in layers}
+    clock = time.perf_counter
+    batches = [excerpts[i:i + bs] for i in range(0, len(excerpts), bs)]
+    for k, batch in enumerate(batches):
+        tokens, ids = torch.tensor(batch), torch.arange(k * bs, k * bs + len(batch))
+
+        def consume(la, acts):
+            top, bottom, stats, rs = sep[la]
+            t0 = clock()
+            x = acts.contiguous()
+            t1 = clock()
+            bmax, bmin = stats.update(x)
+            t2 = clock()
+            top.update(x, ids, bmax)
+            t3 = clock()
+            if neg:
+                bottom.update(x, ids, -bmin)
+            t4 = clock()
+            keys = -hashed_keys(rs.stream, ids.numpy(), d)
+            t5 = clock()
+            rs.pool.update(x, ids, keys)
+            t6 = clock()
+            fused[la].update(acts, ids)
+            t7 = clock()
+            for name, a, b in (("activation copy", t0, t1), ("statistics", t1, t2),
+                               ("top-k", t2, t3), ("bottom-k", t3, t4),
+                               ("random keys (hashed)", t4, t5), ("random pool merge", t5, t6),
+                               ("fused pass (all samplers)", t6, t7)):
+                parts[name] += b - a
+
+        with torch.inference_mode():
+            subject.stream(tokens, layers, consume)
+            t0 = clock()
+            subject.stream(tokens, layers, lambda la, a: None)
+            parts["forward (hooked)"] += clock() - t0
+        t0 = clock()
+        shards._stage_excerpts(tmp / f"stage-{k}", subject, [_Excerpt(k * bs + i, e) for i, e
+                                                             in enumerate(batch)])
+        parts["staging (per batch)"] += (clock() - t0) * len(layers)  # a whole batch's
+    out = {name: round(1e3 * v / len(batches) / len(layers), 2) for name, v in parts.items()}
+    t0 = clock()
+    logits.layer_columns(subject, layers[-1])
+    out["output side (background, per layer, once per run)"] = round(1e3 * (clock() - t0), 2)
+    # A shard's checkpoint of one layer, written, then re-read by the merge: what the local
+    # engine's last shard (the only one, up to 4,096 excerpts) no longer pays.
+    la = layers[-1]
+    t0 = clock()
+    arrays = {**shards._ranked("top", fused[la].top), **shards._moments(fused[la].stats),
+              **shards._ranked("random", fused[la].random.pool)}
+    if neg:
+        arrays.update(shards._ranked("bottom", fused[la].bottom))
+    with open(tmp / "layer.npz", "wb") as f:
+        np.savez(f, **arrays)
+    t1 = clock()
+    with np.load(tmp / "layer.npz") as z:
+        {name: z[name] for name in z.files}
+    out["shard checkpoint write (per layer and shard but the last)"] = round(1e3 * (t1 - t0), 2)
+    out["shard checkpoint re-read (per layer and shard but the last)"] = round(
+        1e3 * (clock() - t1), 2)
+    return out
+
+
+class _Excerpt:
+    """What shards._stage_excerpts reads of an excerpt."""
+
+    def __init__(self, excerpt_id: int, token_ids: list):
+        self.excerpt_id, self.token_ids = excerpt_id, token_ids
+
+
+def print_breakdown(res: dict) -> None:
+    """The breakdown as lines a reader scans: ms per layer and batch, and share of the forward."""
+    parts = res["breakdown_ms"]
+    fwd = parts["forward (hooked)"]
+    print(f"{res['model']}: where recording's time goes, in ms per layer and batch of "
+          f"{res['batch_size']} (staging: per batch; the last three: per layer, once per run or "
+          "shard), and as a share of the hooked forward's time per layer and batch")
+    for name, ms in parts.items():
+        print(f"  {name:<52}{ms:>9.2f}  {ms / fwd:>7.1%}")
 
 
 DEVICE_FLOOR = 0.8
@@ -180,22 +300,31 @@ def main() -> None:
                     help="excerpts for the throughput run (256; 2048 with --device)")
     ap.add_argument("--mem-n", type=int, default=256,
                     help="N for the N vs 4N memory run (0 skips it)")
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="excerpts per forward pass (default: record's for the device: 32 on a "
+                         "CPU, 512 on a CUDA GPU)")
     ap.add_argument("--repeats", type=int, default=3, help="alternating timings; best kept")
+    ap.add_argument("--sides", default="auto",
+                    help="auto (both on a gated model, as record does) or pos (top-k only)")
     ap.add_argument("--device", default="cpu",
                     help="cuda: record ÷ bare forward on the GPU instead (GPT-2-small shape)")
     args = ap.parse_args()
     cache = ROOT / ".test-cache" / "gpt2-small"
+    if args.batch_size is None:
+        from explainer.record.stage import default_batch_size
+
+        args.batch_size = default_batch_size(args.device)
     if args.device != "cpu":
         return on_device(args, cache)
     for name in args.models.split(","):
         model = str(gpt2_small_shaped(cache)) if name == "gpt2-arch" else name
-        res = throughput(model, args.n or 256, args.batch_size, args.repeats)
+        res = throughput(model, args.n or 256, args.batch_size, args.repeats, args.sides)
         if args.mem_n:
             small, big = peak_rss_mb(model, args.mem_n), peak_rss_mb(model, 4 * args.mem_n)
             res.update(peak_rss_mb_n=round(small), peak_rss_mb_4n=round(big),
                        memory_ratio_4n_over_n=round(big / small, 3))
         print(json.dumps(res))
+        print_breakdown(res)
 
 
 if __name__ == "__main__":

@@ -296,3 +296,51 @@ def test_quantile_samples_fall_in_their_bins(tmp_path, tiny_gpt2, tiny_corpus):
                              + 1, minlength=6)[1:]
         got = np.bincount(quant[quant.neuron == neuron]["rank"].to_numpy() // 2, minlength=5)
         assert list(got) == [min(2, c) for c in counts]
+
+
+@pytest.mark.parametrize("device, size", [("cpu", 32), ("cuda", 512), ("cuda:1", 512),
+                                          ("mps", 32)])
+def test_batch_size_comes_from_the_device(device, size):
+    from explainer.record.stage import default_batch_size
+
+    assert default_batch_size(device) == size
+
+
+def test_a_bad_device_is_named():
+    from explainer import ExplainError
+    from explainer.record.stage import default_batch_size
+
+    with pytest.raises(ExplainError, match="--device gpu0"):
+        default_batch_size("gpu0")
+
+
+def test_a_run_keeps_the_batch_size_it_began_with(tmp_path, tiny_gpt2, tiny_corpus):
+    """Stored in run.json, so a resumed or extended run cuts the same shards; an explicit other
+    size is refused (naming both) before anything is written; a GPU run's size is kept on a CPU."""
+    from explainer.config import RecordConfig
+    from explainer.record.stage import _with_batch_size
+
+    run = tmp_path / "r"
+    key = rundir.model_key("tiny-gpt2")
+    common = ["--model", str(tiny_gpt2), "--corpus", str(tiny_corpus), "--run", str(run),
+              "--n-excerpts", "30", "--ctx", "16", "--top-k", "4", "--random-k", "3"]
+    assert record(*common, "--layers", "0").exit_code == 0  # no --batch-size: the CPU's 32
+    stored = lambda: json.loads((run / "run.json").read_text())["record"][key]["batch_size"]
+    assert stored() == 32
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    res = record(*common, "--layers", "1", "--batch-size", "8")
+    assert res.exit_code == 2 and "--batch-size 8" in res.stderr and "--batch-size 32" in res.stderr
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert record(*common, "--layers", "1").exit_code == 0  # resumed with the stored 32
+    assert stored() == 32 and rundir.layers_in(run, "records", "tiny-gpt2") == [0, 1]
+    res = record(*common, "--layers", "all", "--batch-size", "32")
+    assert res.exit_code == 0 and "nothing to do" in res.output
+    # A run begun on a GPU (512 stored) and resumed on a CPU keeps 512, not the CPU's 32.
+    other = tmp_path / "gpu-run"
+    rundir.update_run_json(other, lambda m: m.setdefault("record", {}).update(
+        {key: {"batch_size": 512}}))
+    cfg = RecordConfig(run=other, model=str(tiny_gpt2), device="cpu")
+    assert _with_batch_size(cfg, other, "tiny-gpt2").batch_size == 512
+    fresh = RecordConfig(run=tmp_path / "new", model=str(tiny_gpt2), device="cuda")
+    assert _with_batch_size(fresh, tmp_path / "new", "tiny-gpt2").batch_size == 512
+    assert not (tmp_path / "new").exists()  # choosing writes nothing

@@ -125,3 +125,56 @@ def test_adding_layers_from_changed_text_is_refused(tmp_path, tiny_gpt2):
     res = runner.invoke(app, [*common, "--layers", "1"])
     assert res.exit_code == 2 and "corpus_sha256" in res.stderr, res.output
     assert sorted(run.rglob("*")) == before  # nothing written, layer 0 untouched
+
+
+@pytest.mark.parametrize("signed, random_k", [(True, 6), (False, 6), (True, 0)])
+def test_one_fused_pass_equals_the_samplers_one_by_one(signed, random_k):
+    """LayerSamplers (one compiled pass: moments, top-k, bottom-k, hashed random pool) holds
+    the very bits of Stats, TopK by max, TopK by -min and RandomSample updated in turn, on the
+    hook's view past the BOS column as on a contiguous copy, in any reading order."""
+    from explainer.record.samplers import LayerSamplers, Stats
+
+    rng = np.random.default_rng(7)
+    n_ex, ctx, n, k = 130, 6, 300, 7  # 300 neurons: two kernel blocks, the second partial
+    acts = rng.integers(-3, 4, (n_ex, 1 + ctx, n)).astype(np.float32)  # ties, zeros
+    acts[:, :, ::3] = rng.normal(size=(n_ex, 1 + ctx, 100))
+    stream = stream_id(0, "random", "m", 2)
+    for order in (np.arange(n_ex), rng.permutation(n_ex)):
+        fused = LayerSamplers(k, n, ctx, random_k, 2 * k, stream, signed)
+        top, bottom, stats = TopK(k, n, ctx), TopK(k, n, ctx), Stats(n)
+        rs = RandomSample(random_k, 2 * k, n, ctx, stream)
+        for s in range(0, n_ex, 16):
+            ids = torch.from_numpy(order[s:s + 16].copy())
+            view = torch.from_numpy(acts[order[s:s + 16]])[:, 1:]  # as the hook hands it
+            fused.update(view, ids)
+            x = view.contiguous()
+            bmax, bmin = stats.update(x)
+            top.update(x, ids, bmax)
+            bottom.update(x, ids, -bmin)
+            rs.update(x, ids)
+        pairs = [(fused.top, top)] + ([(fused.bottom, bottom)] if signed else [])
+        pairs += [(fused.random.pool, rs.pool)] if random_k else []
+        for got, want in pairs:
+            for a, b in zip(got.ranked(), want.ranked()):
+                assert a.dtype == b.dtype
+                assert a.tobytes() == b.tobytes()
+        assert (fused.bottom is None) == (not signed)
+        assert (fused.random.pool is None) == (not random_k)
+        for name in ("sum", "sumsq", "pos", "min", "max", "n"):
+            assert np.asarray(getattr(fused.stats, name)).tobytes() == \
+                np.asarray(getattr(stats, name)).tobytes(), name
+    want = [e for e in np.lexsort((np.arange(n_ex), -acts[:, 1:, 0].max(axis=1)))[:k]]
+    assert fused.top.ranked()[0][0].tolist() == want  # and the top-k is brute force's
+
+
+def test_the_hooks_view_is_read_in_place():
+    from explainer.record.samplers import in_place
+
+    full = torch.arange(2 * 5 * 3, dtype=torch.float32).reshape(2, 5, 3)
+    x, skip = in_place(full[:, 1:])
+    assert skip == 1 and np.shares_memory(x, full.numpy())
+    assert np.array_equal(x[:, skip:], full[:, 1:].numpy())
+    x, skip = in_place(full[:, 1:4])  # a view inside the rows: still the same elements
+    assert np.array_equal(x[:, skip:], full[:, 1:4].numpy())
+    x, skip = in_place(full.transpose(0, 1))  # any other layout is copied once
+    assert skip == 0 and np.array_equal(x, full.transpose(0, 1).numpy())

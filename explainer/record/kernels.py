@@ -16,9 +16,10 @@ BLOCK = 256  # neurons per work item: rows of 1 KiB, so strided reads still stre
 
 
 @njit(cache=True, nogil=True)
-def _scan_block(x, lo, w, total, total_sq, positive, low, high, bmax, bmin):
+def _scan_block(x, skip, lo, w, total, total_sq, positive, low, high, bmax, bmin):
     """scan for neurons lo .. lo + w - 1."""
-    n_batch, ctx, _ = x.shape
+    n_batch = x.shape[0]
+    ctx = x.shape[1] - skip
     s = np.empty(w, np.float32)
     sq = np.empty(w, np.float32)
     pos = np.empty(w, np.int64)
@@ -30,7 +31,7 @@ def _scan_block(x, lo, w, total, total_sq, positive, low, high, bmax, bmin):
         pos[:] = 0
         mn[:] = np.inf
         mx[:] = -np.inf
-        for t in range(ctx):
+        for t in range(skip, skip + ctx):
             for j in range(w):
                 v = x[b, t, lo + j]
                 s[j] += v
@@ -48,42 +49,67 @@ def _scan_block(x, lo, w, total, total_sq, positive, low, high, bmax, bmin):
             bmin[b, lo + j] = mn[j]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _before(v, e, w, f):
+    """Whether (value v, excerpt id e) ranks before (w, f): value descending, then id
+    ascending, whatever order excerpts arrive in, so shards merged in any order agree."""
+    return v > w or (v == w and e < f)
+
+
 @njit(cache=True, nogil=True)
-def _merge_block(acts, lo, w, ids, keys, vals, top_ids, slot, store):
-    """merge_topk for neurons lo .. lo + w - 1."""
-    n_batch, ctx, _ = acts.shape
+def _offer(vals, top_ids, slot, pending, i, j, keys, ids, cv, ce, cb, nv, ne, ns):
+    """Merge one batch into neuron i's ranked buffer (block column j); True if any entered.
+
+    keys (B,) this neuron's key of each excerpt, ids (B,) their ids. The excerpts that beat
+    the buffer's last entry are sorted and merged with it in one sweep (cheaper than inserting
+    them one by one while a buffer fills); -inf and NaN never enter. Entering excerpts take
+    the slots (rows of the store) of those falling out, and pending[j, slot] remembers their
+    batch row, so their activations are copied once, after the whole batch is ranked. cv, ce,
+    cb (B,) and nv, ne, ns (k,) are scratch."""
     k = vals.shape[1]
-    pending = np.full((w, k), -1, np.int64)  # batch row waiting for each slot
-    entered = False
-    for j in range(w):
-        i = lo + j
-        for b in range(n_batch):
-            v = keys[b, i]
-            e = ids[b]
-            # Rank by (key descending, excerpt id ascending), whatever order excerpts arrive
-            # in, so shards merged in any order give the same top-k.
-            last = vals[i, k - 1]
-            if not (v > last or (v == last and top_ids[i, k - 1] > e)):
-                continue
-            r = k - 1
-            while r > 0 and (vals[i, r - 1] < v or (vals[i, r - 1] == v and top_ids[i, r - 1] > e)):
-                r -= 1
-            free = slot[i, k - 1]  # the row of the excerpt falling out
-            for q in range(k - 1, r, -1):
-                vals[i, q] = vals[i, q - 1]
-                top_ids[i, q] = top_ids[i, q - 1]
-                slot[i, q] = slot[i, q - 1]
-            vals[i, r] = v
-            top_ids[i, r] = ids[b]
-            slot[i, r] = free
-            pending[j, free] = b
-            entered = True
-    if not entered:
-        return
-    # Copy excerpt by excerpt, a whole stored row at a time: the writes are sequential and
-    # the reads, strided, fall in the block's few cache lines per time step of excerpt b.
+    last, last_id = vals[i, k - 1], top_ids[i, k - 1]
+    nc = 0
+    for b in range(keys.shape[0]):
+        v, e = keys[b], ids[b]
+        if not _before(v, e, last, last_id):  # false for NaN
+            continue
+        r = nc  # insertion into the (short) sorted candidate list
+        while r > 0 and _before(v, e, cv[r - 1], ce[r - 1]):
+            cv[r], ce[r], cb[r] = cv[r - 1], ce[r - 1], cb[r - 1]
+            r -= 1
+        cv[r], ce[r], cb[r] = v, e, b
+        nc += 1
+    if nc == 0:
+        return False
+    p = q = 0
+    for r in range(k):
+        if q >= nc or _before(vals[i, p], top_ids[i, p], cv[q], ce[q]):
+            nv[r], ne[r], ns[r] = vals[i, p], top_ids[i, p], slot[i, p]
+            p += 1
+        else:
+            nv[r], ne[r], ns[r] = cv[q], ce[q], -1 - cb[q]  # batch row, to get a slot below
+            q += 1
+    free = p  # ranks p .. k - 1 of the old buffer fell out: their slots are free
+    for r in range(k):
+        if ns[r] < 0:
+            b = -1 - ns[r]
+            ns[r] = slot[i, free]
+            free += 1
+            pending[j, ns[r]] = b
+        vals[i, r], top_ids[i, r], slot[i, r] = nv[r], ne[r], ns[r]
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _copy_pending(x, skip, lo, pending, store):
+    """Copy each entering excerpt's activations into its store row, excerpt by excerpt and a
+    whole stored row at a time: the writes are sequential and the reads, strided, fall in the
+    block's few cache lines per time step of excerpt b."""
+    n_batch = x.shape[0]
+    ctx = store.shape[2]
+    w, k = pending.shape
     count = np.zeros(n_batch, np.int64)
-    to_j = np.empty((n_batch, w), np.int64)
+    to_j = np.empty((n_batch, w), np.int64)  # an excerpt holds one slot per neuron at most
     to_slot = np.empty((n_batch, w), np.int64)
     for j in range(w):
         for q in range(k):
@@ -97,12 +123,31 @@ def _merge_block(acts, lo, w, ids, keys, vals, top_ids, slot, store):
             j = to_j[b, c]
             q = to_slot[b, c]
             for t in range(ctx):
-                store[lo + j, q, t] = acts[b, t, lo + j]
+                store[lo + j, q, t] = x[b, skip + t, lo + j]
+
+
+@njit(cache=True, nogil=True)
+def _merge_block(acts, skip, lo, w, ids, keys, vals, top_ids, slot, store):
+    """merge_topk for neurons lo .. lo + w - 1."""
+    n_batch = acts.shape[0]
+    k = vals.shape[1]
+    pending = np.full((w, k), -1, np.int64)  # batch row waiting for each slot
+    cv, ce, cb = np.empty(n_batch, vals.dtype), np.empty(n_batch, np.int64), \
+        np.empty(n_batch, np.int64)  # scratch of _offer
+    nv, ne, ns = np.empty(k, vals.dtype), np.empty(k, np.int64), np.empty(k, np.int64)
+    entered = False
+    for j in range(w):
+        i = lo + j
+        entered |= _offer(vals, top_ids, slot, pending, i, j, keys[:, i], ids, cv, ce, cb, nv,
+                          ne, ns)
+    if entered:
+        _copy_pending(acts, skip, lo, pending, store)
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def scan(x, total, total_sq, positive, low, high, bmax, bmin):
-    """Per-neuron running moments of x (B, ctx, N) float32, and each excerpt's max and min.
+def scan(x, skip, total, total_sq, positive, low, high, bmax, bmin):
+    """Per-neuron running moments of x[:, skip:] (B, ctx, N) float32, and each excerpt's max
+    and min.
 
     Adds into total, total_sq (float64), positive (int64, tokens > 0); lowers low and raises
     high (float32); writes bmax and bmin (B, N). An excerpt's ctx terms are summed in float32, then
@@ -111,23 +156,109 @@ def scan(x, total, total_sq, positive, low, high, bmax, bmin):
     n = x.shape[2]
     for blk in prange((n + BLOCK - 1) // BLOCK):
         lo = blk * BLOCK
-        _scan_block(x, lo, min(n, lo + BLOCK) - lo, total, total_sq, positive, low, high, bmax,
-                    bmin)
+        _scan_block(x, skip, lo, min(n, lo + BLOCK) - lo, total, total_sq, positive, low, high,
+                    bmax, bmin)
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def merge_topk(acts, ids, keys, vals, top_ids, slot, store):
+def merge_topk(acts, skip, ids, keys, vals, top_ids, slot, store):
     """Merge a batch into each neuron's ranked top-k.
 
-    acts (B, ctx, N) float32; ids (B,) distinct excerpt ids, none already held; keys (B, N)
-    the ranking value of each excerpt (its max, minus its min, or a hashed key; -inf never
-    enters). Per neuron: vals, top_ids, slot (N, k) in rank order (key descending, then id
-    ascending: ties go to the smaller id, in any arrival order), slot the row of store
+    acts[:, skip:] (B, ctx, N) float32; ids (B,) distinct excerpt ids, none already held; keys
+    (B, N) the ranking value of each excerpt (its max, minus its min, or a hashed key; -inf
+    never enters). Per neuron: vals, top_ids, slot (N, k) in rank order (key descending, then
+    id ascending: ties go to the smaller id, in any arrival order), slot the row of store
     (N, k, ctx) holding that excerpt's activations, copied once, after the whole batch is
     ranked, into the row of the excerpt it evicted.
     """
     n = acts.shape[2]
     for blk in prange((n + BLOCK - 1) // BLOCK):
         lo = blk * BLOCK
-        _merge_block(acts, lo, min(n, lo + BLOCK) - lo, ids, keys, vals, top_ids, slot, store)
+        _merge_block(acts, skip, lo, min(n, lo + BLOCK) - lo, ids, keys, vals, top_ids, slot,
+                     store)
 
+
+# splitmix64's constants (samplers._mix, samplers.hashed_keys), as uint64 so that Numba keeps
+# every product in wrapping 64-bit integer arithmetic (a plain int would promote to float64).
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_NEURON = np.uint64(0xD1B54A32D192ED03)
+_S30, _S27, _S31, _S40 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(40)
+_SCALE = np.float32(1 << 24)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _mix(x):
+    """samplers._mix on one uint64."""
+    x = (x ^ (x >> _S30)) * _M1
+    x = (x ^ (x >> _S27)) * _M2
+    return x ^ (x >> _S31)
+
+
+@njit(cache=True, nogil=True)
+def _layer_block(x, skip, lo, w, ids, stream, bmax, bmin, total, total_sq, positive, low,
+                 high, top, bottom, pool):
+    """record_layer for neurons lo .. lo + w - 1."""
+    _scan_block(x, skip, lo, w, total, total_sq, positive, low, high, bmax, bmin)
+    n_batch = x.shape[0]
+    t_vals, t_ids, t_slot, t_store = top
+    b_vals, b_ids, b_slot, b_store = bottom
+    p_vals, p_ids, p_slot, p_store = pool
+    k = max(t_vals.shape[1], b_vals.shape[1], p_vals.shape[1])
+    t_pending = np.full((w, t_vals.shape[1]), -1, np.int64)
+    b_pending = np.full((w, b_vals.shape[1]), -1, np.int64)
+    p_pending = np.full((w, p_vals.shape[1]), -1, np.int64)
+    key = np.empty(n_batch, np.float32)
+    cv, ce, cb = np.empty(n_batch, np.float32), np.empty(n_batch, np.int64), \
+        np.empty(n_batch, np.int64)  # scratch of _offer
+    nv, ne, ns = np.empty(k, np.float32), np.empty(k, np.int64), np.empty(k, np.int64)
+    mixed = np.empty(n_batch, np.uint64)
+    for b in range(n_batch):
+        mixed[b] = np.uint64(ids[b]) * _GOLDEN
+    has_bottom = b_vals.shape[0] > 0
+    has_pool = p_vals.shape[0] > 0 and p_vals.shape[1] > 0
+    t_in = b_in = p_in = False
+    for j in range(w):
+        i = lo + j
+        for b in range(n_batch):
+            key[b] = bmax[b, i]
+        t_in |= _offer(t_vals, t_ids, t_slot, t_pending, i, j, key, ids, cv, ce, cb, nv, ne, ns)
+        if has_bottom:  # the most negative first
+            for b in range(n_batch):
+                key[b] = -bmin[b, i]
+            b_in |= _offer(b_vals, b_ids, b_slot, b_pending, i, j, key, ids, cv, ce, cb, nv, ne,
+                           ns)
+        if has_pool:  # the smallest hashed key first: minus samplers.hashed_keys
+            neuron = np.uint64(i) * _NEURON
+            for b in range(n_batch):
+                h = _mix(stream ^ _mix(mixed[b] + neuron))
+                key[b] = -(np.float32(h >> _S40) / _SCALE)
+            p_in |= _offer(p_vals, p_ids, p_slot, p_pending, i, j, key, ids, cv, ce, cb, nv, ne,
+                           ns)
+    if t_in:
+        _copy_pending(x, skip, lo, t_pending, t_store)
+    if b_in:
+        _copy_pending(x, skip, lo, b_pending, b_store)
+    if p_in:
+        _copy_pending(x, skip, lo, p_pending, p_store)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def record_layer(x, skip, ids, stream, bmax, bmin, total, total_sq, positive, low, high, top,
+                 bottom, pool):
+    """Everything record keeps of one layer's batch, in one pass over neuron blocks.
+
+    x[:, skip:] (B, ctx, N) float32; ids (B,) excerpt ids. Per block of neurons: the moments
+    and each excerpt's max and min (as `scan`, into bmax, bmin (B, N)), then the merges of
+    `merge_topk` into top (by max), bottom (by minus the min) and the random pool (by minus
+    the hashed key of (stream, excerpt id, neuron), computed here rather than as a (B, N)
+    array), each (vals, ids, slot, store) as merge_topk takes them; a sampler with no neurons
+    (bottom on an unsigned model) or no slots (no random sample) is skipped. The same
+    comparisons in the same order as scan then merge_topk, so the same bits.
+    """
+    n = x.shape[2]
+    for blk in prange((n + BLOCK - 1) // BLOCK):
+        lo = blk * BLOCK
+        _layer_block(x, skip, lo, min(n, lo + BLOCK) - lo, ids, stream, bmax, bmin, total,
+                     total_sq, positive, low, high, top, bottom, pool)

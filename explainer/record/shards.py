@@ -8,7 +8,8 @@ state goes to the run's staging folder (one file per layer, then `done.json` las
 because every ranking is a total order on (key, excerpt id) that does not depend on reading
 order: top-k by (max desc, id asc), bottom-k by (min asc, id asc), the random sample by hashed
 key; moments are sums. The driver merges one shard's layer file at a time into the running
-result, so it holds at most two layer states at once, whatever the number of shards.
+result, so it holds at most two layer states at once, whatever the number of shards. The local
+engine's last shard is the exception: it is merged from memory and never written (`_KEPT`).
 """
 
 from __future__ import annotations
@@ -29,12 +30,17 @@ from explainer import run as rundir
 from explainer.config import RecordConfig
 from explainer.record import corpus
 from explainer.subject import models
-from explainer.record.samplers import RandomSample, Stats, TopK, stream_id
+from explainer.record.samplers import LayerSamplers, RandomSample, Stats, TopK, rows, stream_id
 
 TRIM_EVERY = 64  # batches between heap trims: a safety net against fragmentation on long runs
 STAGE_ROWS = 1024  # excerpts per staged Parquet file: bounded memory, few files
 SHARD_EXCERPTS = 4096  # default shard size: minutes of GPT-2 small, a checkpoint each
 _SUBJECTS: dict = {}  # (model, device) -> the loaded subject, reused by a worker's next shard
+# shard folder -> {"info": done.json's content, "arrays": {layer: state}}: the local engine's
+# last shard, finished and merged by this process from memory, never written to disk (its
+# checkpoint would only guard the seconds between the end of the pass and the first table
+# written, at the cost of writing and reading every kept activation: ~1 GB for GPT-2 small).
+_KEPT: dict = {}
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,7 @@ class ShardTask:
     stop: int  # one past the last excerpt id
     layers: tuple[int, ...]
     sides: tuple[str, ...]
+    keep: bool = False  # hold the finished state in memory for this process's merge, unsaved
 
 
 def plan(cfg: RecordConfig, n_shards: int = 0) -> list[tuple[int, int]]:
@@ -66,7 +73,10 @@ def shard_dir(stage: Path, index: int) -> Path:
 def done(stage: Path, index: int) -> dict | None:
     """A finished shard's summary (excerpts read, token digest), or None."""
     path = shard_dir(stage, index) / "done.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    if path.exists():
+        return json.loads(path.read_text())
+    kept = _KEPT.get(shard_dir(stage, index))
+    return None if kept is None else kept["info"]
 
 
 def subject_for(cfg: RecordConfig):
@@ -117,8 +127,13 @@ def run_shard(task: ShardTask, advance=lambda n, tokens: None) -> dict:
             advance(len(batch), len(batch) * cfg.ctx)
     if pending:
         _stage_excerpts(out, subject, pending)
-    state.save(out)
-    _atomic_text(out / "done.json", json.dumps({"n_read": n_read, "sha256": digest.hexdigest()}))
+    info = {"n_read": n_read, "sha256": digest.hexdigest()}
+    if task.keep:
+        _KEPT.clear()
+        _KEPT[out] = {"info": info, "arrays": state.arrays()}
+    else:
+        state.save(out)
+        _atomic_text(out / "done.json", json.dumps(info))
     return {"units": n_read}
 
 
@@ -137,47 +152,64 @@ class _State:
         d, mkey = subject.d_mlp, rundir.model_key(subject.name)
         self.subject, self.layers = subject, list(task.layers)
         self.on_device = on_device(cfg)
-        top, stats, rand = TopK, Stats, RandomSample
-        if self.on_device:
-            from functools import partial
-
-            from explainer.record import device
-
-            top, stats, rand = (partial(c, device=subject.device)
-                                for c in (device.TopK, device.Stats, device.RandomSample))
-        self.tops = {la: top(cfg.top_k, d, cfg.ctx) for la in task.layers}
-        self.bottoms = {la: top(cfg.top_k, d, cfg.ctx) for la in task.layers} \
-            if "neg" in task.sides else {}
-        self.stats = {la: stats(d) for la in task.layers}
         # Candidates beyond random_k let the neuron's own top/bottom excerpts be left out.
         extra = cfg.top_k * len(task.sides)
-        self.randoms = {la: rand(cfg.random_k, extra, d, cfg.ctx,
-                                 stream_id(cfg.seed, "random", mkey, la))
-                        for la in task.layers}
+        streams = {la: stream_id(cfg.seed, "random", mkey, la) for la in task.layers}
+        if self.on_device:
+            from explainer.record import device
+
+            dev = subject.device
+            self.tops = {la: device.TopK(cfg.top_k, d, cfg.ctx, dev) for la in task.layers}
+            self.bottoms = {la: device.TopK(cfg.top_k, d, cfg.ctx, dev) for la in task.layers} \
+                if "neg" in task.sides else {}
+            self.stats = {la: device.Stats(d, dev) for la in task.layers}
+            self.randoms = {la: device.RandomSample(cfg.random_k, extra, d, cfg.ctx, streams[la],
+                                                    dev) for la in task.layers}
+            return
+        # On the CPU one compiled pass per layer and batch updates all four (kernels.py).
+        self.fused = {la: LayerSamplers(cfg.top_k, d, cfg.ctx, cfg.random_k, extra, streams[la],
+                                        "neg" in task.sides) for la in task.layers}
+        self.tops = {la: f.top for la, f in self.fused.items()}
+        self.bottoms = {la: f.bottom for la, f in self.fused.items()} \
+            if "neg" in task.sides else {}
+        self.stats = {la: f.stats for la, f in self.fused.items()}
+        self.randoms = {la: f.random for la, f in self.fused.items()}
 
     def add(self, ids, tokens) -> None:
         if self.on_device:  # once per batch, not per layer; enqueued without a wait
             ids = ids.to(self.subject.device, non_blocking=True)
 
-        def consume(la, acts):  # acts (B, ctx, d_mlp), called as layer la's MLP fires
-            bmax, bmin = self.stats[la].update(acts)  # (B, d_mlp) each excerpt's max and min
-            self.tops[la].update(acts, ids, bmax)
-            if self.bottoms:
-                self.bottoms[la].update(acts, ids, -bmin)  # the most negative rank first
-            self.randoms[la].update(acts, ids)
+            def consume(la, acts):  # acts (B, ctx, d_mlp), called as layer la's MLP fires
+                bmax, bmin = self.stats[la].update(acts)  # (B, d_mlp) each excerpt's max, min
+                self.tops[la].update(acts, ids, bmax)
+                if self.bottoms:
+                    self.bottoms[la].update(acts, ids, -bmin)  # the most negative rank first
+                self.randoms[la].update(acts, ids)
+        else:
+            def consume(la, acts):
+                self.fused[la].update(acts, ids)
 
         self.subject.stream(tokens, self.layers, consume, on_device=self.on_device)
 
+    def layer_arrays(self, la: int) -> dict:
+        """One layer's state as named arrays, ranked (what a checkpoint file holds)."""
+        arrays = {**_ranked("top", self.tops[la]), **_moments(self.stats[la])}
+        if self.bottoms:
+            arrays.update(_ranked("bottom", self.bottoms[la]))
+        if self.randoms[la].pool is not None:
+            arrays.update(_ranked("random", self.randoms[la].pool))
+        return arrays
+
+    def arrays(self) -> dict:
+        """{layer: layer_arrays(layer)}."""
+        return {la: self.layer_arrays(la) for la in self.layers}
+
     def save(self, out: Path) -> None:
+        """Write each layer's state to `out`, one file per layer, each written atomically."""
         for la in self.layers:
-            arrays = {**_ranked("top", self.tops[la]), **_moments(self.stats[la])}
-            if self.bottoms:
-                arrays.update(_ranked("bottom", self.bottoms[la]))
-            if self.randoms[la].pool is not None:
-                arrays.update(_ranked("random", self.randoms[la].pool))
             tmp = out / f".layer-{la}.npz.tmp"
             with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
+                np.savez(f, **self.layer_arrays(la))
             os.replace(tmp, out / f"layer-{la}.npz")
 
 
@@ -200,8 +232,10 @@ def merge_layer(stage: Path, indices: list[int], layer: int, cfg: RecordConfig,
     """One layer's samplers merged over the finished shards, one shard file at a time."""
     acc: dict | None = None
     for k in indices:
-        with np.load(shard_dir(stage, k) / f"layer-{layer}.npz") as z:
-            part = {name: z[name] for name in z.files}
+        part = _KEPT.get(shard_dir(stage, k), {}).get("arrays", {}).pop(layer, None)
+        if part is None:
+            with np.load(shard_dir(stage, k) / f"layer-{layer}.npz") as z:
+                part = {name: z[name] for name in z.files}
         acc = part if acc is None else _merge(acc, part, cfg)
     top = _top_k(acc, "top", cfg.top_k, n_neurons, cfg.ctx)
     stats = Stats(n_neurons)
@@ -225,6 +259,11 @@ def _merge(a: dict, b: dict, cfg: RecordConfig) -> dict:
     return out
 
 
+def forget() -> None:
+    """Drop the shard states kept in memory (before a pass, and once it is merged)."""
+    _KEPT.clear()
+
+
 def merge_ranked(a: dict, b: dict, name: str, k: int) -> dict:
     """The k best of two ranked buffers per neuron, by (value desc, excerpt id asc)."""
     ids = np.concatenate([a[f"{name}_ids"], b[f"{name}_ids"]], axis=1)  # (N, 2k)
@@ -234,7 +273,7 @@ def merge_ranked(a: dict, b: dict, name: str, k: int) -> dict:
     order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -vals), axis=-1)[:, :k]
     return {f"{name}_ids": np.take_along_axis(ids, order, axis=1),
             f"{name}_vals": np.take_along_axis(vals, order, axis=1),
-            f"{name}_acts": np.take_along_axis(acts, order[:, :, None], axis=1)}
+            f"{name}_acts": rows(acts, order)}
 
 
 def _top_k(acc: dict, name: str, k: int, n_neurons: int, ctx: int) -> TopK:
