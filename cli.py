@@ -106,7 +106,7 @@ def record(
     quantile_k: Annotated[int, typer.Option(help="Excerpts per activation-quantile bin (0: off; costs a second pass).")] = 0,
     quantile_bins: Annotated[int, typer.Option(help="Equal-width bins of (0, max activation] for --quantile-k.")] = 5,
     sides: Annotated[str, typer.Option(help="Signs to explain: auto (both on a gated MLP such as SwiGLU, positive only otherwise), pos or both.")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Excerpts per forward pass.")] = 32,
+    batch_size: Annotated[Optional[int], typer.Option(help="Excerpts per forward pass (default: 32 on a CPU, 512 on a CUDA GPU; a resumed run keeps the one it began with).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random sample and corpus order.")] = 0,
     device: Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1, mps.")] = "cpu",
     shards: Annotated[int, typer.Option(help="Excerpt-id ranges recorded (and checkpointed) apart; 0: 4,096 excerpts each.")] = 0,

@@ -38,7 +38,7 @@ class RecordConfig:
     quantile_k: int = 0  # excerpts per activation-quantile bin (0 = off)
     quantile_bins: int = 5
     sides: str = "auto"  # auto: both signs on a gated MLP (SwiGLU), the positive one otherwise
-    batch_size: int = 32
+    batch_size: int | None = None  # None: the run's own, else the device's (record.stage)
     seed: int = 0
     device: str = "cpu"
     shards: int = 0  # excerpt-id ranges recorded and checkpointed apart (0: 4,096 excerpts each)
