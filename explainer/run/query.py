@@ -117,7 +117,7 @@ def without_stale(scores, current: Collection[tuple] | None):
     source = sc["source_neuron"] if "source_neuron" in sc else sc["neuron"]
     owner = sc["neuron"].where(sc["control"] == OWN, source)
     now = {k[:-1]: k[-1] for k in current}  # a candidate's row -> its current text's hash
-    # a row without a hash ('': written before provenance) is kept
+    # kept: no hash ('': written before provenance), no such explanation, or its current text
     keep = [not h or now.get((m, int(la), int(n), sd, e, int(c)), h) == h
             for m, la, n, sd, e, c, h in zip(sc["model"], sc["layer"], owner, sc["side"],
                                              sc["explainer"], sc["candidate"],
