@@ -82,8 +82,11 @@ class Generator:
         if not req.path.endswith("/chat/completions"):
             return default_handler(req)
         user = body["messages"][-1]["content"]
+        asked = re.search(r"Write (\d+) different", user)
+        if asked is None:  # another stage's prompt (explain run also simulates)
+            return default_handler(req)
         desc = user.split("\n", 1)[0].removeprefix("Description: ")
-        n = int(re.search(r"Write (\d+) different", user).group(1))
+        n = int(asked.group(1))
         word = (re.findall(r'"([^"]+)"', desc) or [""])[0].strip()
         lines = []
         pool = [s for s in self.pool if not word or word not in s.lower().split()]

@@ -283,3 +283,21 @@ def test_every_score_is_the_auroc_of_the_stored_maxes_on_both_sides(exact):
         other = mine[mine["role"] == "other"]["max_activation"]
         assert r.auroc_other == pytest.approx(G.auroc(list(own["max_activation"]),
                                                       list(other)))
+
+
+def test_explain_run_judge_methods_generation(tmp_path, tiny_gpt2, tiny_corpus):
+    from explainer import pipeline
+
+    run = tmp_path / "run"
+    with FakeOpenAI(GF.Generator("exact")) as fake:
+        out = pipeline.run(C.RunConfig(
+            run=run, model=str(tiny_gpt2), corpus=str(tiny_corpus), layers="0", neurons="0-5",
+            n_excerpts=64, explainers=("baseline-tokens",), simulator="fake-model", mode="chat",
+            lexical=False, control="none", judge_methods=("generation",),
+            llm=C.LLMConfig(base_url=fake.base_url, max_retries=0)))
+    assert "fake-model (generation)" in out
+    sc = rundir.read(run, "scores")
+    gen = sc[sc["method"] == "generation"]
+    assert len(gen[gen["control"] == "none"]) == 6 and (gen["status"] == "ok").all()
+    with pytest.raises(ExplainError, match="--judge-methods generate"):
+        pipeline.run(C.RunConfig(run=tmp_path / "other", judge_methods=("generate",)))
