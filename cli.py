@@ -110,9 +110,7 @@ def record(
     seed: Annotated[int, typer.Option(help="Seed of the random sample and corpus order.")] = 0,
     device: Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1, mps.")] = "cpu",
     shards: Annotated[int, typer.Option(help="Excerpt-id ranges recorded (and checkpointed) apart; 0: 4,096 excerpts each.")] = 0,
-    engine: EngineOpt = "local",
-    ray_address: RayAddressOpt = None,
-    workers: WorkersOpt = 0,
+    engine: EngineOpt = "local", ray_address: RayAddressOpt = None, workers: WorkersOpt = 0,
 ):
     """Run the subject model over a corpus and keep each neuron's top and random excerpts."""
     from explainer import record as stage
@@ -189,9 +187,7 @@ def judge(
     steer_k: Annotated[float, typer.Option(help="steering: add k x the neuron's mean top activation at every position.")] = 1.0,
     device: Annotated[str, typer.Option(help="generation, steering: torch device of the subject model.")] = "cpu",
     concurrency: ConcOpt = 8,
-    engine: EngineOpt = "local",
-    ray_address: RayAddressOpt = None,
-    workers: WorkersOpt = 0,
+    engine: EngineOpt = "local", ray_address: RayAddressOpt = None, workers: WorkersOpt = 0,
     batch: BatchOpt = False,
 ):
     """Score explanations with a cheaper judge: detection or fuzzing, beside simulation."""
@@ -202,9 +198,8 @@ def judge(
                              excerpts_per_prompt=excerpts_per_prompt,
                              n_positive=n_positive, n_negative=n_negative, fraction=fraction,
                              seed=seed, logprobs=logprobs, n_texts=n_texts, steer_k=steer_k,
-                             device=device,
-                             llm=config.LLMConfig(base_url=base_url, concurrency=concurrency, batch=batch),
-                             engine=config.EngineConfig(engine, ray_address, workers))
+                             device=device, engine=config.EngineConfig(engine, ray_address, workers),
+                             llm=config.LLMConfig(base_url=base_url, concurrency=concurrency, batch=batch))
     typer.echo(_call(stage.run, cfg))
 
 
@@ -225,9 +220,7 @@ def simulate(
     control: ControlOpt = "none",
     seed: Annotated[int, typer.Option(help="Seed of --control shuffled's derangement.")] = 0,
     concurrency: ConcOpt = 8,
-    engine: EngineOpt = "local",
-    ray_address: RayAddressOpt = None,
-    workers: WorkersOpt = 0,
+    engine: EngineOpt = "local", ray_address: RayAddressOpt = None, workers: WorkersOpt = 0,
     cache: CacheOpt = None,
     strict_values: Annotated[bool, typer.Option(
         "--strict-values", help="Fail an excerpt when a value slot has no digit among the "
@@ -280,9 +273,7 @@ def describe(
                                           "outputs (tokens it promotes and suppresses) or both.")] = "inputs",
     concurrency: ConcOpt = 8,
     timeout: Annotated[float, typer.Option(help="Seconds before a request is retried.")] = 120.0,
-    engine: EngineOpt = "local",
-    ray_address: RayAddressOpt = None,
-    workers: WorkersOpt = 0,
+    engine: EngineOpt = "local", ray_address: RayAddressOpt = None, workers: WorkersOpt = 0,
     cascade: CascadeOpt = None,
     accept: AcceptOpt = None,
     accept_by: AcceptByOpt = None,
