@@ -78,10 +78,16 @@ def run(cfg: C.JudgeConfig) -> Path:
               file=sys.stderr)
         return run_dir / "scores"
     subject = reading.load_subject(run_dir, model, cfg.device)
-    for layer, ex in sorted(todo.items()):
-        rows = layer_rows(run_dir, model, subject, layer, ex, cfg, phash)
-        rundir.write_rows(run_dir, "scores", rows, prefix="judge")
-        rundir.compact(run_dir, "scores", model, layer)
+    from explainer import progress
+
+    label = "judge steering"
+    with progress.bar(label) as bar:  # one steered pass per explanation naming a token
+        task = bar.add_task(label, total=sum(len(ex) for ex in todo.values()))
+        for layer, ex in sorted(todo.items()):
+            rows = layer_rows(run_dir, model, subject, layer, ex, cfg, phash,
+                              lambda: bar.advance(task))
+            rundir.write_rows(run_dir, "scores", rows, prefix="judge")
+            rundir.compact(run_dir, "scores", model, layer)
     return run_dir / "scores"
 
 
@@ -125,8 +131,8 @@ def gains(base, steered, cols: list[int]) -> float:
 
 
 def layer_rows(run_dir: Path, model: str, subject, layer: int, ex: list[Expl],
-               cfg: C.JudgeConfig, phash: str) -> list:
-    """The score rows of one layer's explanations."""
+               cfg: C.JudgeConfig, phash: str, done=lambda: None) -> list:
+    """The score rows of one layer's explanations (`done()` after each)."""
     import torch
 
     eids = excerpt_ids(run_dir, model, layer, cfg.seed)
@@ -150,6 +156,7 @@ def layer_rows(run_dir: Path, model: str, subject, layer: int, ex: list[Expl],
         for e in members:
             rows += _rows(e, model, subject, base, tokens, keep, tops, named, naming, source,
                           cfg, phash)
+            done()
     return rows
 
 
