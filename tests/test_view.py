@@ -206,7 +206,13 @@ def sided_site(tmp_path_factory):
                             side="neg", mode="lexical", **common),
             rundir.ScoreRow(simulator=SIM, score=0.5 + n / 50, score_top=None, score_random=None,
                             side="pos", method="detection", balanced_accuracy=0.5 + n / 50,
-                            **common)]
+                            **common),
+            # the same judge under another sampling preset, and the LLM simulator under a
+            # second prompt version: rows that differ only there must say so
+            rundir.ScoreRow(simulator=SIM, score=0.6, score_top=None, score_random=None,
+                            side="pos", method="detection", sampling="delphi", **common),
+            rundir.ScoreRow(simulator=SIM, score=0.4, score_top=0.4, score_random=0.4,
+                            side="pos", sim_prompt_hash="b" * 12, **common)]
     rundir.write_rows(run, "scores", rows)
     out = tmp_path_factory.mktemp("sided-site")
     view.run(ViewConfig(run=run, out=out))
@@ -242,8 +248,10 @@ def test_index_tells_rows_apart_in_browser(sided_site, browser):
     assert page.js("document.getElementById('sim').value") == SIM
     assert page.js("document.getElementById('method').value") == "simulation"
     rows = page.js(ROWS_JS)
-    assert len(rows) == 3 * N  # both explainers' positive side, one explainer's negative side
-    assert {r["simulator"] for r in rows} == {f"{SIM}"} | {f"{SIM} \u00b7 logprob"}
+    # both explainers' positive side, one explainer's negative side and its second prompt
+    assert len(rows) == 4 * N
+    assert {r["simulator"] for r in rows} == {SIM, f"{SIM} \u00b7 logprob",
+                                              f"{SIM} \u00b7 prompt bbbbbb"}
     assert {r["method"] for r in rows} == {"simulation"}
     # Same neuron, same explanation: told apart by side or simulator, and such pairs exist.
     assert _distinct_where_text_repeats(rows, ["side", "simulator"])
@@ -262,8 +270,8 @@ def test_index_tells_rows_apart_in_browser(sided_site, browser):
     page.js("for (const [id, v] of [['sim', 'all'], ['method', 'all'], ['size', '100']]) {"
             " const s = document.getElementById(id); s.value = v; s.onchange(); }")
     rows = page.js(ROWS_JS)
-    assert len(rows) == 6 * N
-    assert {r["method"] for r in rows} == {"simulation", "detection"}
+    assert len(rows) == 8 * N
+    assert {r["method"] for r in rows} == {"simulation", "detection", "detection (delphi)"}
     assert _distinct_where_text_repeats(rows, ["side", "simulator", "method"])
     # Sort, filters and page survive a reload: the address alone rebuilds the view.
     page.js("const z = document.getElementById('size'); z.value = '25'; z.onchange();")
@@ -276,7 +284,7 @@ def test_index_tells_rows_apart_in_browser(sided_site, browser):
     again.goto(url)
     again.wait_for("document.querySelectorAll('#neurons tbody tr').length")
     assert again.js(ROWS_JS) == want
-    assert again.js("document.getElementById('pageinfo').textContent").startswith("page 2 of 3")
+    assert again.js("document.getElementById('pageinfo').textContent").startswith("page 2 of 4")
     peaks_shown = [abs(float(r["max"].removesuffix(" min"))) for r in want]
     assert peaks_shown == sorted(peaks_shown, reverse=True)  # by the size of the side's peak
     # A shared link to one side: layer 0, negative side, sorted by score.

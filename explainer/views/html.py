@@ -54,34 +54,53 @@ def neuron_href(mkey: str, layer: int, neuron: int) -> str:
 def _index_rows(mkey, layer, neurons, head, stats) -> list[list]:
     """One row per (neuron, side, explainer, simulator and mode, method): the chosen simulation
     scores and the judges' rows; neurons without scores get one empty row. Columns in
-    index.js's COLS order; `max` is the side's own peak (the minimum on the negative side)."""
+    index.js's COLS order; `max` is the side's own peak (the minimum on the negative side);
+    `variant` tells apart rows that would look alike: the simulator prompt's hash where one
+    simulator and mode scored under several prompt versions, a judge's sampling preset."""
     peak = {}
     if not stats.empty:
         for n, hi, lo in zip(stats["neuron"].astype(int), stats["max"], stats["min"]):
             peak[(n, "pos")], peak[(n, "neg")] = hi, lo
+    versions: dict[tuple, set] = {}
+    for r in head.itertuples():
+        if not r.judged:
+            versions.setdefault((r.simulator, r.mode), set()).add(r.sim_prompt_hash)
     rows, seen = [], set()
     for r in head.itertuples():
         n, side = int(r.neuron), r.side or "pos"
+        if r.judged:
+            variant = r.sampling or ""
+        else:
+            several = len(versions[(r.simulator, r.mode)]) > 1
+            variant = (r.sim_prompt_hash or "")[:6] if several else ""
         seen.add(n)
         score = _f(r.score) if r.status == "ok" and r.score is not None else None
         rows.append([n, r.explainer, r.simulator, score, _f(r.score_top), _f(r.score_random),
                      r.status, r.explanation, _sig(peak.get((n, side))),
-                     neuron_href(mkey, layer, n), side, r.mode or "", r.method])
+                     neuron_href(mkey, layer, n), side, r.mode or "", r.method, variant])
     for n in sorted(set(neurons) - seen):
         rows.append([n, None, None, None, None, None, None, None, _sig(peak.get((n, "pos"))),
-                     neuron_href(mkey, layer, n), None, None, None])
+                     neuron_href(mkey, layer, n), None, None, None, None])
     return rows
 
 
 def _index_head(scores):
-    """The index's scored rows: each neuron side's chosen simulation score per simulator and
-    mode (the report's headline rows), then one row per judge and method."""
+    """The index's scored rows: each neuron side's chosen simulation score per simulator, mode
+    and prompt (the report's headline rows), then one row per judge, method and preset."""
     import pandas as pd
 
     cols = ["neuron", "explainer", "simulator", "score", "score_top", "score_random", "status",
-            "explanation", "side", "mode", "method"]
-    parts = [f[cols] for f in (headline(scores), rundir.query.judged(scores)) if not f.empty]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+            "explanation", "side", "mode", "method", "sim_prompt_hash", "sampling"]
+    methods = tuple(sorted(set(scores["method"].dropna()) - {"simulation"})) \
+        if "method" in scores else ()
+    # each judge's own rows (a generation or steering control scored elsewhere is not one)
+    own = [rundir.query.select(scores, method=m) for m in methods]
+    judges = rundir.query.judged(pd.concat(own), key=rundir.query.JUDGED + ["sampling"],
+                                 methods=methods) if own else pd.DataFrame()
+    parts = [rundir.query.filled(f)[cols].assign(judged=j)
+             for f, j in ((headline(scores), False), (judges, True)) if not f.empty]
+    return pd.concat(parts, ignore_index=True) if parts else \
+        pd.DataFrame(columns=cols + ["judged"])
 
 
 def _index_filters(rows: list[list]) -> dict:

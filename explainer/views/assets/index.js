@@ -9,7 +9,7 @@ var EXPLAIN = (function () {
   var $ = function (id) { return document.getElementById(id); };
   // Row layout written by html.py: see _index_rows there.
   var COLS = ["neuron", "explainer", "simulator", "score", "score_top", "score_random", "status",
-              "explanation", "max", "href", "side", "mode", "method"];
+              "explanation", "max", "href", "side", "mode", "method", "variant"];
   var DESCENDING = { score: 1, score_top: 1, score_random: 1, max: 1 };  // first click: high first
   var ALL = "all";
 
@@ -174,8 +174,10 @@ var EXPLAIN = (function () {
         mx.title = "the negative side's peak: the neuron's minimum activation";
       }
       td("explainer", r.explainer || "\u2014");
-      td("simulator", r.simulator === null ? "\u2014" : r.simulator + (r.mode ? " \u00b7 " + r.mode : ""));
-      td("method", r.method || "\u2014");
+      var sim = r.method === "simulation" && r.variant;  // a prompt version, where several exist
+      td("simulator", r.simulator === null ? "\u2014" : r.simulator + (r.mode ? " \u00b7 " + r.mode : "") +
+         (sim ? " \u00b7 prompt " + r.variant : ""));
+      td("method", (r.method || "\u2014") + (r.variant && !sim ? " (" + r.variant + ")" : ""));
       var e = td("explanation", r.explanation || "", "expl");
       if (r.status && r.status !== "ok") {
         var s = document.createElement("span"); s.className = "status"; s.textContent = " [" + r.status + "]"; e.appendChild(s);
