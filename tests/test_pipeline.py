@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -49,8 +50,11 @@ def test_killed_after_describe_then_resumed_matches_uninterrupted(
     from explainer.simulate import stage as simulate
 
     with FakeOpenAI(handler) as fake:
+        t0 = time.monotonic()
         whole = _run(tmp_path / "a", tiny_gpt2, tiny_corpus, fake.base_url)
+        wall = time.monotonic() - t0
         assert whole.exit_code == 0, whole.output
+        _check_time_line(whole.output.rstrip().split("\n")[-1], wall)
         assert "plot:" in whole.output and "viewer:" in whole.output
         assert (tmp_path / "a" / "report.png").stat().st_size > 10_000
         assert (tmp_path / "a" / "view" / "index.html").exists()
@@ -84,6 +88,28 @@ def test_killed_after_describe_then_resumed_matches_uninterrupted(
         assert len(ctl) == 12 and (ctl.split == "valid").all()
         assert _scores(tmp_path / "b", sim, "shuffled").equals(ctl)
     assert "Specificity" in whole.output
+
+
+def _seconds(text: str) -> float:
+    m = re.fullmatch(r"(?:(\d+) min )?([\d.]+) s", text)
+    assert m, text
+    return 60 * int(m.group(1) or 0) + float(m.group(2))
+
+
+def _check_time_line(line: str, wall: float) -> None:
+    """The last line: every stage in the order it ran with its seconds, then the total, which
+    covers the stages and fits in the wall time measured around the command."""
+    m = re.fullmatch(r"time: (.*); total (.*)", line)
+    assert m, line
+    stages = [re.fullmatch(r"(.+?) ((?:\d+ min )?[\d.]+ s)", part).groups()
+              for part in m.group(1).split(", ")]
+    assert [name for name, _ in stages] == [
+        "record", "describe baseline-tokens", "describe fake-model",
+        "simulate baseline-lexical", "simulate fake-model", "report", "viewer"]
+    spent = [_seconds(t) for _, t in stages]
+    total = _seconds(m.group(2))
+    assert all(s >= 0 for s in spent) and sum(spent) <= total + 0.5 * len(spent)
+    assert total <= wall + 0.5
 
 
 def test_two_models_in_one_run_compared_by_size(tmp_path, tiny_gpt2, tiny_corpus):

@@ -99,11 +99,12 @@ def test_a_simulator_that_follows_each_rule_ranks_every_truth_first_and_resumes(
                               llm=C.LLMConfig(base_url=fake.base_url))
         out = json.loads(stage.run(cfg))
         sent = fake.completions()
-        assert sent == 1 + sum(len(p.passages) * (1 + len(p.false_explanations))
-                               for p in PUZZLES)  # the probe, then one request per passage
+        # the probes (echo convention, top log-probabilities), then one request a passage
+        assert sent == 2 + sum(len(p.passages) * (1 + len(p.false_explanations))
+                               for p in PUZZLES)
         assert all(r["first"] and r["true_score"] == pytest.approx(1.0) for r in out["puzzles"])
         assert out["summary"]["share_first"] == 1.0
-        assert out["tokens"]["llm_calls"] == sent - 1 and out["tokens"]["prompt_tokens"] > 0
+        assert out["tokens"]["llm_calls"] == sent - 2 and out["tokens"]["prompt_tokens"] > 0
         again = json.loads(stage.run(cfg))  # everything stored: no request at all
         assert fake.completions() == sent
     assert again["puzzles"] == out["puzzles"]

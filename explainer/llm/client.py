@@ -1,11 +1,11 @@
 """The cached client every LLM stage uses: `async with LLM(endpoint, run, stage, cfg) as llm`.
 
-Its parts live apart: `endpoint` says where requests go, `server` runs the embedded model,
-`transport` retries, `ledger` holds the answer cache, the call log and prices, `probe` asks what
-the endpoint can do. This class composes them and owns what is left: one semaphore for
-concurrency, de-duplication of identical requests in flight, the cache lookup before a request
-and the ledger row after it. The API key lives only in memory: it is never hashed, logged,
-cached, ledgered or put in an error message.
+Its parts live apart: `endpoint` says where requests go, `inprocess` answers for the embedded
+model in this process, `transport` retries, `ledger` holds the answer cache, the call log and
+prices, `probe` asks what the endpoint can do. This class composes them and owns what is left:
+one semaphore for concurrency, de-duplication of identical requests in flight, the cache lookup
+before a request and the ledger row after it. The API key lives only in memory: it is never
+hashed, logged, cached, ledgered or put in an error message.
 """
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ class LLM:
         self.run_dir = Path(run_dir)
         self.stage = stage
         self.cfg = cfg
-        # Embedded server only: keep logits of every prompt token (echo + logprobs needs them;
-        # describe does not, and saves the memory and time of copying them).
+        # Whether this stage reads prompt log-probabilities. Only the llama.cpp server that once
+        # served the embedded model needed to know in advance; callers still say it.
         self.prompt_logprobs = prompt_logprobs
+        self._local = None  # the in-process client of the embedded model, while open
         # A Ray worker writes its own ledger file (see ledger.py); the engine names it in the env.
         self.writer = writer or os.environ.get("EXPLAIN_LEDGER_WRITER") or None
         self.client = None  # the first endpoint's AsyncOpenAI client, while open
@@ -62,26 +63,25 @@ class LLM:
         stack = contextlib.AsyncExitStack()
         try:
             urls = list(self.endpoint.urls)
+            members = []
             if self.endpoint.embedded:
-                from explainer.llm import server
+                # The embedded model answers in this process, behind the same transport, cache
+                # and ledger as any endpoint (inprocess.py).
+                from explainer.llm import inprocess
 
-                urls = [stack.enter_context(server.serve(
-                    self.endpoint.model, self.run_dir / "llm_server.log",
-                    logits_all=self.prompt_logprobs))]
+                self._local = await inprocess.Client(self.endpoint.model).start()
+                stack.push_async_callback(self._local.close)
+                members.append(Member(self._local, inprocess.HOST, inprocess.IN_FLIGHT))
+                urls = []
             self._ledger = Ledger.for_run(self.run_dir, writer=self.writer,
                                           shared=shared_cache(self.cfg.cache))
             stack.callback(self._ledger.close)
             key = self.endpoint.api_key or DUMMY_KEY
-            # llama_cpp.server answers one request at a time; more in flight would only queue
-            # there, with their timeouts running.
-            limit = 1 if self.endpoint.embedded else self.cfg.concurrency
-            members = []
             for url in urls:
                 client = AsyncOpenAI(base_url=url, api_key=key, timeout=self.cfg.timeout_s,
                                      max_retries=0)
                 stack.push_async_callback(client.close)
-                host = self.endpoint.host if self.endpoint.embedded else host_of(url)
-                members.append(Member(client, host, limit))
+                members.append(Member(client, host_of(url), self.cfg.concurrency))
             self.client = members[0].client
             self.pool = Pool(members)
             if getattr(self.cfg, "batch", False):
@@ -104,7 +104,7 @@ class LLM:
         stack, self._stack = self._stack, None
         self.client = None
         if stack is not None:
-            await stack.aclose()  # client, ledger, then the server: whatever happened above
+            await stack.aclose()  # clients, then the ledger: whatever happened above
 
     # --- requests -------------------------------------------------------------------------
 
@@ -124,14 +124,21 @@ class LLM:
     async def complete(self, prompt: str, *, max_tokens: int = 0, temperature: float = 0.0,
                        echo: bool = False, logprobs: int | None = None, sample: int = 0,
                        accept: Accept | None = None, key: str = "",
-                       stop: list[str] | None = None) -> Completion:
-        """A legacy completion; with echo + logprobs it returns the prompt's log-probabilities."""
+                       stop: list[str] | None = None, echo_offsets: list[int] | None = None,
+                       logprob_tokens: list[str] | None = None) -> Completion:
+        """A legacy completion; with echo + logprobs it returns the prompt's log-probabilities.
+
+        `echo_offsets` and `logprob_tokens` (the in-process backend only, see inprocess.py):
+        only the rows of the prompt tokens at those character offsets, over those tokens."""
         body: dict = {"model": self.endpoint.model, "prompt": prompt, "max_tokens": max_tokens,
                       "temperature": temperature}
         if echo:
             body["echo"] = True
         if logprobs is not None:
             body["logprobs"] = logprobs
+        if echo_offsets is not None:
+            body["echo_offsets"] = list(echo_offsets)
+            body["logprob_tokens"] = list(logprob_tokens or ())
         return await self._call(COMPLETE, body, sample, accept, key, stop)
 
     async def _call(self, kind: str, body: dict, sample: int, accept: Accept | None, key: str,
@@ -196,7 +203,10 @@ class LLM:
         return {"stage": self.stage, "key": key, "request": rkey, "model": self.endpoint.model,
                 "host": host or self.endpoint.host, "prompt_tokens": c.prompt_tokens,
                 "completion_tokens": c.completion_tokens, "latency_s": latency_s,
-                "cached": int(cached), "status": status, "error": None, "attempt": 0}
+                "cached": int(cached), "status": status, "error": None, "attempt": 0,
+                # a local model's own count (a reused prefix is not run again); a hit runs none
+                "evaluated_tokens": 0 if cached and c.evaluated_tokens is not None
+                else c.evaluated_tokens}
 
     def _cost(self, c: Completion, batch: bool = False) -> float | None:
         cost = cost_usd(self.endpoint.model, c.prompt_tokens, c.completion_tokens,
@@ -232,6 +242,8 @@ class LLM:
             line += f", cost unknown (no price for {self.endpoint.model})"
         else:
             line += f", est. ${s['cost']:.4f}"
+        if self._local is not None:
+            pool = self._local.summary()
         return line + (f" [{pool}]" if pool else "")
 
     def capacity(self) -> int:

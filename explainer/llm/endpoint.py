@@ -18,9 +18,9 @@ class Endpoint:
     """Where requests go; the key is never printed (repr=False) and never written to disk."""
 
     model: str  # the model's name at the endpoint (stored in explainer/simulator columns)
-    base_url: str | None  # None: OpenAI itself (or the embedded server, once started)
+    base_url: str | None  # None: OpenAI itself, or the embedded model
     api_key: str | None = field(default=None, repr=False)
-    embedded: bool = False  # True: start llama_cpp.server with the embedded GGUF ourselves
+    embedded: bool = False  # True: the embedded model, answered in this process (inprocess.py)
     # Further replicas serving the same model (repeated --base-url): one endpoint pool.
     replicas: tuple[str, ...] = ()
 
@@ -31,11 +31,12 @@ class Endpoint:
 
     @property
     def host(self) -> str:
-        """The endpoint's host:port (never user:password), or a stable name for the embedded one."""
+        """The endpoint's host:port (never user:password), or `in-process` for the embedded one."""
+        from explainer.llm.ledger import IN_PROCESS
         from explainer.llm.pool import host_of
 
         if self.embedded:
-            return f"embedded:{self.model}"  # its port changes every run
+            return IN_PROCESS
         return host_of(self.base_url) + (f" +{len(self.replicas)}" if self.replicas else "")
 
 

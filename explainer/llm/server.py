@@ -1,4 +1,10 @@
-"""The embedded LLM endpoint: llama-cpp-python's OpenAI-compatible server on a loopback port.
+"""llama-cpp-python's OpenAI-compatible server over the embedded GGUF, on a loopback port.
+
+Nothing in the pipeline uses it: the embedded LLM answers in this process (`inprocess.py`). It
+is the one real OpenAI-compatible server the tests run (no one here wrote it) and what the
+benchmarks compare against, and it needs the `serve` or `test` extra (llama-cpp-python, which
+compiles llama.cpp). A user who wants the GGUF over HTTP runs it the same way and names it with
+`--base-url`.
 
 The server is a child process that must never outlive the command: it is stopped on normal
 exit, on exceptions and Ctrl-C (the caller's context manager), at interpreter exit (atexit), and,
@@ -77,6 +83,11 @@ def start(alias: str, log_path: Path, *, logits_all: bool = True,
     """Start the server with the embedded GGUF served as `alias`; return once it answers."""
     global _atexit_registered
     model = gguf_path()
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise ExplainError("serving the embedded GGUF over HTTP needs llama-cpp-python: "
+                           "pip install 'explain[serve]'")
     port = free_port()
     threads = n_threads or os.cpu_count() or 1
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model),

@@ -28,6 +28,8 @@ class Completion:
     token_logprobs: list[float | None] | None = None
     top_logprobs: list[dict[str, float] | None] | None = None
     text_offset: list[int] | None = None
+    # tokens a model on this machine actually ran for the answer (None: an endpoint's, unknown)
+    evaluated_tokens: int | None = None
 
 
 class LLMError(Exception):
@@ -49,7 +51,8 @@ def parse(kind: str, raw: dict) -> Completion:
         lp = choice.get("logprobs")
         common = {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
                   "completion_tokens": int(usage.get("completion_tokens") or 0),
-                  "cached": False, "finish_reason": choice.get("finish_reason")}
+                  "cached": False, "finish_reason": choice.get("finish_reason"),
+                  "evaluated_tokens": usage.get("evaluated_tokens")}
         if kind == CHAT:
             text = (choice.get("message") or {}).get("content") or ""
             chat_lp = None

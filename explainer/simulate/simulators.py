@@ -4,9 +4,8 @@
   all-at-once prompt per excerpt; the expected value at every value slot.
 * `_Chat` (`chat` mode, chat-only APIs): the values by token index in a structured answer,
   expected values where the answer's top log-probabilities come back.
-* `_InProcess` (`logprob` mode on the embedded model): the same prompt as `_Echo`, evaluated in
-  this process by PyTorch on the dequantised weights (see inprocess.py for why), one prompt at
-  a time.
+* `inprocess.InProcess` (`logprob` mode on the embedded model): `_Echo` on the in-process
+  backend, which returns only the value slots' rows (see inprocess.py for why).
 * `baseline.LexicalSimulator` (`lexical` mode, `--simulator baseline-lexical`): no LLM, no
   endpoint; the words the explanation names, matched to each token (lexical.py).
 
@@ -15,7 +14,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from pathlib import Path
 from typing import Sequence
@@ -71,17 +69,20 @@ class _Echo(_Remote):
         lengths = [len(t) for t in excerpts]
 
         try:
-            # max_tokens=1: llama.cpp reads 0 as "no limit"; the one answer token is ignored.
             # Every answer is cached, readable or not: at temperature 0 an unreadable one would
             # come back the same, so a rerun reads it again instead of paying for it again.
-            c = await self.llm.complete(prompt.text, max_tokens=1, echo=True,
-                                        logprobs=self.top, key=key)
+            c = await self.llm.complete(prompt.text, echo=True, key=key, **self._ask(prompt))
         except LLMError as err:
             return self._count(SP.split_parsed(SP.Parsed(
                 None, str(err)[:300], self.mode, failure=SP.TRANSPORT), lengths))
         return self._count(SP.split_parsed(SP.parse_echo(
             prompt, c.tokens, c.top_logprobs, c.text_offset, shift=self.shift,
             strict=self.strict), lengths))
+
+    def _ask(self, prompt: SP.LogprobPrompt) -> dict:
+        """The request's arguments besides the prompt: every prompt token's top alternatives
+        (max_tokens=1: llama.cpp reads 0 as "no limit"; the one answer token is ignored)."""
+        return {"max_tokens": 1, "logprobs": self.top}
 
 
 class _Chat(_Remote):
@@ -110,32 +111,6 @@ class _Chat(_Remote):
         return self._count(SP.split_parsed(SP.parse_chat(c.text, n, c.chat_logprobs), lengths))
 
 
-class _InProcess:
-    mode = "logprob"
-    workers = 1  # one model, evaluated one prompt at a time
-
-    def __init__(self, embedded):
-        self.embedded = embedded
-        self.examples = SP.load_examples()
-        self._lock = asyncio.Lock()
-
-    async def predict(self, explanation: str, tokens: Sequence[str], key: str) -> SP.Parsed:
-        return (await self.predict_many(explanation, [tokens], key))[0]
-
-    async def predict_many(self, explanation: str, excerpts: Sequence[Sequence[str]],
-                           key: str) -> list[SP.Parsed]:
-        prompt = SP.logprob_prompt_many(explanation, excerpts, self.examples)
-        async with self._lock:  # off the event loop, so the progress bar keeps moving
-            parsed = await asyncio.to_thread(self.embedded.predict, prompt)
-        return SP.split_parsed(parsed, [len(t) for t in excerpts])
-
-    def summary(self) -> str:
-        e = self.embedded
-        return (f"{e.calls:,} in-process evaluations (no server), {e.prompt_tokens:,} prompt "
-                f"tokens, {e.evaluated_tokens:,} evaluated (the shared few-shot prefix is "
-                "reused), $0")
-
-
 def prompt_hash(simulator: str, excerpts_per_prompt: int = 1) -> str:
     """12 hex of what shapes a simulator's answers besides the model: its prompt files, and
     how many excerpts share one prompt (K = 1 is the paper's format); for baseline-lexical, the
@@ -159,17 +134,13 @@ async def open_simulator(cfg: C.SimulateConfig, endpoint):
         yield baseline.LexicalSimulator()
         return
 
-    if endpoint.embedded and cfg.mode in ("auto", "logprob"):
-        from explainer.simulate import inprocess
-
-        from explainer.llm import embedded
-
-        # PyTorch on llama.cpp's token ids: ~4x faster here than llama.cpp's AVX2 kernels.
-        log = Path(cfg.run) / "llm_embedded.log"  # llama.cpp's own messages, not the terminal
-        yield _InProcess(inprocess.EmbeddedTorch(embedded.gguf_path(),
-                                                 embedded.embedded_checkpoint(), log))
-        return
     async with L.LLM(endpoint, cfg.run, stage=cfg.stage, cfg=cfg.llm) as llm:
+        if endpoint.embedded and cfg.mode in ("auto", "logprob"):
+            from explainer.simulate import inprocess
+
+            # Our own backend: nothing to probe. Excerpts in flight together share a pass.
+            yield inprocess.InProcess(llm, llm.capacity(), cfg.strict_values)
+            return
         caps = await L.probe(llm, echo=cfg.mode != "chat")
         mode = cfg.mode
         if mode == "auto":

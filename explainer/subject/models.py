@@ -110,9 +110,16 @@ def format_table(rows: list[tuple[ModelSpec, bool]]) -> str:
     for spec, ok in rows:
         lines.append(f"{spec.name:<14}{spec.n_layers:>7}{spec.d_mlp:>7}"
                      f"{spec.n_layers * spec.d_mlp:>9,}{spec.n_params / 1e6:>7.0f}M  "
-                     f"{'yes' if ok else 'no (needs the Hugging Face hub)'}")
+                     f"{'yes' if ok else _missing(spec)}")
     lines.append("Also: any local Hugging Face checkpoint folder (--model PATH).")
     return "\n".join(lines)
+
+
+def _missing(spec: ModelSpec) -> str:
+    """Why a model does not load here, and how to change that."""
+    from explainer.llm.embedded import INSTALL
+
+    return f"no ({INSTALL})" if spec.source == "embedded" else "no (needs the Hugging Face hub)"
 
 
 class Subject:
