@@ -34,13 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from explainer import ExplainError
-from explainer import config as C
+from explainer import config
 from explainer import run as rundir
 from explainer.judge import reading, texts
 from explainer.judge.sampling import rng_for, side_of
 from explainer.run.query import text_hash
 from explainer.run.rows import GenerationRow
-from explainer.score import classify as K
+from explainer.score import classify
 
 METHOD = "generation"
 SPLIT = "generated"
@@ -117,13 +117,13 @@ def mad(own: list[float], control: list[float]) -> float | None:
 
 
 def auroc(pos: list[float], neg: list[float]) -> float | None:
-    return K.auroc([True] * len(pos) + [False] * len(neg), list(pos) + list(neg))
+    return classify.auroc([True] * len(pos) + [False] * len(neg), list(pos) + list(neg))
 
 
 # --- the stage -------------------------------------------------------------------------------
 
 
-def run(cfg: C.JudgeConfig) -> Path:
+def run(cfg: config.JudgeConfig) -> Path:
     """Write texts for the selected explanations and score them; returns generations/."""
     from explainer import llm as L
 
@@ -166,7 +166,7 @@ def run(cfg: C.JudgeConfig) -> Path:
     return run_dir / "generations"
 
 
-def _check(cfg: C.JudgeConfig) -> None:
+def _check(cfg: config.JudgeConfig) -> None:
     if cfg.n_texts < MIN_KEPT:
         raise ExplainError(f"--n-texts {cfg.n_texts}: must be {MIN_KEPT} or more (fewer kept "
                            "texts than that give no score)")
@@ -176,7 +176,7 @@ def _check(cfg: C.JudgeConfig) -> None:
                            "process only (the subject model is loaded once, here)")
 
 
-def settings(cfg: C.JudgeConfig) -> str:
+def settings(cfg: config.JudgeConfig) -> str:
     """What shapes the texts and scores besides the prompt files (a change redoes them)."""
     return (f"n={cfg.n_texts};min={MIN_KEPT};lead={reading.LEAD_IN!r};"
             f"max_tokens={reading.MAX_TEXT_TOKENS};seed={cfg.seed};windows=1;"
@@ -212,7 +212,7 @@ def _done(run_dir: Path, model: str, layer: int, ex: list[Expl], judge: str,
                for e in ex)
 
 
-async def _ask(cfg: C.JudgeConfig, endpoint, run_dir: Path, todo: list[Expl]) -> dict:
+async def _ask(cfg: config.JudgeConfig, endpoint, run_dir: Path, todo: list[Expl]) -> dict:
     """Expl.key -> the generator's answers (one, or two when the first kept too few)."""
     from explainer import llm as L
     from explainer import progress
@@ -262,7 +262,7 @@ def _randoms(run_dir: Path, model: str, layer: int, neurons: set[int], side: str
 
 
 def group_rows(run_dir: Path, model: str, subject, ex: list[Expl], answers: dict,
-               cfg: C.JudgeConfig, judge: str, phash: str) -> tuple[list, list]:
+               cfg: config.JudgeConfig, judge: str, phash: str) -> tuple[list, list]:
     """(generations rows, score rows) of one (layer, side, explainer) group."""
     layer, side, explainer = ex[0].layer, ex[0].side, ex[0].explainer
     _, _, sign = side_of(side)

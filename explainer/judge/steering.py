@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 from explainer import ExplainError
-from explainer import config as C
+from explainer import config
 from explainer import run as rundir
 from explainer.judge import reading, texts
 from explainer.judge.generation import SHUFFLED, Expl, derangement, explanations
@@ -44,14 +44,14 @@ UNDEFINED = "undefined"
 DONE = {"ok", UNDEFINED, "no_control"}
 
 
-def settings(cfg: C.JudgeConfig) -> str:
+def settings(cfg: config.JudgeConfig) -> str:
     import hashlib
 
     text = f"k={cfg.steer_k};n={N_EXCERPTS};seed={cfg.seed};named=first-token-both-forms"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def run(cfg: C.JudgeConfig) -> Path:
+def run(cfg: config.JudgeConfig) -> Path:
     """Steer each selected explanation's neuron and score the named tokens' gain; returns
     scores/."""
     if not cfg.steer_k > 0:
@@ -131,7 +131,7 @@ def gains(base, steered, cols: list[int]) -> float:
 
 
 def layer_rows(run_dir: Path, model: str, subject, layer: int, ex: list[Expl],
-               cfg: C.JudgeConfig, phash: str, done=lambda: None) -> list:
+               cfg: config.JudgeConfig, phash: str, done=lambda: None) -> list:
     """The score rows of one layer's explanations (`done()` after each)."""
     import torch
 
@@ -161,7 +161,7 @@ def layer_rows(run_dir: Path, model: str, subject, layer: int, ex: list[Expl],
 
 
 def _rows(e: Expl, model: str, subject, base, tokens, keep: list[int], tops: dict,
-          named: dict, naming: dict, source: dict, cfg: C.JudgeConfig, phash: str) -> list:
+          named: dict, naming: dict, source: dict, cfg: config.JudgeConfig, phash: str) -> list:
     _, _, sign = side_of(e.side)
     top = tops.get((e.neuron, e.side))
     common = dict(model=model, layer=e.layer, neuron=e.neuron, explainer=e.explainer,
