@@ -309,3 +309,23 @@ def test_ray_judge_equals_local(tmp_path, ray_cluster):
         want, got = _table(runs["local"], table), _table(runs["ray"], table)
         # cells by repr: a NaN inside a list cell (recall of an empty bin) equals itself there
         assert len(want) > 0 and want.map(repr).equals(got.map(repr)), table
+
+
+def test_record_runs_its_shards_on_the_local_engine_without_ray(tmp_path, tiny_gpt2,
+                                                                tiny_corpus):
+    """record's one-process path is engine/local.py: every shard read, tables written, no Ray."""
+    run = tmp_path / "run"
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from explainer import config as C\n"
+        "from explainer.record import stage\n"
+        f"stage.run(C.RecordConfig(run=Path({str(run)!r}), model={str(tiny_gpt2)!r}, "
+        f"corpus={str(tiny_corpus)!r}, layers='0', n_excerpts=40, ctx=16, top_k=4, "
+        "random_k=3, shards=3))\n"
+        "print('ray' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=RF.__file__.rsplit("/tests/", 1)[0], check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"
+    assert len(rundir.read(run, "excerpts")) == 40
+    assert not list(run.glob(".staging-*"))  # every shard merged, the staging folder gone
