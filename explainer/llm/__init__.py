@@ -2,8 +2,10 @@
 
 `endpoint` resolves where requests go; `client.LLM` is the cached client (concurrency,
 de-duplication, cache, ledger) built on `transport` (retries), `ledger` (SQLite cache, call log,
-prices) and `server` (the embedded llama.cpp endpoint); `probe` asks an endpoint what it can do;
-`embedded` finds the embedded model's files; `wire` reads the OpenAI answer format. Imports no
+prices) and, for the embedded model, `inprocess` (its answers in this process, on `torchlm`);
+`probe` asks an endpoint what it can do; `embedded` finds the embedded model's files; `wire`
+reads the OpenAI answer format; `server` runs llama-cpp-python's server over the embedded GGUF
+for the tests and benchmarks (the `serve` extra). Imports no
 stage. Nothing here starts, loads or reads anything at import time.
 """
 
