@@ -1,8 +1,9 @@
 """Stage `simulate`: a simulator predicts each token's activation from the explanation alone.
 
 `prompt` builds simulator prompts and parses answers (pure); `simulators` puts the echo-logprob,
-chat and in-process simulators behind one `predict`; `inprocess` evaluates the embedded model in
-this process; `stage` reads `explanations/` and `records/`, writes `simulations/` and `scores/`.
+chat and in-process simulators behind one `predict` (the embedded model is evaluated in this
+process by `llm.inprocess`); `stage` reads `explanations/` and `records/`, writes `simulations/`
+and `scores/`.
 Imports plumbing only (`run`, `llm`, `prompts`, `config`) and the shared scoring rules (`score`).
 """
 

@@ -4,8 +4,8 @@
   all-at-once prompt per excerpt; the expected value at every value slot.
 * `_Chat` (`chat` mode, chat-only APIs): the values by token index in a structured answer,
   expected values where the answer's top log-probabilities come back.
-* `inprocess.InProcess` (`logprob` mode on the embedded model): `_Echo` on the in-process
-  backend, which returns only the value slots' rows (see inprocess.py for why).
+* `_InProcess` (`logprob` mode on the embedded model): `_Echo` on the in-process backend,
+  asking for the value slots' rows only (see the class for why).
 * `baseline.LexicalSimulator` (`lexical` mode, `--simulator baseline-lexical`): no LLM, no
   endpoint; the words the explanation names, matched to each token (lexical.py).
 
@@ -85,6 +85,26 @@ class _Echo(_Remote):
         return {"max_tokens": 1, "logprobs": self.top}
 
 
+class _InProcess(_Echo):
+    """`_Echo` on the embedded model's in-process backend (llm/inprocess.py), which follows
+    OpenAI's row convention (shift 0) and can return less than an echo: only the rows of the
+    value slots, each over the ten value tokens (`echo_offsets`, `logprob_tokens`).
+
+    An echo's top alternatives at every prompt token cost a full-vocabulary softmax and sort at
+    ~600 positions and an answer of that size to cache; the slots' rows over the digits give the
+    same expected value, with every digit present, so no slot ever lacks one. (llama-cpp-python's
+    server computed the echo in Python at ~40 ms a token: 36 s for an 818-token prompt.)
+    """
+
+    def __init__(self, llm, workers: int, strict: bool = False):
+        super().__init__(llm, workers, shift=0, top=len(SP.VALUES), strict=strict)
+
+    def _ask(self, prompt: SP.LogprobPrompt) -> dict:
+        # No answer token: nothing is generated, so the prompt is evaluated exactly once.
+        return {"max_tokens": 0, "logprobs": len(SP.VALUES),
+                "echo_offsets": list(prompt.offsets), "logprob_tokens": list(SP.VALUES)}
+
+
 class _Chat(_Remote):
     mode = "chat"
 
@@ -136,10 +156,8 @@ async def open_simulator(cfg: C.SimulateConfig, endpoint):
 
     async with L.LLM(endpoint, cfg.run, stage=cfg.stage, cfg=cfg.llm) as llm:
         if endpoint.embedded and cfg.mode in ("auto", "logprob"):
-            from explainer.simulate import inprocess
-
             # Our own backend: nothing to probe. Excerpts in flight together share a pass.
-            yield inprocess.InProcess(llm, llm.capacity(), cfg.strict_values)
+            yield _InProcess(llm, llm.capacity(), cfg.strict_values)
             return
         caps = await L.probe(llm, echo=cfg.mode != "chat")
         mode = cfg.mode
