@@ -1,6 +1,7 @@
 """Benchmark `simulate`: the embedded simulator's seconds per 10 excerpts, and concurrency scaling.
 
-    PYTHONPATH=. python bench/bench_simulate.py [--neurons 2] [--threads 2] [--repeats 1] [--fake 32] [--latency 0.2]
+    PYTHONPATH=. python bench/bench_simulate.py [--neurons 2] [--threads 2] [--repeats 1]
+        [--fake 32] [--latency 0.2]
 
 1. Embedded simulator (SmolLM2-135M, in-process PyTorch), `--neurons` neurons of a run with
    64-token prose excerpts, each scored on its 5 valid top + 5 valid random excerpts and the
