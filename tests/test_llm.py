@@ -343,9 +343,12 @@ def test_no_orphan_after_ctrl_c_or_kill(tmp_path, sig):
 
     psutil = pytest.importorskip("psutil")
     root = Path(__file__).resolve().parent.parent
+    # A shell runs background jobs with SIGINT ignored, and Python keeps an ignored SIGINT
+    # ignored: give the child a terminal's default so Ctrl-C means what it means there.
     proc = subprocess.Popen([sys.executable, "-c", _HOLD_SERVER, str(tmp_path)], cwd=root,
                             stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(root)})
+                            env={**os.environ, "PYTHONPATH": str(root)},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         pid = int(proc.stdout.readline())
         assert psutil.pid_exists(pid)
