@@ -23,8 +23,7 @@ import numpy as np
 
 from explainer import run as rundir
 from explainer.views.formats import num
-
-COUNTED = ("ok", "partial")  # as views/judged.py counts a judge row
+from explainer.views.judged import COUNTED  # the judge table's rule for a counted row
 
 
 @dataclass(frozen=True)
