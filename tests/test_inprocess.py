@@ -55,6 +55,8 @@ def tiny_cache(tmp_path_factory):
 @pytest.fixture
 def tiny(tiny_cache, monkeypatch):
     monkeypatch.setenv("EXPLAIN_CACHE_DIR", str(tiny_cache))
+    # exact comparisons with a float32 reference; bfloat16 has its own test below
+    monkeypatch.setenv("EXPLAIN_LLM_DTYPE", "float32")
     return tiny_cache / "models" / config.EMBEDDED_LLM
 
 
@@ -164,6 +166,43 @@ def test_value_rows_batched_behind_a_shared_prefix_match_separate_passes(tiny, t
             assert np.allclose(got, want, atol=1e-4)
 
 
+def test_generations_in_flight_together_decode_as_each_would_alone(tiny, tmp_path):
+    """Chats of different lengths sent together are decoded side by side in one batch (padding
+    masked, positions per sequence): each greedy answer is `generate()`'s for its prompt alone,
+    and each sampled one is the one it gets when sent alone."""
+    import torch
+
+    chats = [[{"role": "user", "content": "Name a fruit" + ", please" * k + "."}]
+             for k in range(5)]
+
+    async def go(together, run, **kw):
+        async with _open(run) as llm:
+            ask = [llm.chat(m, max_tokens=6 + 3 * k, logprobs=True, top_logprobs=2, **kw)
+                   for k, m in enumerate(chats)]
+            if together:
+                return await asyncio.gather(*ask), llm.summary()
+            return [await a for a in ask], llm.summary()
+
+    greedy, summary = asyncio.run(go(True, tmp_path / "g"))
+    assert "5 requests in 1 passes" in summary
+    tok, model = _reference(tiny)
+    for k, (m, c) in enumerate(zip(chats, greedy)):
+        ids = tok(tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True))[
+            "input_ids"]
+        want = model.generate(torch.tensor([ids]), max_new_tokens=6 + 3 * k, do_sample=False,
+                              eos_token_id=tok.eos_token_id)[0, len(ids):].tolist()
+        want = [t for t in want if t != tok.eos_token_id]
+        assert c.text == tok.decode(want) and c.completion_tokens == len(want)
+        full = _full_logprobs(model, ids + want)
+        lps = [float(full[len(ids) - 1 + i, t]) for i, t in enumerate(want)]
+        assert np.allclose([lp for _, lp, _ in c.chat_logprobs], lps, atol=1e-4)
+    sampled, _ = asyncio.run(go(True, tmp_path / "s", temperature=1.0))
+    alone, summary = asyncio.run(go(False, tmp_path / "a", temperature=1.0))
+    assert "5 requests in 5 passes" in summary
+    assert [c.text for c in sampled] == [c.text for c in alone]
+    assert len({c.text for c in sampled}) > 1
+
+
 def test_sampling_is_seeded_and_stop_strings_cut(tiny, tmp_path):
     async def go():
         async with _open(tmp_path) as llm:
@@ -222,6 +261,39 @@ def test_in_process_simulator_reads_expected_values_at_the_slots(tiny, tmp_path)
     assert got.predicted == pytest.approx(want, abs=1e-4)
     rows = ledger.calls(tmp_path, stage="simulate")
     assert [r.host for r in rows] == [ledger.IN_PROCESS] and rows[0].prompt_tokens == len(ids)
+
+
+def test_bfloat16_decoder_keeps_the_expected_values(tiny, tmp_path, monkeypatch):
+    """The decoder in bfloat16 (the default where the CPU has native bfloat16) predicts nearly
+    what float32 does: the expected values at the slots of a float32 plain forward pass, within
+    bfloat16's rounding; the logits themselves stay float32 (the head is not cast)."""
+    import torch
+
+    from explainer import ExplainError
+    from explainer.llm import torchlm
+    from explainer.simulate import prompt as SP
+
+    monkeypatch.setenv("EXPLAIN_LLM_DTYPE", "bfloat16")
+    lm = torchlm.load(tiny)
+    assert lm.dtype == "bfloat16" and next(lm.model.parameters()).dtype == torch.bfloat16
+    assert lm.head.dtype == torch.float32
+    tokens = [" The", " cat", " sat", " on", " the", " mat", " with", " apples", "."] * 4
+    prompt = SP.logprob_prompt("fruit", tokens, SP.load_examples())
+    enc = lm.encode(prompt.text)
+    rows = [enc.at(o) - 1 for o in prompt.offsets]
+    (hidden, _), = lm.rows([enc.ids], [rows])
+    vid = [lm.token_id(v) for v in SP.VALUES]
+    got = (lm.logprobs_among(hidden, vid).exp() * torch.arange(10)).sum(-1)
+    tok, model = _reference(tiny)
+    full = _full_logprobs(model, list(enc.ids))
+    want = (full[rows][:, vid].softmax(-1) * torch.arange(10)).sum(-1)
+    assert float((got - want).abs().max()) < 0.1  # of 9; float32 vs itself is < 1e-4
+    monkeypatch.setenv("EXPLAIN_LLM_DTYPE", "float16")
+    with pytest.raises(ExplainError, match="EXPLAIN_LLM_DTYPE=float16: expected one of"):
+        torchlm.load(tiny)
+    monkeypatch.delenv("EXPLAIN_LLM_DTYPE")
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert torchlm.compute_dtype() == ("bfloat16" if native else "float32")
 
 
 @pytest.mark.slow

@@ -20,7 +20,8 @@ What it answers:
   10 numbers for a 64-token excerpt instead of ~600 rows of the whole vocabulary.
 
 Requests in flight together are answered together: evaluations in one forward pass behind the
-prefix they share with the previous prompt, generations one after another.
+prefix they share with the previous prompt, generations decoded side by side (one forward pass
+per generated token for all of them).
 """
 
 from __future__ import annotations
@@ -147,6 +148,9 @@ def answer_all(lm, name: str, requests: list[tuple[str, dict]]) -> list:
         for i, (h, reused) in zip(echo, hidden):
             prepared[i].hidden = h
             prepared[i].evaluated = len(prepared[i].enc.ids) - reused
+    gen = [i for i, p in enumerate(prepared) if p is not None and p.max_tokens > 0]
+    for i, g in zip(gen, lm.generate_many([_ask(prepared[i]) for i in gen])):
+        prepared[i].gen = g
     for i, p in enumerate(prepared):
         if p is not None:
             try:
@@ -184,7 +188,7 @@ def _prepare(lm, name: str, kind: str, body: dict) -> _Prepared:
         raise LLMError("bad_request", f"a prompt of {len(enc.ids)} tokens plus max_tokens "
                                       f"{max_tokens} exceeds the context of {lm.n_ctx} tokens")
     p = _Prepared(kind=kind, body=body, text=text, enc=enc, max_tokens=max_tokens, rows=None,
-                  hidden=None, picked=None, among=None, evaluated=0)
+                  hidden=None, picked=None, among=None, evaluated=0, gen=None)
     if kind == COMPLETE and body.get("echo") and body.get("logprobs") is not None:
         if body.get("echo_offsets") is not None:
             p.among = _single_tokens(lm, body.get("logprob_tokens"))
@@ -208,16 +212,29 @@ def _single_tokens(lm, tokens) -> list[tuple[str, int]]:
     return out
 
 
+def _wants_logprobs(p: _Prepared) -> tuple[bool, int]:
+    """Whether the answer's log-probabilities are asked for, and how many alternatives."""
+    body = p.body
+    if p.kind == CHAT:
+        return bool(body.get("logprobs")), int(body.get("top_logprobs") or 0)
+    return body.get("logprobs") is not None, int(body.get("logprobs") or 0)
+
+
+def _ask(p: _Prepared):
+    """The generation `p` asks for, in torchlm's terms."""
+    from explainer.llm.torchlm import Ask
+
+    stop = p.body.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else list(stop)
+    want_lp, top = _wants_logprobs(p)
+    return Ask(p.enc.ids, p.max_tokens, float(p.body.get("temperature") or 0.0),
+               int(p.body.get("seed") or 0), tuple(str(s) for s in stop), want_lp, top)
+
+
 def _answer(lm, name: str, p: _Prepared) -> dict:
     body = p.body
-    temperature = float(body.get("temperature") or 0.0)
-    stop = body.get("stop") or []
-    stop = [stop] if isinstance(stop, str) else list(stop)
-    want_lp = bool(body.get("logprobs")) if p.kind == CHAT else body.get("logprobs") is not None
-    top = int(body.get("top_logprobs") or 0) if p.kind == CHAT else int(body.get("logprobs") or 0)
-    gen = lm.generate(p.enc.ids, p.max_tokens, temperature=temperature,
-                      seed=int(body.get("seed") or 0), stop=stop, logprobs=want_lp,
-                      top_logprobs=top) if p.max_tokens > 0 else None
+    want_lp, top = _wants_logprobs(p)
+    gen = p.gen
     usage = {"prompt_tokens": len(p.enc.ids),
              "completion_tokens": len(gen.ids) if gen is not None else 0}
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
