@@ -42,6 +42,19 @@ class TopK:
         kernels.merge_topk(x, skip, _np(excerpt_ids, np.int64), _np(keys), self.vals, self.ids,
                            self.slot, self.acts)
 
+    @classmethod
+    def of(cls, ids: np.ndarray, vals: np.ndarray, acts: np.ndarray,
+           slot: np.ndarray | None = None) -> "TopK":
+        """A TopK holding these ranked ids and values (N, k) and the store acts (N, k, ctx),
+        whose row slot[n, i] holds rank i's activations (None: row i, a ranked store); no
+        buffer allocated, none copied."""
+        top = cls.__new__(cls)
+        top.k = ids.shape[1]
+        top.ids, top.vals, top.acts = ids, vals, acts
+        top.slot = np.tile(np.arange(top.k, dtype=np.int64), (ids.shape[0], 1)) \
+            if slot is None else slot
+        return top
+
     def arrays(self) -> tuple:
         """(vals, ids, slot, store): the buffers as the compiled kernels take them."""
         return self.vals, self.ids, self.slot, self.acts
@@ -135,15 +148,23 @@ class RandomSample:
     def sample(self, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ids (N, r), acts (N, r, ctx)): each neuron's first r candidates not in its row of
         exclude (N, m); ids -1 (and zero activations) where the corpus had too few excerpts."""
+        ids, slot = self.chosen(exclude)
+        if self.pool is None:
+            return ids, np.empty((ids.shape[0], 0, self.ctx), np.float32)
+        return ids, rows(self.pool.acts, slot)
+
+    def chosen(self, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids (N, r), slot (N, r)): sample()'s ids, and the rows of the pool's store
+        (self.pool.acts) holding their activations, so a reader gathers them once."""
         if self.pool is None:
             n = exclude.shape[0]
-            return np.empty((n, 0), np.int64), np.empty((n, 0, self.ctx), np.float32)
-        ids, _, acts = self.pool.ranked()  # (N, K), (N, K, ctx) by key
+            return np.empty((n, 0), np.int64), np.empty((n, 0), np.int64)
+        ids = self.pool.ids  # (N, K) by key
         keep = (ids >= 0) & ~(ids[:, :, None] == exclude[:, None, :]).any(axis=2)
         order = np.argsort(~keep, axis=1, kind="stable")[:, : self.r]  # kept ones first, by key
         out_ids = np.take_along_axis(ids, order, axis=1)
         out_ids[~np.take_along_axis(keep, order, axis=1)] = -1
-        return out_ids, rows(acts, order)
+        return out_ids, np.take_along_axis(self.pool.slot, order, axis=1)
 
 
 class Stats:

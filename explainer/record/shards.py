@@ -130,7 +130,7 @@ def run_shard(task: ShardTask, advance=lambda n, tokens: None) -> dict:
     info = {"n_read": n_read, "sha256": digest.hexdigest()}
     if task.keep:
         _KEPT.clear()
-        _KEPT[out] = {"info": info, "arrays": state.arrays()}
+        _KEPT[out] = {"info": info, "arrays": state.arrays(in_place=True)}
     else:
         state.save(out)
         _atomic_text(out / "done.json", json.dumps(info))
@@ -189,20 +189,28 @@ class _State:
             def consume(la, acts):
                 self.fused[la].update(acts, ids)
 
-        self.subject.stream(tokens, self.layers, consume, on_device=self.on_device)
+        # On the CPU the fused pass reads the layer's output in place (samplers.in_place).
+        self.subject.stream(tokens, self.layers, consume, on_device=self.on_device,
+                            view=not self.on_device)
 
-    def layer_arrays(self, la: int) -> dict:
-        """One layer's state as named arrays, ranked (what a checkpoint file holds)."""
-        arrays = {**_ranked("top", self.tops[la]), **_moments(self.stats[la])}
+    def layer_arrays(self, la: int, in_place: bool = False) -> dict:
+        """One layer's state as named arrays, ranked (what a checkpoint file holds).
+
+        in_place: the samplers' own buffers instead, each store with the slot of each rank
+        (`_slotted`), for a state merged from memory and then dropped: the ranked copy of every
+        kept activation (a store's size again in fresh pages, ~2 GB for SmolLM2's 30 layers and
+        both sides) is never made; the merge and the tables gather each row once."""
+        ranked = _slotted if in_place and not self.on_device else _ranked
+        arrays = {**ranked("top", self.tops[la]), **_moments(self.stats[la])}
         if self.bottoms:
-            arrays.update(_ranked("bottom", self.bottoms[la]))
+            arrays.update(ranked("bottom", self.bottoms[la]))
         if self.randoms[la].pool is not None:
-            arrays.update(_ranked("random", self.randoms[la].pool))
+            arrays.update(ranked("random", self.randoms[la].pool))
         return arrays
 
-    def arrays(self) -> dict:
-        """{layer: layer_arrays(layer)}."""
-        return {la: self.layer_arrays(la) for la in self.layers}
+    def arrays(self, in_place: bool = False) -> dict:
+        """{layer: layer_arrays(layer, in_place)}."""
+        return {la: self.layer_arrays(la, in_place) for la in self.layers}
 
     def save(self, out: Path) -> None:
         """Write each layer's state to `out`, one file per layer, each written atomically."""
@@ -216,6 +224,13 @@ class _State:
 def _ranked(name: str, top: TopK) -> dict:
     ids, vals, acts = top.ranked()
     return {f"{name}_ids": ids, f"{name}_vals": vals, f"{name}_acts": acts}
+
+
+def _slotted(name: str, top: TopK) -> dict:
+    """_ranked's arrays without the gather: the store as it is, `{name}_slot` (N, k) naming
+    the row of `{name}_acts` that holds each rank (the buffers themselves, not copies)."""
+    return {f"{name}_ids": top.ids, f"{name}_vals": top.vals, f"{name}_slot": top.slot,
+            f"{name}_acts": top.acts}
 
 
 def _moments(st: Stats) -> dict:
@@ -265,22 +280,37 @@ def forget() -> None:
 
 
 def merge_ranked(a: dict, b: dict, name: str, k: int) -> dict:
-    """The k best of two ranked buffers per neuron, by (value desc, excerpt id asc)."""
-    ids = np.concatenate([a[f"{name}_ids"], b[f"{name}_ids"]], axis=1)  # (N, 2k)
+    """The k best of two ranked buffers per neuron, by (value desc, excerpt id asc).
+
+    Either side may be `_slotted` (its store in slot order); the result is ranked, each kept
+    row gathered straight from its side's store (no (N, 2k, ctx) concatenation)."""
+    a_ids, b_ids = a[f"{name}_ids"], b[f"{name}_ids"]
+    ids = np.concatenate([a_ids, b_ids], axis=1)  # (N, 2k)
     vals = np.concatenate([a[f"{name}_vals"], b[f"{name}_vals"]], axis=1)
-    acts = np.concatenate([a[f"{name}_acts"], b[f"{name}_acts"]], axis=1)  # (N, 2k, ctx)
     # Empty slots (-inf, id -1) sort last; every real excerpt id appears in one shard only.
     order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -vals), axis=-1)[:, :k]
+    ka = a_ids.shape[1]
+    from_a = order < ka
+    acts = rows(a[f"{name}_acts"], _store_rows(a, name, np.minimum(order, ka - 1)))
+    n, r = np.nonzero(~from_a)  # ranks taken from b overwrite what was gathered from a
+    if len(n):
+        acts[n, r] = b[f"{name}_acts"][n, _store_rows(b, name, order - ka)[n, r]]
     return {f"{name}_ids": np.take_along_axis(ids, order, axis=1),
             f"{name}_vals": np.take_along_axis(vals, order, axis=1),
-            f"{name}_acts": rows(acts, order)}
+            f"{name}_acts": acts}
+
+
+def _store_rows(part: dict, name: str, ranks: np.ndarray) -> np.ndarray:
+    """The rows of part's store holding these ranks (N, m) (clipped into range)."""
+    ranks = np.clip(ranks, 0, part[f"{name}_ids"].shape[1] - 1)
+    slot = part.get(f"{name}_slot")
+    return ranks if slot is None else np.take_along_axis(slot, ranks, axis=1)
 
 
 def _top_k(acc: dict, name: str, k: int, n_neurons: int, ctx: int) -> TopK:
-    """A TopK holding merged ranked arrays (slot i holds rank i)."""
-    top = TopK(k, n_neurons, ctx)
-    top.ids, top.vals, top.acts = acc[f"{name}_ids"], acc[f"{name}_vals"], acc[f"{name}_acts"]
-    return top
+    """A TopK holding merged arrays, ranked or `_slotted` (no copy either way)."""
+    return TopK.of(acc[f"{name}_ids"], acc[f"{name}_vals"], acc[f"{name}_acts"],
+                   acc.get(f"{name}_slot"))
 
 
 # --- plumbing of the pass ---------------------------------------------------------------------

@@ -303,7 +303,8 @@ def _quantile_pass(cfg: RecordConfig, subject, layers: list[int], res: Recorded)
                     in_bin = torch.where(which == b, keys, torch.tensor(float("-inf")))
                     top.update(acts, ids, in_bin)
 
-            subject.stream(torch.tensor([e.token_ids for e in batch]), layers, consume)
+            subject.stream(torch.tensor([e.token_ids for e in batch]), layers, consume,
+                           view=True)  # read in the call: no copy of each layer's output
             trim()
     return bins
 

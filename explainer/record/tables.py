@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from explainer import run as rundir
+from explainer.record.samplers import rows
 from explainer.run.specs import RANDOM_SPLITS, SPLITS
 
 QUANTILE_PROBS = (0.001, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 0.999)
@@ -35,35 +36,57 @@ class Recorded:
     shards: tuple[int, ...]  # indices of the shards that read excerpts, in order
 
 
-def _ranked(kind: str, ids: np.ndarray, acts: np.ndarray, splits: tuple) -> dict:
-    """Record columns of one kind from (N, k) ids in rank order and their (N, k, ctx) acts;
-    ids of -1 (too few excerpts) are left out."""
+def _ranked(kind: str, ids: np.ndarray, slot: np.ndarray, splits: tuple) -> dict:
+    """Record columns of one kind from (N, k) ids in rank order, slot (N, k) the row of the
+    sampler's store holding each one's activations; ids of -1 (too few excerpts) are left out.
+    `rows` (neuron, store row) says where each record's activations are, for `_gather`."""
     n, j = np.nonzero(ids >= 0)
-    kept = acts[n, j]  # (rows, ctx)
     return {"neuron": n.astype(np.int32), "excerpt_id": ids[n, j], "kind": [kind] * len(n),
             "rank": j.astype(np.int32), "split": [splits[i % len(splits)] for i in j],
-            "acts": kept, "max_activation": kept.max(axis=1) if len(n) else kept[:, :0].sum(1)}
+            "rows": (n, slot[n, j])}
+
+
+def _gather(parts: list, stores: list, ctx: int) -> np.ndarray:
+    """Every part's activations, in order, copied once from its store (N, K, ctx) into one
+    (rows, ctx) array: no ranked copy of a store and no per-kind array to concatenate."""
+    out = np.empty((sum(len(p["rows"][0]) for p in parts), ctx), np.float32)
+    at = 0
+    for part, store in zip(parts, stores):
+        n, r = part.pop("rows")
+        # mode="clip": the indices are in range by construction, and "raise" buffers `out`.
+        np.take(store.reshape(-1, ctx), n * store.shape[1] + r, axis=0, out=out[at:at + len(n)],
+                mode="clip")
+        at += len(n)
+    return out
 
 
 def write_layer(run_dir: Path, key: str, layer: int, res: Recorded, outputs: dict) -> None:
     """Write one layer's records and neuron statistics (plus the output-side columns)."""
-    top_ids, _, top_acts = res.tops[layer].ranked()  # (N, k), _, (N, k, ctx)
-    parts = [_ranked("top", top_ids, top_acts, SPLITS)]
-    held = [top_ids]
+    top = res.tops[layer]
+    parts, stores, held = [_ranked("top", top.ids, top.slot, SPLITS)], [top.acts], [top.ids]
     if res.bottoms:
-        bot_ids, _, bot_acts = res.bottoms[layer].ranked()
-        parts.append(_ranked("bottom", bot_ids, bot_acts, SPLITS))
-        held.append(bot_ids)
-    rand_ids, rand_acts = res.randoms[layer].sample(np.concatenate(held, axis=1))
-    parts.append(_ranked("random", rand_ids, rand_acts, RANDOM_SPLITS))
+        bottom = res.bottoms[layer]
+        parts.append(_ranked("bottom", bottom.ids, bottom.slot, SPLITS))
+        stores.append(bottom.acts)
+        held.append(bottom.ids)
+    rs = res.randoms[layer]
+    rand_ids, rand_slot = rs.chosen(np.concatenate(held, axis=1))
+    if rs.pool is not None:
+        parts.append(_ranked("random", rand_ids, rand_slot, RANDOM_SPLITS))
+        stores.append(rs.pool.acts)
     if res.quantiles:
-        parts.append(_quantile_rows(res.quantiles[layer]))
+        for b, q in enumerate(res.quantiles[layer]):
+            parts.append(_quantile_part(q, b))
+            stores.append(q.acts)
+    acts = _gather(parts, stores, top.acts.shape[2])
     cols = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
-    acts = cols.pop("acts")
+    cols["max_activation"] = acts.max(axis=1) if len(acts) else acts[:, :0].sum(1)
     rundir.write_columns(run_dir, "records", {**cols, "activations": rundir.list_array(acts)},
                          model=key, layer=layer)
     st = res.stats[layer].summary()
     n_neurons = len(st["mean"])
+    rand_acts = rows(rs.pool.acts, rand_slot) if rs.pool is not None else \
+        np.empty((n_neurons, 0, top.acts.shape[2]), np.float32)
     rundir.write_columns(run_dir, "neurons", {
         "neuron": np.arange(n_neurons, dtype=np.int32), **st,
         "quantiles": rundir.list_array(_quantiles(rand_ids, rand_acts)), **outputs},
@@ -82,14 +105,10 @@ def _quantiles(ids: np.ndarray, acts: np.ndarray) -> np.ndarray:
         return np.nanquantile(tokens, QUANTILE_PROBS, axis=1).T.astype(np.float32)
 
 
-def _quantile_rows(bins: list) -> dict:
-    """Quantile samples as records of kind 'quantile'; rank = bin * quantile_k + position."""
-    q = bins[0].k
-    parts = []
-    for b, top in enumerate(bins):
-        ids, _, acts = top.ranked()  # (N, q), _, (N, q, ctx)
-        part = _ranked("quantile", ids, acts, SPLITS)
-        part["rank"] = part["rank"] + b * q
-        part["split"] = [SPLITS[i % len(SPLITS)] for i in part["rank"]]
-        parts.append(part)
-    return {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
+def _quantile_part(top, b: int) -> dict:
+    """Bin b's quantile samples as records of kind 'quantile'; rank = bin * quantile_k +
+    position."""
+    part = _ranked("quantile", top.ids, top.slot, SPLITS)
+    part["rank"] = part["rank"] + b * top.k
+    part["split"] = [SPLITS[i % len(SPLITS)] for i in part["rank"]]
+    return part

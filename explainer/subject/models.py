@@ -158,11 +158,15 @@ class Subject:
             return tokens
         return torch.cat([torch.full_like(tokens[:, :1], self.bos_id), tokens], dim=1)
 
-    def stream(self, tokens, layers: list[int], consume, on_device: bool = False) -> None:
+    def stream(self, tokens, layers: list[int], consume, on_device: bool = False,
+               view: bool = False) -> None:
         """Run tokens (B, ctx) behind a BOS token, calling consume(layer, (B, ctx, d_mlp) float32
         on the CPU, the BOS position dropped) as each selected layer's MLP fires, and stop right
         after the last one. on_device: the activations stay on the model's device (a GPU's
         samplers, record/device.py, keep them there), and the tokens go to it without a wait.
+        view: consume gets the layer's own output past the BOS column (a strided view, valid
+        only during the call) instead of a contiguous copy (record's samplers read it in place:
+        a copy per layer saved, 25 MB on GPT-2 small at 32 excerpts).
 
         Consuming inside the hook reads each activation while it is still in cache and frees
         it before the next layer; stopping there skips the later blocks and the logits.
@@ -176,7 +180,8 @@ class Subject:
         def hook_for(layer):
             def hook(x, hook):
                 acts = x[:, skip:].detach().float()
-                consume(layer, (acts if on_device else acts.cpu()).contiguous())
+                acts = acts if on_device else acts.cpu()
+                consume(layer, acts if view else acts.contiguous())
                 if layer == last:  # TransformerLens's own early-stop signal
                     raise StopAtLayerException(x)
                 return x
