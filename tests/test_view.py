@@ -63,6 +63,20 @@ def test_index_rows_one_per_pair(site):
             assert got == pytest.approx(want[n], abs=1e-4)
 
 
+def test_scored_only_pages_equal_the_full_sites(site, tmp_path):
+    """`explain run`'s viewer (scored neurons only, their rows alone split) writes each page
+    exactly as the full site does."""
+    run, out, _, _ = site
+    fast = tmp_path / "fast"
+    view.run(ViewConfig(run=run, out=fast, scored_only=True))
+    pages = sorted(p.relative_to(out) for p in (out / "neurons").rglob("N*.html"))
+    assert pages and pages == sorted(p.relative_to(fast) for p in (fast / "neurons").rglob("N*.html"))
+    for p in pages:
+        assert (fast / p).read_text() == (out / p).read_text(), p
+    for js in (out / "data").rglob("layer-*.js"):
+        assert (fast / js.relative_to(out)).read_text() == js.read_text()
+
+
 def test_histogram_svg_counts():
     x = np.array([0.0, 0.1, 0.1, 0.9, 1.0])
     svg = view.histogram_svg({"top excerpts": x}, bins=2)

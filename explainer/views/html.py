@@ -284,6 +284,10 @@ def _write_layer(run, out, mkey, name, layer, tokens,
     if not scored_only:
         neurons |= set(t["records"]["neuron"].astype(int))
     neurons = sorted(neurons)
+    if scored_only:  # a few neurons of thousands recorded: only their rows become dicts
+        keep = set(neurons)
+        t = {k: df[df["neuron"].isin(keep)] if "neuron" in df.columns else df
+             for k, df in t.items()}
     rows = _index_rows(mkey, layer, neurons, head, t["neurons"])
     data = out / "data" / mkey / f"layer-{layer}.js"
     data.parent.mkdir(parents=True, exist_ok=True)
