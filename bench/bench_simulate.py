@@ -7,7 +7,9 @@
    64-token prose excerpts, each scored on its 5 valid top + 5 valid random excerpts and the
    chosen candidate's test split: calls, prompt tokens as billed and as actually evaluated, and
    wall seconds per 10 excerpts against the 3 s floor, with excerpts in flight batched into one
-   forward pass (the default) and one excerpt per pass, alternated `--repeats` times.
+   forward pass (the default), the same in float32 where the default decoder is bfloat16, and
+   one excerpt per pass, alternated `--repeats` times; then how closely bfloat16's predictions
+   follow float32's.
 2. Against the fake OpenAI server answering after `--latency` s, `--fake` neurons at
    concurrency 16 vs 1 (logprob mode); prints the speed-up.
 """
@@ -73,36 +75,66 @@ def make_run(root: Path, n_neurons: int, ctx: int = 64, n_excerpts: int = 40,
 
 
 def embedded(n_neurons: int, threads: int, repeats: int = 1) -> None:
-    """Seconds per 10 excerpts of the embedded simulator, batched (the default) and one excerpt
-    per forward pass, alternating `repeats` times so that both see the same machine load."""
+    """Seconds per 10 excerpts of the embedded simulator: batched in the decoder's default
+    dtype (bfloat16 where the CPU has it), batched in float32, and one excerpt per forward pass,
+    alternating `repeats` times so that all see the same machine load; then how closely the
+    default dtype's predictions follow float32's."""
+    import os
+
+    import numpy as np
     import torch
 
     from explainer.llm import embedded as emb
     from explainer.llm import inprocess, ledger, torchlm
 
     torch.set_num_threads(threads)
+    dtype = torchlm.compute_dtype()
     t_load = time.perf_counter()
     torchlm.load(emb.embedded_checkpoint())  # once per process, shared by every stage
     t_load = time.perf_counter() - t_load
-    print(f"embedded {C.EMBEDDED_LLM} in-process (PyTorch), {threads} threads, model load "
-          f"{t_load:.1f} s (once per process)")
+    print(f"embedded {C.EMBEDDED_LLM} in-process (PyTorch), {threads} threads, decoder "
+          f"{dtype}, model load {t_load:.1f} s (once per process)")
     batched = inprocess.IN_FLIGHT
-    times: dict[int, list[float]] = {batched: [], 1: []}
+    variants = [("batched", batched, dtype), ("one per pass", 1, dtype)]
+    if dtype != "float32":
+        variants.insert(1, ("batched float32", batched, "float32"))
+    times: dict[str, list[float]] = {name: [] for name, _, _ in variants}
+    preds: dict[str, dict] = {}
+    before = os.environ.get("EXPLAIN_LLM_DTYPE")
     for _ in range(repeats):
-        for in_flight in (batched, 1):
+        for name, in_flight, dt in variants:
             inprocess.IN_FLIGHT = in_flight  # the largest forward pass, in requests
+            os.environ["EXPLAIN_LLM_DTYPE"] = dt
             try:
-                times[in_flight].append(_time_embedded(n_neurons, in_flight, ledger))
+                per10, preds[name] = _time_embedded(n_neurons, f"{name} ({dt})", ledger)
+                times[name].append(per10)
             finally:
                 inprocess.IN_FLIGHT = batched
+                if before is None:
+                    os.environ.pop("EXPLAIN_LLM_DTYPE", None)
+                else:
+                    os.environ["EXPLAIN_LLM_DTYPE"] = before
     best = {k: min(v) for k, v in times.items()}
-    print(f"  batched {best[batched]:.2f} s per 10 excerpts (best of {repeats}; "
-          f"{'ok' if best[batched] <= FLOOR_S else 'ABOVE'} the {FLOOR_S:.0f} s floor), one "
-          f"excerpt per pass {best[1]:.2f} s: {best[1] / best[batched]:.2f}x")
+    others = ", ".join(f"{k} {v:.2f} s ({v / best['batched']:.2f}x)" for k, v in best.items()
+                       if k != "batched")
+    print(f"  batched {dtype} {best['batched']:.2f} s per 10 excerpts (best of {repeats}; "
+          f"{'ok' if best['batched'] <= FLOOR_S else 'ABOVE'} the {FLOOR_S:.0f} s floor); "
+          f"{others}")
+    if "batched float32" in preds:
+        a, b = preds["batched"], preds["batched float32"]
+        keys = sorted(set(a) & set(b))
+        x = np.concatenate([a[k] for k in keys])
+        y = np.concatenate([b[k] for k in keys])
+        print(f"  {dtype} vs float32 predictions: {len(x):,} tokens, correlation "
+              f"{np.corrcoef(x, y)[0, 1]:.4f}, largest difference {np.abs(x - y).max():.3f} "
+              "(0-10 scale)")
 
 
-def _time_embedded(n_neurons: int, in_flight: int, ledger) -> float:
-    """Seconds per 10 excerpts of one `simulate` over a fresh run; prints its figures."""
+def _time_embedded(n_neurons: int, label: str, ledger) -> tuple[float, dict]:
+    """Seconds per 10 excerpts of one `simulate` over a fresh run, and its predictions per
+    (neuron, excerpt, split); prints its figures."""
+    import numpy as np
+
     with tempfile.TemporaryDirectory() as tmp:
         run = make_run(Path(tmp) / "run", n_neurons)
         cfg = C.SimulateConfig(run=run, n_top=5, n_random=5)
@@ -115,14 +147,16 @@ def _time_embedded(n_neurons: int, in_flight: int, ledger) -> float:
         per10 = total / max(1, n) * 10
         sc = rundir.read(run, "scores")
         valid = sc[sc["split"] == "valid"]
-        print(f"  {in_flight:>2} per pass: {len(calls)} calls for {n_neurons} neurons ({n} "
+        print(f"  {label}: {len(calls)} calls for {n_neurons} neurons ({n} "
               f"excerpts of 64 tokens), {total:.1f} s, {per10:.2f} s per 10 excerpts; per 10 "
               f"excerpts {sum(c.prompt_tokens for c in calls) / n * 10:,.0f} prompt tokens as "
               f"billed, {sum(c.evaluated_tokens for c in calls) / n * 10:,.0f} evaluated "
               f"(published budget {10 * PUBLISHED_PROMPT_TOKENS:,}); scores "
               f"{valid['score'].notna().sum()}/{len(valid)} defined, mean "
               f"{valid['score'].mean():.3f}", flush=True)
-        return per10
+        preds = {(int(r.neuron), int(r.excerpt_id), r.split): np.asarray(r.predicted, float)
+                 for r in sims.itertuples() if r.predicted is not None}
+        return per10, preds
 
 
 def _answer(req) -> Reply:
@@ -179,7 +213,7 @@ def main() -> None:
     ap.add_argument("--neurons", type=int, default=2, help="neurons on the embedded model (0: skip)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=1,
-                    help="alternations of batched and one-per-pass (the best of each counts)")
+                    help="alternations of the variants (the best of each counts)")
     ap.add_argument("--fake", type=int, default=32, help="neurons against the fake server (0: skip)")
     ap.add_argument("--latency", type=float, default=0.2)
     ap.add_argument("--serve", type=float, default=None, help=argparse.SUPPRESS)
