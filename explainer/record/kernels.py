@@ -17,32 +17,38 @@ BLOCK = 256  # neurons per work item: rows of 1 KiB, so strided reads still stre
 
 @njit(cache=True, nogil=True)
 def _scan_block(x, skip, lo, w, total, total_sq, positive, low, high, bmax, bmin):
-    """scan for neurons lo .. lo + w - 1."""
+    """scan for neurons lo .. lo + w - 1.
+
+    The five running values of an excerpt live in one (5, w) array, so the loop over the
+    block's neurons touches two arrays (it and x) and LLVM vectorises it behind one overlap
+    check: with five separate arrays it stayed scalar, 4.5x slower (SmolLM2's 1,536 neurons,
+    32 x 64 tokens: 9.5 ms against 2.1 on one core). Each lane still adds its neuron's tokens
+    one after another in float32, in the same order, so the sums are the same bits. Positive
+    tokens are counted in float32, exact below 2**24 tokens per excerpt.
+    """
     n_batch = x.shape[0]
     ctx = x.shape[1] - skip
-    s = np.empty(w, np.float32)
-    sq = np.empty(w, np.float32)
-    pos = np.empty(w, np.int64)
-    mn = np.empty(w, np.float32)
-    mx = np.empty(w, np.float32)
+    acc = np.empty((5, w), np.float32)
+    s, sq, pos, mn, mx = acc[0], acc[1], acc[2], acc[3], acc[4]
     for b in range(n_batch):
         s[:] = 0.0
         sq[:] = 0.0
-        pos[:] = 0
+        pos[:] = 0.0
         mn[:] = np.inf
         mx[:] = -np.inf
         for t in range(skip, skip + ctx):
+            row = x[b, t, lo:lo + w]
             for j in range(w):
-                v = x[b, t, lo + j]
+                v = row[j]
                 s[j] += v
                 sq[j] += v * v
-                pos[j] += v > 0
+                pos[j] += np.float32(1.0) if v > 0 else np.float32(0.0)
                 mn[j] = min(mn[j], v)
                 mx[j] = max(mx[j], v)
         for j in range(w):
             total[lo + j] += s[j]
             total_sq[lo + j] += sq[j]
-            positive[lo + j] += pos[j]
+            positive[lo + j] += np.int64(pos[j])
             low[lo + j] = min(low[lo + j], mn[j])
             high[lo + j] = max(high[lo + j], mx[j])
             bmax[b, lo + j] = mx[j]

@@ -1,0 +1,88 @@
+"""The recording pass's faster paths (issue 26) against independent computations, bit for bit:
+the vectorised moments, a shard merged from its samplers' own buffers (store + slot), the
+stores' 4 KB-page memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from explainer.record import shards
+from explainer.record.samplers import SMALL_STORE, LayerSamplers, Stats, TopK, store, stream_id
+
+
+def test_moments_are_the_bits_of_a_token_by_token_float32_sum():
+    """Each excerpt's ctx tokens added one after another in float32 (sum, sum of squares),
+    then added to float64 totals excerpt by excerpt, counted, min and max: plain numpy, one
+    token column at a time, gives the very same bits as the vectorised kernel."""
+    rng = np.random.default_rng(3)
+    b, ctx, n = 9, 37, 600  # three kernel blocks, the last partial
+    full = rng.normal(size=(2, b, 1 + ctx, n)).astype(np.float32) * 3
+    full[0, :, :, ::7] = rng.integers(-2, 3, (b, 1 + ctx, len(range(0, n, 7))))  # ties, zeros
+    st = Stats(n)
+    want = {"sum": np.zeros(n), "sumsq": np.zeros(n), "pos": np.zeros(n, np.int64),
+            "min": np.full(n, np.inf, np.float32), "max": np.full(n, -np.inf, np.float32)}
+    for batch in full:
+        bmax, bmin = st.update(torch.from_numpy(batch)[:, 1:])  # the hook's view
+        x = batch[:, 1:]
+        s, sq = np.zeros((b, n), np.float32), np.zeros((b, n), np.float32)
+        for t in range(ctx):
+            s += x[:, t]
+            sq += x[:, t] * x[:, t]
+        for e in range(b):
+            want["sum"] += s[e].astype(np.float64)
+            want["sumsq"] += sq[e].astype(np.float64)
+        want["pos"] += (x > 0).sum(axis=(0, 1))
+        want["min"] = np.minimum(want["min"], x.min(axis=(0, 1)))
+        want["max"] = np.maximum(want["max"], x.max(axis=(0, 1)))
+        assert bmax.numpy().tobytes() == x.max(axis=1).tobytes()
+        assert bmin.numpy().tobytes() == x.min(axis=1).tobytes()
+    for name, arr in want.items():
+        assert np.asarray(getattr(st, name)).tobytes() == arr.tobytes(), name
+    assert st.n == 2 * b * ctx
+
+
+def _fed(k: int, n: int, ctx: int, acts: np.ndarray, ids: np.ndarray) -> LayerSamplers:
+    s = LayerSamplers(k, n, ctx, 5, 2 * k, stream_id(0, "random", "m", 1), True)
+    for a in range(0, len(ids), 8):
+        s.update(torch.from_numpy(acts[a:a + 8])[:, 1:], torch.from_numpy(ids[a:a + 8]))
+    return s
+
+
+def test_a_shard_merged_from_its_own_buffers_equals_brute_force():
+    """Two shards' states, one as a checkpoint holds it (ranked) and one straight from its
+    samplers' buffers (store in slot order + slot), merge in either order into the exact
+    top-k of all excerpts (value desc, id asc) with each kept excerpt's own activations."""
+    rng = np.random.default_rng(5)
+    n_ex, ctx, n, k = 70, 5, 40, 6
+    acts = rng.integers(-3, 4, (n_ex, 1 + ctx, n)).astype(np.float32)  # many ties
+    first, second = _fed(k, n, ctx, acts[:40], np.arange(40)), \
+        _fed(k, n, ctx, acts[40:], np.arange(40, n_ex))
+    state = lambda s, name, kept: (shards._slotted if kept else shards._ranked)(  # noqa: E731
+        name, {"top": s.top, "bottom": s.bottom, "random": s.random.pool}[name])
+    assert not np.array_equal(second.top.slot, np.tile(np.arange(k), (n, 1)))  # slots moved
+    kept = acts[:, 1:]
+    for name, keys in (("top", kept.max(axis=1)), ("bottom", -kept.min(axis=1))):
+        want = np.stack([np.lexsort((np.arange(n_ex), -keys[:, j]))[:k] for j in range(n)])
+        for a, b in ((first, second), (second, first)):
+            for a_kept, b_kept in ((False, True), (True, False), (True, True)):
+                got = shards.merge_ranked(state(a, name, a_kept), state(b, name, b_kept), name, k)
+                assert got[f"{name}_ids"].tolist() == want.tolist()
+                np.testing.assert_array_equal(got[f"{name}_acts"],
+                                              kept[want, :, np.arange(n)[:, None]])
+    one = shards._top_k(state(second, "random", True), "random", 0, n, ctx)  # one shard: no copy
+    assert one.acts is second.random.pool.acts
+    for x, y in zip(one.ranked(), second.random.pool.ranked()):
+        assert x.tobytes() == y.tobytes()
+
+
+def test_stores_are_zeroed_writable_float32_of_any_size():
+    small, big = store((3, 4, 5)), store((SMALL_STORE // 256 + 1, 4, 16))
+    for a in (small, big):
+        assert a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable
+        assert not a.any()
+        a[-1, -1, -1] = 2.5
+        assert a.sum() == 2.5
+    assert big.nbytes > SMALL_STORE
+    top = TopK(4, SMALL_STORE // 256 + 1, 16)  # a sampler's store is one of them
+    assert top.acts.shape == (SMALL_STORE // 256 + 1, 4, 16) and not top.acts.any()
