@@ -10,9 +10,16 @@ Prints ratios measured in one run (seconds on a shared machine are noise; ratios
   ratio vs hooked forward = the same, over a forward that stops where record stops (after the
                      last hooked MLP, no logits) with hooks that only read: the samplers' cost.
   memory ratio     = peak RSS recording 4N excerpts / peak RSS recording N excerpts.
+  split of record  = the timed recording runs themselves, cut into: the forward inside record
+                     (the hooked forward's work, measured there), the fused sampler pass
+                     (first touch of the stores included), the merge of the shard from memory,
+                     and everything else (corpus, staging, setup); each in ms per layer and
+                     batch and as a share of the hooked forward of the same repeat.
   breakdown        = where one recording batch's time goes, per layer: the samplers step by
-                     step (activation copy, statistics, top-k, bottom-k, hashed random keys,
-                     random pool) against the fused pass record runs, staging, the output side.
+                     step (statistics, top-k, bottom-k, hashed random keys, random pool)
+                     against the fused pass record runs, staging, the output side, the first
+                     touch of a layer's sampler stores, and what a copy of the activations
+                     would cost (the hook hands record a view since issue 26).
 Each ratio comes with its range over the interleaved repeats (the spread on a shared machine).
 With --device cuda (GPT-2-small-shaped model, every layer hooked, the device samplers):
   device ratio     = tokens/s of the recording pass (forward, samplers on the GPU, the kept
@@ -24,6 +31,7 @@ With --device cuda (GPT-2-small-shaped model, every layer hooked, the device sam
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -50,10 +58,11 @@ def throughput(model: str, n: int, batch_size: int, repeats: int = 3, sides: str
 
     import torch
 
-    from explainer.record import corpus, shards
-    from explainer.subject import models
-    from explainer.record import stage as record
     from explainer.config import RecordConfig
+    from explainer.record import corpus, shards
+    from explainer.record import stage as record
+    from explainer.record.samplers import LayerSamplers
+    from explainer.subject import models
 
     spec = models.resolve(model)
     subject = models.load(spec)
@@ -64,7 +73,7 @@ def throughput(model: str, n: int, batch_size: int, repeats: int = 3, sides: str
         sides = record._sides(cfg, subject)  # auto: both on a gated model, as record does
         ex = [e.token_ids for e in corpus.excerpts("embedded", subject.tokenizer, cfg.ctx, n)]
         batches = [torch.tensor(ex[i:i + batch_size]) for i in range(0, len(ex), batch_size)]
-        bare, reach, rec = [], [], []
+        bare, reach, rec, splits = [], [], [], []
         for _ in range(repeats):  # interleaved: this machine's load changes minute to minute
             # The baselines get record's heap settings too, so the ratios measure recording.
             with torch.inference_mode(), shards.steady_heap():
@@ -74,18 +83,28 @@ def throughput(model: str, n: int, batch_size: int, repeats: int = 3, sides: str
                     subject.forward(b)
                 bare.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
-                for b in batches:  # the same forward as record, hooks that only read
-                    subject.stream(b, layers, lambda la, a: None)
+                for b in batches:  # the same forward and hook as record's, consumers that only
+                    subject.stream(b, layers, lambda la, a: None, view=True)  # read (none here)
                 reach.append(time.perf_counter() - t0)
             shutil.rmtree(cfg.run, ignore_errors=True)  # no finished shard to resume from
-            t0 = time.perf_counter()
-            record._record(cfg, subject, layers, sides, {"bench": True})
-            rec.append(time.perf_counter() - t0)
+            with _timed(shards._State, "add") as add, _timed(shards, "merge_layer") as merge, \
+                    _timed(LayerSamplers, "update") as fused:
+                t0 = time.perf_counter()
+                record._record(cfg, subject, layers, sides, {"bench": True})
+                rec.append(time.perf_counter() - t0)
+            splits.append({"forward inside record": add[0] - fused[0],
+                           "fused sampler pass (stores' first touch included)": fused[0],
+                           "merge of the shard from memory": merge[0],
+                           "the rest (corpus, staging, setup)": rec[-1] - add[0] - merge[0]})
         parts = breakdown(subject, cfg, sides, ex[:4 * batch_size], Path(tmp))
     tokens = len(ex) * cfg.ctx
     # Each repeat's own ratios give the spread; the headline is best over best.
     vs_bare = [b / r for b, r in zip(bare, rec)]
     vs_hooked = [h / r for h, r in zip(reach, rec)]
+    best = min(range(repeats), key=lambda i: rec[i])  # the split of the fastest recording
+    per = len(batches) * len(layers)
+    split = {name: [round(1e3 * v / per, 2), round(v / reach[best], 4)]
+             for name, v in splits[best].items()}
     return {"model": spec.name, "excerpts": len(ex), "layers_hooked": len(layers),
             "sides": list(sides), "batch_size": batch_size, "bare_tok_s": round(tokens / min(bare)),
             "record_tok_s": round(tokens / min(rec)),
@@ -93,7 +112,26 @@ def throughput(model: str, n: int, batch_size: int, repeats: int = 3, sides: str
             "throughput_ratio_range": [round(min(vs_bare), 3), round(max(vs_bare), 3)],
             "ratio_vs_hooked_forward": round(min(reach) / min(rec), 3),
             "ratio_vs_hooked_forward_range": [round(min(vs_hooked), 3), round(max(vs_hooked), 3)],
-            "breakdown_ms": parts}
+            "record_split_ms_and_share": split, "breakdown_ms": parts}
+
+
+@contextlib.contextmanager
+def _timed(owner, name: str):
+    """Sum the wall time of every call of owner.name while the block runs (a one-item list)."""
+    original, total = getattr(owner, name), [0.0]
+
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            total[0] += time.perf_counter() - t0
+
+    setattr(owner, name, wrapper)
+    try:
+        yield total
+    finally:
+        setattr(owner, name, original)
 
 
 def breakdown(subject, cfg, sides, excerpts: list, tmp: Path) -> dict:
@@ -102,8 +140,10 @@ def breakdown(subject, cfg, sides, excerpts: list, tmp: Path) -> dict:
     The samplers are timed inside the hooks of real forward passes over a few batches (their
     state filling up as in a run): first each step as separate calls on a contiguous copy (the
     path before the fused kernel), then the fused pass record runs now, which reads the hook's
-    view in place. The output side (run beside the pass in a background thread) and the staging
-    of excerpts are timed on their own; the forward is the hooked forward's time per layer.
+    view in place (the copy is timed too: record made it per layer before issue 26). The
+    output side (run beside the pass in a background thread), the staging of excerpts and the
+    first touch of one layer's fresh sampler stores are timed on their own; the forward is the
+    hooked forward's time per layer.
     """
     import numpy as np
     import torch
@@ -116,7 +156,8 @@ def breakdown(subject, cfg, sides, excerpts: list, tmp: Path) -> dict:
     d, layers, bs = subject.d_mlp, list(range(subject.spec.n_layers)), cfg.batch_size
     extra, neg = cfg.top_k * len(sides), "neg" in sides
     streams = [stream_id(cfg.seed, "random", rundir.model_key(subject.name), la) for la in layers]
-    parts = {k: 0.0 for k in ("forward (hooked)", "activation copy", "statistics", "top-k",
+    copy = "activation copy (record makes none since issue 26)"
+    parts = {k: 0.0 for k in ("forward (hooked)", copy, "statistics", "top-k",
                               "bottom-k", "random keys (hashed)", "random pool merge",
                               "fused pass (all samplers)", "staging (per batch)",
                               "output side (background, per layer, once per run)")}
@@ -132,7 +173,7 @@ def breakdown(subject, cfg, sides, excerpts: list, tmp: Path) -> dict:
         def consume(la, acts):
             top, bottom, stats, rs = sep[la]
             t0 = clock()
-            x = acts.clone()  # what the hook's copy past the BOS column costs (in both passes)
+            x = acts.clone()  # the copy past the BOS column the hook made before issue 26
             t1 = clock()
             bmax, bmin = stats.update(x)
             t2 = clock()
@@ -147,16 +188,16 @@ def breakdown(subject, cfg, sides, excerpts: list, tmp: Path) -> dict:
             t6 = clock()
             fused[la].update(acts, ids)
             t7 = clock()
-            for name, a, b in (("activation copy", t0, t1), ("statistics", t1, t2),
+            for name, a, b in ((copy, t0, t1), ("statistics", t1, t2),
                                ("top-k", t2, t3), ("bottom-k", t3, t4),
                                ("random keys (hashed)", t4, t5), ("random pool merge", t5, t6),
                                ("fused pass (all samplers)", t6, t7)):
                 parts[name] += b - a
 
         with torch.inference_mode():
-            subject.stream(tokens, layers, consume)
+            subject.stream(tokens, layers, consume, view=True)
             t0 = clock()
-            subject.stream(tokens, layers, lambda la, a: None)
+            subject.stream(tokens, layers, lambda la, a: None, view=True)
             parts["forward (hooked)"] += clock() - t0
         t0 = clock()
         shards._stage_excerpts(tmp / f"stage-{k}", subject, [_Excerpt(k * bs + i, e) for i, e
@@ -166,14 +207,23 @@ def breakdown(subject, cfg, sides, excerpts: list, tmp: Path) -> dict:
     t0 = clock()
     logits.layer_columns(subject, layers[-1])
     out["output side (background, per layer, once per run)"] = round(1e3 * (clock() - t0), 2)
+    # What the first rows written into a layer's fresh stores cost (page faults): paid inside
+    # the fused pass's first batches, once per layer and run.
+    del sep, fused
+    t0 = clock()
+    fresh = LayerSamplers(cfg.top_k, d, cfg.ctx, cfg.random_k, extra, streams[0], neg)
+    for top in (fresh.top, fresh.bottom, fresh.random.pool):
+        if top is not None:
+            top.acts[:, :, 0] = 0.0  # one write per 256 bytes: every page touched
+    out["sampler stores' first touch (per layer, once per run)"] = round(1e3 * (clock() - t0), 2)
     # A shard's checkpoint of one layer, written, then re-read by the merge: what the local
     # engine's last shard (the only one, up to 4,096 excerpts) no longer pays.
     la = layers[-1]
     t0 = clock()
-    arrays = {**shards._ranked("top", fused[la].top), **shards._moments(fused[la].stats),
-              **shards._ranked("random", fused[la].random.pool)}
+    arrays = {**shards._ranked("top", fresh.top), **shards._moments(fresh.stats),
+              **shards._ranked("random", fresh.random.pool)}
     if neg:
-        arrays.update(shards._ranked("bottom", fused[la].bottom))
+        arrays.update(shards._ranked("bottom", fresh.bottom))
     with open(tmp / "layer.npz", "wb") as f:
         np.savez(f, **arrays)
     t1 = clock()
@@ -194,13 +244,17 @@ class _Excerpt:
 
 def print_breakdown(res: dict) -> None:
     """The breakdown as lines a reader scans: ms per layer and batch, and share of the forward."""
+    print(f"{res['model']}: the fastest recording run, split (ms per layer and batch, and as a "
+          "share of the hooked forward of the same repeat)")
+    for name, (ms, share) in res["record_split_ms_and_share"].items():
+        print(f"  {name:<60}{ms:>9.2f}  {share:>7.1%}")
     parts = res["breakdown_ms"]
     fwd = parts["forward (hooked)"]
     print(f"{res['model']}: where recording's time goes, in ms per layer and batch of "
-          f"{res['batch_size']} (staging: per batch; the last three: per layer, once per run or "
+          f"{res['batch_size']} (staging: per batch; the last five: per layer, once per run or "
           "shard), and as a share of the hooked forward's time per layer and batch")
     for name, ms in parts.items():
-        print(f"  {name:<52}{ms:>9.2f}  {ms / fwd:>7.1%}")
+        print(f"  {name:<60}{ms:>9.2f}  {ms / fwd:>7.1%}")
 
 
 DEVICE_FLOOR = 0.8
