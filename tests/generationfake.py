@@ -82,7 +82,7 @@ class Generator:
         if not req.path.endswith("/chat/completions"):
             return default_handler(req)
         user = body["messages"][-1]["content"]
-        asked = re.search(r"Write (\d+) different", user)
+        asked = re.search(r"Write (\d+) sentences, one per line", user)
         if asked is None:  # another stage's prompt (explain run also simulates)
             return default_handler(req)
         desc = user.split("\n", 1)[0].removeprefix("Description: ")

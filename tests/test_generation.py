@@ -260,11 +260,33 @@ def test_mad_and_windows_against_numpy():
 
 def test_copies_of_the_worked_example_are_dropped():
     ex = texts.example_texts()
-    assert len(ex) == 4
-    got = texts.screen(["Sales fell in November but recovered strongly by April.\n"
+    assert len(ex) == 6 and ex[0] == "The river rose after three days of rain."
+    got = texts.screen(["The river rose after two days of rain.\n"
                         "She was born in May and moved to the coast as a child."],
                        'the token "May"', 10, ex)
     assert [t.status for t in got] == ["copied", "kept"]
+
+
+def test_a_label_before_a_text_is_not_part_of_it():
+    got = texts.screen(['river: The river rose after rain.', '2. "Bank": Bank staff left early.',
+                        "The reason is simple: we left early.", "slowly:"],
+                       'the tokens "river", "Bank" and "slowly"', 10)
+    assert [(t.text, t.status) for t in got] == [
+        ("The river rose after rain.", "kept"), ("Bank staff left early.", "kept"),
+        ("The reason is simple: we left early.", "kept"), ("slowly:", "empty")]
+
+
+def test_the_generator_is_sampled_with_a_seed_per_ask(recorded, tmp_path):
+    """Greedy decoding looped the embedded generator; both asks sample, each with its seed."""
+    run = _copy(recorded, tmp_path / "run")
+    with FakeOpenAI(GF.Generator("exact", n_bad=0)) as fake:
+        fake.push(*[GF.Reply.chat("One line only.\nAnd a second one.")] * 4)
+        stage.run(C.JudgeConfig(run=run, method="generation", judge="fake-model",
+                                neurons=str(GF.DETECTOR),
+                                llm=C.LLMConfig(base_url=fake.base_url, max_retries=0)))
+        asks = [r.body for r in fake.requests if r.path.endswith("/chat/completions")]
+    assert [(b["temperature"], b.get("seed")) for b in asks] == [(texts.TEMPERATURE, 0),
+                                                                 (texts.TEMPERATURE, 1)]
 
 
 def test_every_score_is_the_auroc_of_the_stored_maxes_on_both_sides(exact):

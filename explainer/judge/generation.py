@@ -2,7 +2,9 @@
 
 CoSy (Kopf et al., 2024) and Huang et al. (2023): a generator LLM, holding only the explanation,
 writes N short texts in which what it names occurs (one chat call per explanation; one more
-when fewer than MIN_KEPT texts survive `texts.screen`). The subject model reads them
+when fewer than MIN_KEPT texts survive `texts.screen`). Both asks sample at texts.TEMPERATURE
+with a seed per ask (cached, so a rerun reads the same texts): greedy decoding sent the embedded
+135M generator into a loop of one repeated line on most explanations. The subject model reads them
 (`reading.read_texts`); per text the neuron's max activation in the side's units. Two controls:
 
 * (a) windows: the neuron's own random excerpts, each cut to the token length of one of the
@@ -180,7 +182,7 @@ def settings(cfg: config.JudgeConfig) -> str:
     """What shapes the texts and scores besides the prompt files (a change redoes them)."""
     return (f"n={cfg.n_texts};min={MIN_KEPT};lead={reading.LEAD_IN!r};"
             f"max_tokens={reading.MAX_TEXT_TOKENS};seed={cfg.seed};windows=1;"
-            f"copied={texts.COPIED}")
+            f"copied={texts.COPIED};t={texts.TEMPERATURE};label=1")
 
 
 def explanations(run_dir: Path, model: str, layer: int, explainer: str | None,
@@ -229,10 +231,10 @@ async def _ask(cfg: config.JudgeConfig, endpoint, run_dir: Path, todo: list[Expl
                        texts.screen(got, e.explanation, cfg.n_texts, examples)) >= MIN_KEPT:
                     break
                 key = f"L{e.layer}/N{e.neuron}/{e.side}/{e.explainer}/c{e.candidate}/s{sample}"
-                try:  # the second ask samples (temperature > 0), so it is not the first again
+                try:  # sampled, not greedy (module doc); the second ask has its own seed
                     c = await llm.chat(texts.messages(e.explanation, cfg.n_texts),
                                        max_tokens=texts.max_tokens(cfg.n_texts),
-                                       temperature=0.0 if sample == 0 else 0.8, sample=sample,
+                                       temperature=texts.TEMPERATURE, sample=sample,
                                        key=key, accept=lambda c: bool(c.text.strip()))
                     got.append(c.text)
                 except L.LLMError as err:
