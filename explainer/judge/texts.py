@@ -1,14 +1,16 @@
 """Generation's texts: the prompt that asks for them, the reading of the answer, and which of
 the texts are kept. Pure functions, no I/O but prompt files.
 
-The generator is asked for N short texts, one a line, in which what the explanation names
-occurs. A small generator often writes *about* the explanation ('The token "by" is present in
-the first sentence.') instead of an example of it, repeats itself, or answers with a bare word;
-those texts would measure the generator, not the explanation, so each line gets a status and only
-`kept` ones are read by the subject:
+The generator is asked for N sentences, one a line, each using a word the explanation quotes as
+written (a worked example whose every line does so comes first). Whether a text holds a named
+word is never a reason to keep or drop it: that would decide the score. A small generator
+often writes *about* the explanation ('The token "by" is present in the first sentence.')
+instead of an example of it, repeats itself, or answers with a bare word; those texts would
+measure the generator, not the explanation, so each line gets a status and only `kept` ones are
+read by the subject:
 
-* empty: nothing left after numbering, bullets and quotes are stripped, or a preamble ("Here
-  are ten sentences:");
+* empty: nothing left after numbering, bullets, a short label ("river: ") and quotes are
+  stripped, or a preamble ("Here are ten sentences:");
 * short: fewer than MIN_WORDS words (a bare token or number is not a text);
 * restates: the explanation itself (three words or more) inside the text, a text made only of
   the explanation's own words, or a text that talks about text: a word such as "token",
@@ -44,7 +46,8 @@ _BULLET = re.compile(r"^\s*(?:[-*•>#]+|\(?\d+[.):\]]|[a-z][.)])\s*", re.IGNORE
 # The word a line is written for, before the text: 'river: The river rose.' (one to three
 # words, maybe quoted, then a colon and a space). The prompt asks for it because a small model
 # copies a word it has just written far more often than one it read in the description.
-_LABEL = re.compile(r"^[\"'“]?[^\s:\"“”]{1,30}(?:\s[^\s:\"“”]{1,30}){0,2}[\"'”]?\s*:\s+(?=\S)")
+_LABEL = re.compile(r"^[\"'“]?[^\s:\"“”]{1,30}(?:\s[^\s:\"“”]{1,30}){0,2}[\"'”]?"
+                    r"\s*:\s+(?=\S)")
 _QUOTED = re.compile(r"[\"“”«»]([^\"“”«»]+)[\"“”«»]|(?<!\w)'([^']+)'(?!\w)")
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 
