@@ -219,29 +219,29 @@ class TorchLM:
             if len(asks) == 1:
                 cache = _cache(self._kv, 1)  # the whole prompt, kept for the next call
             last = torch.stack([hidden[b, n - 1 - reused] for b, n in enumerate(lens)])
-            padded = max(lens) != min(lens)
-            mask = torch.tensor([[1] * n + [0] * (max(lens) - n) for n in lens])
-            pos = torch.tensor(lens)
+            # Prompts of different lengths: each one's padding is masked while decoding.
+            mask = torch.tensor([[1] * n + [0] * (max(lens) - n) for n in lens]) \
+                if max(lens) != min(lens) else None
             threads = torch.get_num_threads()
             torch.set_num_threads(min(threads, DECODE_THREADS))
             try:
-                self._decode(states, last, cache, mask if padded else None, pos, lens)
+                self._decode(states, last, cache, mask, torch.tensor(lens))
             finally:
                 torch.set_num_threads(threads)
-            made = sum(len(st.ids) for st in states)
-            self.evaluated_tokens += made
+            self.evaluated_tokens += sum(len(st.ids) for st in states)
         return [Generated(tuple(st.ids), st.text, st.finish, n - reused + len(st.ids),
                           tuple(st.lps)) for st, n in zip(states, lens)]
 
-    def _decode(self, states: list["_Decoding"], last, cache, mask, pos, lens) -> None:
-        """Choose and run tokens until every state is done; `mask` None: no padding."""
+    def _decode(self, states: list["_Decoding"], last, cache, mask, pos) -> None:
+        """Choose and run tokens until every state is done; `pos`: each prompt's length (the
+        position of its first answer token), `mask` None: no padding."""
         torch = self.torch
         for step in range(max((st.ask.max_tokens for st in states), default=0)):
             logits = last @ self.head.T  # (batch, vocab), float32
             nxt = []
             for b, st in enumerate(states):
                 if not st.done:
-                    st.take(self, logits[b], step, lens[b])
+                    st.take(self, logits[b], int(pos[b]))
                 nxt.append(st.ids[-1] if st.ids and not st.done else 0)
             if all(st.done for st in states):
                 break
@@ -277,7 +277,7 @@ class _Decoding:
         self.text, self.finish = "", "length"
         self.done = ask.max_tokens <= 0
 
-    def take(self, lm: TorchLM, logits, step: int, n_prompt: int) -> None:
+    def take(self, lm: TorchLM, logits, n_prompt: int) -> None:
         """Choose the next token from `logits` (vocab,), then see whether the answer ends."""
         torch, ask = lm.torch, self.ask
         if ask.temperature > 0:
