@@ -163,7 +163,7 @@ def breakdown(subject, cfg, sides, excerpts: list, tmp: Path) -> dict:
                               "output side (background, per layer, once per run)")}
     sep = {la: (TopK(cfg.top_k, d, cfg.ctx), TopK(cfg.top_k, d, cfg.ctx), Stats(d),
                 RandomSample(cfg.random_k, extra, d, cfg.ctx, streams[la])) for la in layers}
-    fused = {la: LayerSamplers(cfg.top_k, d, cfg.ctx, cfg.random_k, extra, streams[la], neg)
+    fused = {la: LayerSamplers(cfg.top_k, d, cfg.ctx, cfg.random_k, streams[la], neg)
              for la in layers}
     clock = time.perf_counter
     batches = [excerpts[i:i + bs] for i in range(0, len(excerpts), bs)]
@@ -211,7 +211,7 @@ def breakdown(subject, cfg, sides, excerpts: list, tmp: Path) -> dict:
     # the fused pass's first batches, once per layer and run.
     del sep, fused
     t0 = clock()
-    fresh = LayerSamplers(cfg.top_k, d, cfg.ctx, cfg.random_k, extra, streams[0], neg)
+    fresh = LayerSamplers(cfg.top_k, d, cfg.ctx, cfg.random_k, streams[0], neg)
     for top in (fresh.top, fresh.bottom, fresh.random.pool):
         if top is not None:
             top.acts[:, :, 0] = 0.0  # one write per 256 bytes: every page touched

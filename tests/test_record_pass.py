@@ -43,7 +43,7 @@ def test_moments_are_the_bits_of_a_token_by_token_float32_sum():
 
 
 def _fed(k: int, n: int, ctx: int, acts: np.ndarray, ids: np.ndarray) -> LayerSamplers:
-    s = LayerSamplers(k, n, ctx, 5, 2 * k, stream_id(0, "random", "m", 1), True)
+    s = LayerSamplers(k, n, ctx, 5, stream_id(0, "random", "m", 1), True)
     for a in range(0, len(ids), 8):
         s.update(torch.from_numpy(acts[a:a + 8])[:, 1:], torch.from_numpy(ids[a:a + 8]))
     return s
@@ -108,3 +108,43 @@ def test_after_recording_large_temporaries_come_from_the_heap_again():
         del a
     per_block = (2 << 20) // 4096
     assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults < 5 * per_block
+
+
+def test_random_pools_of_three_shards_merge_into_the_brute_force_sample():
+    """Each CPU shard's pool leaves its own top and bottom excerpts out; merged over three
+    shards (in two orders, one shard's state as its buffers hold it), the pool is exactly the
+    r smallest hashed keys (ties by id) among all excerpts outside the merged top and bottom,
+    with their activations: excerpts that fall out of a shard's top or bottom in the merge
+    come back as candidates. Brute force: numpy over every excerpt at once."""
+    from explainer.record.samplers import hashed_keys
+
+    rng = np.random.default_rng(11)
+    n_ex, ctx, n, k, r = 96, 5, 40, 6, 5
+    acts = rng.normal(size=(n_ex, 1 + ctx, n)).astype(np.float32)
+    acts[:, :, ::4] = rng.integers(-2, 3, (n_ex, 1 + ctx, 10))  # ties
+    stream = stream_id(0, "random", "m", 3)
+    parts = []
+    for lo, hi in ((0, 40), (40, 64), (64, 96)):
+        s = LayerSamplers(k, n, ctx, r, stream, True)
+        for a in range(lo, hi, 8):
+            s.update(torch.from_numpy(acts[a:a + 8])[:, 1:], torch.arange(a, a + 8))
+        parts.append(s)
+
+    def state(s, kept):
+        pick = shards._slotted if kept else shards._ranked
+        return {**pick("top", s.top), **pick("bottom", s.bottom), **pick("random", s.random.pool),
+                **shards._moments(s.stats)}
+
+    kept = acts[:, 1:]
+    tops = [np.lexsort((np.arange(n_ex), -key[:, j]))[:k] for key in
+            (kept.max(axis=1), -kept.min(axis=1)) for j in range(n)]
+    own = np.concatenate([np.stack(tops[:n]), np.stack(tops[n:])], axis=1)  # (n, 2k)
+    keys = hashed_keys(stream, np.arange(n_ex), n)  # (n_ex, n)
+    want = np.stack([[e for e in np.lexsort((np.arange(n_ex), keys[:, j]))
+                      if e not in own[j]][:r] for j in range(n)])
+    for order in ((0, 1, 2), (2, 0, 1)):
+        acc = state(parts[order[0]], True)
+        for i in order[1:]:
+            acc = shards._merge(acc, state(parts[i], False), None, stream)
+        assert acc["random_ids"].tolist() == want.tolist()
+        np.testing.assert_array_equal(acc["random_acts"], kept[want, :, np.arange(n)[:, None]])

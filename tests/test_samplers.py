@@ -130,8 +130,10 @@ def test_adding_layers_from_changed_text_is_refused(tmp_path, tiny_gpt2):
 @pytest.mark.parametrize("signed, random_k", [(True, 6), (False, 6), (True, 0)])
 def test_one_fused_pass_equals_the_samplers_one_by_one(signed, random_k):
     """LayerSamplers (one compiled pass: moments, top-k, bottom-k, hashed random pool) holds
-    the very bits of Stats, TopK by max, TopK by -min and RandomSample updated in turn, on the
-    hook's view past the BOS column as on a contiguous copy, in any reading order."""
+    the very bits of Stats, TopK by max and TopK by -min updated in turn, on the hook's view
+    past the BOS column as on a contiguous copy, in any reading order; its random pool, which
+    keeps the neuron's own top and bottom excerpts out as they fall out of them, is exactly
+    RandomSample's sample with them left out (ids and activations, bit for bit)."""
     from explainer.record.samplers import LayerSamplers, Stats
 
     rng = np.random.default_rng(7)
@@ -140,7 +142,7 @@ def test_one_fused_pass_equals_the_samplers_one_by_one(signed, random_k):
     acts[:, :, ::3] = rng.normal(size=(n_ex, 1 + ctx, 100))
     stream = stream_id(0, "random", "m", 2)
     for order in (np.arange(n_ex), rng.permutation(n_ex)):
-        fused = LayerSamplers(k, n, ctx, random_k, 2 * k, stream, signed)
+        fused = LayerSamplers(k, n, ctx, random_k, stream, signed)
         top, bottom, stats = TopK(k, n, ctx), TopK(k, n, ctx), Stats(n)
         rs = RandomSample(random_k, 2 * k, n, ctx, stream)
         for s in range(0, n_ex, 16):
@@ -153,11 +155,17 @@ def test_one_fused_pass_equals_the_samplers_one_by_one(signed, random_k):
             bottom.update(x, ids, -bmin)
             rs.update(x, ids)
         pairs = [(fused.top, top)] + ([(fused.bottom, bottom)] if signed else [])
-        pairs += [(fused.random.pool, rs.pool)] if random_k else []
         for got, want in pairs:
             for a, b in zip(got.ranked(), want.ranked()):
                 assert a.dtype == b.dtype
                 assert a.tobytes() == b.tobytes()
+        own = np.concatenate([top.ids] + ([bottom.ids] if signed else []), axis=1)
+        for a, b in zip(fused.random.sample(own), rs.sample(own)):
+            assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+        if random_k:  # the pool is the sample itself: random_k entries, none of its own
+            assert fused.random.pool.k == random_k
+            assert not any(set(fused.random.pool.ids[j]) & set(own[j]) for j in range(n))
+            assert (fused.random.pool.ids >= 0).all()  # 130 excerpts: every row is full
         assert (fused.bottom is None) == (not signed)
         assert (fused.random.pool is None) == (not random_k)
         for name in ("sum", "sumsq", "pos", "min", "max", "n"):

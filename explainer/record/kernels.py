@@ -64,7 +64,18 @@ def _before(v, e, w, f):
 
 @njit(cache=True, nogil=True)
 def _offer(vals, top_ids, slot, pending, i, j, keys, ids, cv, ce, cb, nv, ne, ns):
-    """Merge one batch into neuron i's ranked buffer (block column j); True if any entered.
+    """Merge one batch into neuron i's ranked buffer (block column j); True if any entered."""
+    return _offer_out(vals, top_ids, slot, pending, i, j, keys, ids, cv, ce, cb, nv, ne, ns,
+                      ns[:0], ne[:0], ns[:0]) >= 0
+
+
+@njit(cache=True, nogil=True)
+def _offer_out(vals, top_ids, slot, pending, i, j, keys, ids, cv, ce, cb, nv, ne, ns, hit,
+               out_ids, out_slot):
+    """_offer, also telling what moved: returns -1 if nothing entered, else how many real
+    excerpts fell out, their ids and store rows written to out_ids, out_slot (k,) (when those
+    have room; their rows keep their activations until the batch's copies run); hit[b] is set
+    to 1 for every batch row b that entered (when hit has room).
 
     keys (B,) this neuron's key of each excerpt, ids (B,) their ids. The excerpts that beat
     the buffer's last entry are sorted and merged with it in one sweep (cheaper than inserting
@@ -86,7 +97,7 @@ def _offer(vals, top_ids, slot, pending, i, j, keys, ids, cv, ce, cb, nv, ne, ns
         cv[r], ce[r], cb[r] = v, e, b
         nc += 1
     if nc == 0:
-        return False
+        return -1
     p = q = 0
     for r in range(k):
         if q >= nc or _before(vals[i, p], top_ids[i, p], cv[q], ce[q]):
@@ -96,14 +107,22 @@ def _offer(vals, top_ids, slot, pending, i, j, keys, ids, cv, ce, cb, nv, ne, ns
             nv[r], ne[r], ns[r] = cv[q], ce[q], -1 - cb[q]  # batch row, to get a slot below
             q += 1
     free = p  # ranks p .. k - 1 of the old buffer fell out: their slots are free
+    n_out = 0
+    if out_ids.shape[0] > 0:
+        for r in range(p, k):
+            if top_ids[i, r] >= 0:  # not an empty rank
+                out_ids[n_out], out_slot[n_out] = top_ids[i, r], slot[i, r]
+                n_out += 1
     for r in range(k):
         if ns[r] < 0:
             b = -1 - ns[r]
             ns[r] = slot[i, free]
             free += 1
             pending[j, ns[r]] = b
+            if hit.shape[0] > 0:
+                hit[b] = 1
         vals[i, r], top_ids[i, r], slot[i, r] = nv[r], ne[r], ns[r]
-    return True
+    return n_out
 
 
 @njit(cache=True, nogil=True)
@@ -202,6 +221,22 @@ def _mix(x):
     return x ^ (x >> _S31)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _hashed(stream, excerpt, neuron):
+    """Minus samplers.hashed_keys of one (excerpt id, neuron): the smallest key ranks first."""
+    h = _mix(stream ^ _mix(np.uint64(excerpt) * _GOLDEN + np.uint64(neuron) * _NEURON))
+    return -(np.float32(h >> _S40) / _SCALE)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _holds(top_ids, i, e):
+    """Whether neuron i's ranked buffer holds excerpt e."""
+    for r in range(top_ids.shape[1]):
+        if top_ids[i, r] == e:
+            return True
+    return False
+
+
 @njit(cache=True, nogil=True)
 def _layer_block(x, skip, lo, w, ids, stream, bmax, bmin, total, total_sq, positive, low,
                  high, top, bottom, pool):
@@ -212,36 +247,82 @@ def _layer_block(x, skip, lo, w, ids, stream, bmax, bmin, total, total_sq, posit
     b_vals, b_ids, b_slot, b_store = bottom
     p_vals, p_ids, p_slot, p_store = pool
     k = max(t_vals.shape[1], b_vals.shape[1], p_vals.shape[1])
-    t_pending = np.full((w, t_vals.shape[1]), -1, np.int64)
-    b_pending = np.full((w, b_vals.shape[1]), -1, np.int64)
+    kt, kb = t_vals.shape[1], b_vals.shape[1]
+    t_pending = np.full((w, kt), -1, np.int64)
+    b_pending = np.full((w, kb), -1, np.int64)
     p_pending = np.full((w, p_vals.shape[1]), -1, np.int64)
     key = np.empty(n_batch, np.float32)
-    cv, ce, cb = np.empty(n_batch, np.float32), np.empty(n_batch, np.int64), \
-        np.empty(n_batch, np.int64)  # scratch of _offer
+    n_cand = n_batch + kt + kb  # the batch and what falls out of the top and the bottom
+    cv, ce, cb = np.empty(n_cand, np.float32), np.empty(n_cand, np.int64), \
+        np.empty(n_cand, np.int64)  # scratch of _offer
     nv, ne, ns = np.empty(k, np.float32), np.empty(k, np.int64), np.empty(k, np.int64)
-    mixed = np.empty(n_batch, np.uint64)
-    for b in range(n_batch):
-        mixed[b] = np.uint64(ids[b]) * _GOLDEN
+    hit = np.zeros(n_batch, np.int64)
+    t_out, t_out_slot = np.empty(kt, np.int64), np.empty(kt, np.int64)
+    b_out, b_out_slot = np.empty(kb, np.int64), np.empty(kb, np.int64)
+    c_key, c_id = np.empty(n_cand, np.float32), np.empty(n_cand, np.int64)
+    c_slot = np.empty(n_cand, np.int64)  # a fallen excerpt's row in its sampler's store
     has_bottom = b_vals.shape[0] > 0
     has_pool = p_vals.shape[0] > 0 and p_vals.shape[1] > 0
     t_in = b_in = p_in = False
     for j in range(w):
         i = lo + j
+        hit[:] = 0
         for b in range(n_batch):
             key[b] = bmax[b, i]
-        t_in |= _offer(t_vals, t_ids, t_slot, t_pending, i, j, key, ids, cv, ce, cb, nv, ne, ns)
+        n_t = _offer_out(t_vals, t_ids, t_slot, t_pending, i, j, key, ids, cv, ce, cb, nv, ne,
+                         ns, hit, t_out, t_out_slot)
+        t_in |= n_t >= 0
+        n_b = -1
         if has_bottom:  # the most negative first
             for b in range(n_batch):
                 key[b] = -bmin[b, i]
-            b_in |= _offer(b_vals, b_ids, b_slot, b_pending, i, j, key, ids, cv, ce, cb, nv, ne,
-                           ns)
-        if has_pool:  # the smallest hashed key first: minus samplers.hashed_keys
-            neuron = np.uint64(i) * _NEURON
-            for b in range(n_batch):
-                h = _mix(stream ^ _mix(mixed[b] + neuron))
-                key[b] = -(np.float32(h >> _S40) / _SCALE)
-            p_in |= _offer(p_vals, p_ids, p_slot, p_pending, i, j, key, ids, cv, ce, cb, nv, ne,
-                           ns)
+            n_b = _offer_out(b_vals, b_ids, b_slot, b_pending, i, j, key, ids, cv, ce, cb, nv,
+                             ne, ns, hit, b_out, b_out_slot)
+            b_in |= n_b >= 0
+        if not has_pool:
+            continue
+        # The pool holds the smallest hashed keys among the excerpts that are in neither the
+        # top nor the bottom: a batch row that entered one is not offered, and an excerpt
+        # that falls out of one (and is not in the other) is offered then, its activations
+        # still in the row it leaves. An excerpt never re-enters a top or bottom it left, so
+        # at the end the pool is exactly the random sample with the neuron's own excerpts
+        # left out, and needs no spare candidates to leave them out later.
+        for b in range(n_batch):
+            c_key[b] = -np.inf if hit[b] else _hashed(stream, ids[b], i)
+            c_id[b] = ids[b]
+        n_c = n_batch
+        for r in range(n_t):
+            e = t_out[r]
+            if has_bottom and _holds(b_ids, i, e):
+                continue
+            c_key[n_c], c_id[n_c], c_slot[n_c] = _hashed(stream, e, i), e, t_out_slot[r]
+            n_c += 1
+        n_from_top = n_c
+        for r in range(n_b):
+            e = b_out[r]
+            if _holds(t_ids, i, e):
+                continue
+            fell_from_top = False
+            for c in range(n_batch, n_from_top):
+                if c_id[c] == e:
+                    fell_from_top = True
+            if fell_from_top:  # out of both in this batch: offered once, from the top's row
+                continue
+            c_key[n_c], c_id[n_c], c_slot[n_c] = _hashed(stream, e, i), e, -1 - b_out_slot[r]
+            n_c += 1
+        if _offer(p_vals, p_ids, p_slot, p_pending, i, j, c_key[:n_c], c_id[:n_c], cv, ce, cb,
+                  nv, ne, ns):
+            for q in range(p_vals.shape[1]):
+                c = p_pending[j, q]
+                if c < n_batch:
+                    p_in |= c >= 0
+                    continue
+                src = c_slot[c]  # a fallen excerpt: its row moves now, before any batch copy
+                if src >= 0:
+                    p_store[i, q, :] = t_store[i, src, :]
+                else:
+                    p_store[i, q, :] = b_store[i, -1 - src, :]
+                p_pending[j, q] = -1
     if t_in:
         _copy_pending(x, skip, lo, t_pending, t_store)
     if b_in:

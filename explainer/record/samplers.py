@@ -150,6 +150,16 @@ def hashed_keys(stream: int, excerpt_ids: np.ndarray, n_neurons: int) -> np.ndar
     return ((x >> np.uint64(40)).astype(np.float32) / np.float32(1 << 24))
 
 
+def hashed_keys_at(stream: int, excerpt_ids: np.ndarray) -> np.ndarray:
+    """hashed_keys of each neuron's own excerpts: excerpt_ids (N, m), row n for neuron n."""
+    ids = np.asarray(excerpt_ids, dtype=np.int64).astype(np.uint64)
+    neurons = np.arange(ids.shape[0], dtype=np.uint64)[:, None]
+    with np.errstate(over="ignore"):
+        x = _mix(np.uint64(stream) ^ _mix(ids * np.uint64(0x9E3779B97F4A7C15)
+                                          + neurons * np.uint64(0xD1B54A32D192ED03)))
+    return ((x >> np.uint64(40)).astype(np.float32) / np.float32(1 << 24))
+
+
 class RandomSample:
     """Per neuron, the excerpts with the smallest hashed keys: a uniform random sample."""
 
@@ -220,14 +230,18 @@ class Stats:
 class LayerSamplers:
     """One layer's samplers, updated together by one compiled pass per batch
     (kernels.record_layer): the top-k by max, the bottom-k by min (signed models), the random
-    pool by hashed key and the moments. Their buffers are the same objects as the separate
-    samplers' and hold the same bits as updating each of them in turn would."""
+    pool by hashed key and the moments. The top, bottom and moments hold the same bits as
+    updating TopK, TopK and Stats in turn would. The random pool holds only excerpts in
+    neither the top nor the bottom (one falling out of them is offered to it then), so its
+    random_k entries are already the sample RandomSample keeps random_k + top_k * sides
+    candidates to draw: the same ids and activations (`sample`), a third of the store and
+    of the copies into it (SmolLM2, both sides: 30 rows a neuron instead of 110)."""
 
-    def __init__(self, top_k: int, n_neurons: int, ctx: int, random_k: int, extra: int,
-                 stream: int, bottom: bool):
+    def __init__(self, top_k: int, n_neurons: int, ctx: int, random_k: int, stream: int,
+                 bottom: bool):
         self.top = TopK(top_k, n_neurons, ctx)
         self.bottom = TopK(top_k, n_neurons, ctx) if bottom else None
-        self.random = RandomSample(random_k, extra, n_neurons, ctx, stream)
+        self.random = RandomSample(random_k, 0, n_neurons, ctx, stream)
         self.stats = Stats(n_neurons)
         self._none = TopK(0, 0, ctx).arrays()  # stands in for an absent sampler
 

@@ -30,7 +30,8 @@ from explainer import run as rundir
 from explainer.config import RecordConfig
 from explainer.record import corpus
 from explainer.subject import models
-from explainer.record.samplers import LayerSamplers, RandomSample, Stats, TopK, rows, stream_id
+from explainer.record.samplers import (LayerSamplers, RandomSample, Stats, TopK, hashed_keys_at,
+                                       rows, stream_id)
 
 TRIM_EVERY = 64  # batches between heap trims: a safety net against fragmentation on long runs
 STAGE_ROWS = 1024  # excerpts per staged Parquet file: bounded memory, few files
@@ -167,7 +168,7 @@ class _State:
                                                     dev) for la in task.layers}
             return
         # On the CPU one compiled pass per layer and batch updates all four (kernels.py).
-        self.fused = {la: LayerSamplers(cfg.top_k, d, cfg.ctx, cfg.random_k, extra, streams[la],
+        self.fused = {la: LayerSamplers(cfg.top_k, d, cfg.ctx, cfg.random_k, streams[la],
                                         "neg" in task.sides) for la in task.layers}
         self.tops = {la: f.top for la, f in self.fused.items()}
         self.bottoms = {la: f.bottom for la, f in self.fused.items()} \
@@ -251,7 +252,7 @@ def merge_layer(stage: Path, indices: list[int], layer: int, cfg: RecordConfig,
         if part is None:
             with np.load(shard_dir(stage, k) / f"layer-{layer}.npz") as z:
                 part = {name: z[name] for name in z.files}
-        acc = part if acc is None else _merge(acc, part, cfg)
+        acc = part if acc is None else _merge(acc, part, cfg, stream)
     top = _top_k(acc, "top", cfg.top_k, n_neurons, cfg.ctx)
     stats = Stats(n_neurons)
     stats.sum, stats.sumsq, stats.pos = acc["sum"], acc["sumsq"], acc["pos"]
@@ -263,15 +264,60 @@ def merge_layer(stage: Path, indices: list[int], layer: int, cfg: RecordConfig,
     return {"top": top, "bottom": bottom, "random": rs, "stats": stats}
 
 
-def _merge(a: dict, b: dict, cfg: RecordConfig) -> dict:
+def _merge(a: dict, b: dict, cfg: RecordConfig, stream: int) -> dict:
     out = {"sum": a["sum"] + b["sum"], "sumsq": a["sumsq"] + b["sumsq"], "pos": a["pos"] + b["pos"],
            "min": np.minimum(a["min"], b["min"]), "max": np.maximum(a["max"], b["max"]),
            "n": np.array(int(a["n"]) + int(b["n"]))}
-    for name in ("top", "bottom", "random"):
+    for name in ("top", "bottom"):
         if f"{name}_ids" in a:
             k = a[f"{name}_ids"].shape[1]
             out.update(merge_ranked(a, b, name, k))
+    if "random_ids" in a:
+        out.update(merge_pools(a, b, out, stream))
     return out
+
+
+def merge_pools(a: dict, b: dict, out: dict, stream: int) -> dict:
+    """Two shards' random pools merged, given their tops and bottoms merged in `out`.
+
+    A CPU shard's pool holds the smallest hashed keys among its excerpts in neither its top
+    nor its bottom (samplers.LayerSamplers), so an excerpt that falls out of the merged top or
+    bottom (and is in neither) is a candidate too, with its activations from the shard's top
+    or bottom store. Candidates in the merged top or bottom are left out, and an excerpt
+    offered twice (in a pool that keeps spare candidates, as the GPU's does, and falling out)
+    counts once: the merged pool is then again the smallest keys outside the merged top and
+    bottom, as many as each side's pool holds."""
+    k = a["random_ids"].shape[1]
+    own = np.concatenate([out[f"{s}_ids"] for s in ("top", "bottom") if f"{s}_ids" in out],
+                         axis=1)
+    segments = [(a, "random"), (b, "random")]
+    segments += [(p, s) for s in ("top", "bottom") if f"{s}_ids" in a for p in (a, b)]
+    ids = np.concatenate([p[f"{s}_ids"] for p, s in segments], axis=1)  # (N, M)
+    vals = np.concatenate([p["random_vals"] if s == "random" else
+                           -hashed_keys_at(stream, np.maximum(p[f"{s}_ids"], 0))
+                           for p, s in segments], axis=1)
+    # (neuron, id) as one integer, so that set operations run on flat arrays
+    span = int(max(ids.max(initial=0), own.max(initial=0))) + 2  # ids -1 .. max
+    rows_ = np.arange(ids.shape[0], dtype=np.int64)[:, None]
+    pair, own_pair = rows_ * span + ids + 1, rows_ * span + own + 1
+    valid = (ids >= 0) & ~np.isin(pair, own_pair[own >= 0])
+    # An id offered twice keeps its first place (pools first, then tops, then bottoms).
+    first = np.zeros(ids.size, bool)
+    first[np.unique(pair.ravel(), return_index=True)[1]] = True
+    valid &= first.reshape(ids.shape)
+    vals = np.where(valid, vals, -np.inf)
+    ids = np.where(valid, ids, -1)
+    order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -vals), axis=-1)[:, :k]
+    acts = np.zeros((ids.shape[0], k, a["random_acts"].shape[2]), np.float32)
+    start = 0
+    for p, s in segments:
+        width = p[f"{s}_ids"].shape[1]
+        n, r = np.nonzero((order >= start) & (order < start + width))
+        if len(n):
+            acts[n, r] = p[f"{s}_acts"][n, _store_rows(p, s, order - start)[n, r]]
+        start += width
+    return {"random_ids": np.take_along_axis(ids, order, axis=1),
+            "random_vals": np.take_along_axis(vals, order, axis=1), "random_acts": acts}
 
 
 def forget() -> None:
