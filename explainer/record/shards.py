@@ -14,8 +14,6 @@ engine's last shard is the exception: it is merged from memory and never written
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import hashlib
 import itertools
 import json
@@ -30,10 +28,10 @@ from explainer import run as rundir
 from explainer.config import RecordConfig
 from explainer.record import corpus
 from explainer.subject import models
+from explainer.record.heap import steady_heap  # noqa: F401 (shards.steady_heap for callers)
 from explainer.record.samplers import (LayerSamplers, RandomSample, Stats, TopK, hashed_keys_at,
                                        rows, stream_id)
 
-TRIM_EVERY = 64  # batches between heap trims: a safety net against fragmentation on long runs
 STAGE_ROWS = 1024  # excerpts per staged Parquet file: bounded memory, few files
 SHARD_EXCERPTS = 4096  # default shard size: minutes of GPT-2 small, a checkpoint each
 _SUBJECTS: dict = {}  # (model, device) -> the loaded subject, reused by a worker's next shard
@@ -391,37 +389,3 @@ def _stage_excerpts(out: Path, subject, batch) -> None:
             "tokens": [subject.token_strings(e.token_ids) for e in batch]}
     rundir.write_columns(out, "excerpts", cols, model=subject.name,
                          prefix=f"{batch[0].excerpt_id:09d}")
-
-
-@contextlib.contextmanager
-def steady_heap(trim_every: int = TRIM_EVERY):
-    """Keep freed memory in glibc's heap for the pass; yields a per-batch callback that trims.
-
-    By default glibc hands the top of its heap back to the OS whenever enough of it is free,
-    and each batch's large temporaries then page-fault it in again: up to a GB of faults per
-    batch on GPT-2 small, depending on what else lives in the heap. Here large blocks come
-    from the heap and stay, and every trim_every batches malloc_trim bounds the peak.
-    Afterwards the heap is trimmed and the thresholds left where glibc's own adaptive ones
-    settle in a process that frees large tensors (mmap 32 MB, trim twice that): setting
-    them at all switches the adaptation off for good, and its 128 KB starting values made every
-    later stage in the process (the embedded LLM's forward passes in `explain run`) map and
-    fault in its temporaries afresh: 20-25% slower. A no-op off glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
-    except (OSError, AttributeError):
-        yield lambda: None
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    mallopt(m_mmap_threshold, MMAP_MAX)
-    mallopt(m_trim_threshold, (1 << 31) - 1)
-    batches = itertools.count(1)
-    try:
-        yield lambda: malloc_trim(0) if next(batches) % trim_every == 0 else None
-    finally:
-        mallopt(m_trim_threshold, 2 * MMAP_MAX)  # as glibc adapts it: twice the mmap threshold
-        malloc_trim(0)
-
-
-MMAP_MAX = 32 << 20  # the largest mmap threshold glibc allows (and adapts up to) on 64-bit
