@@ -148,3 +148,30 @@ def test_random_pools_of_three_shards_merge_into_the_brute_force_sample():
             acc = shards._merge(acc, state(parts[i], False), None, stream)
         assert acc["random_ids"].tolist() == want.tolist()
         np.testing.assert_array_equal(acc["random_acts"], kept[want, :, np.arange(n)[:, None]])
+
+
+def test_the_warm_up_compiles_what_record_then_loads(tmp_path):
+    """warmup.warm (what `record` starts in a second process while the model loads) leaves
+    in Numba's cache the very specialisation the fused pass calls: a later process updating
+    LayerSamplers on the hook's view, signed or not, loads it (a hit) and compiles nothing."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    warm = subprocess.Popen([sys.executable, "-c", "from explainer.record import warmup; "
+                             "warmup.warm_in_background().wait()"], env=env)
+    assert warm.wait(timeout=300) == 0
+    code = ("import json, torch\n"
+            "from explainer.record import kernels\n"
+            "from explainer.record.samplers import LayerSamplers\n"
+            "for signed in (True, False):\n"
+            "    s = LayerSamplers(4, 300, 6, 3, 9, signed)\n"
+            "    s.update(torch.randn(5, 7, 300)[:, 1:], torch.arange(5))\n"
+            "st = kernels.record_layer.stats\n"
+            "print(json.dumps([sum(st.cache_hits.values()), sum(st.cache_misses.values())]))\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    hits, misses = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (hits, misses) == (1, 0), out.stderr[-2000:]

@@ -159,6 +159,10 @@ def run(cfg: RecordConfig) -> Path:
         print(f"nothing to do: layers {cfg.layers} of {spec.name} are already recorded in "
               f"{run_dir}")
         return run_dir
+    if not shards.on_device(cfg):  # the CPU samplers' compiled pass, beside the model's load
+        from explainer.record import warmup
+
+        warmup.warm_in_background()
     subject = models.load(spec, cfg.device)
     sides = _sides(cfg, subject)
     settings = _settings(cfg, spec.model_id, sides, subject.bos_id)
