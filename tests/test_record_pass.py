@@ -5,6 +5,7 @@ stores' 4 KB-page memory."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from explainer.record import shards
@@ -110,13 +111,16 @@ def test_after_recording_large_temporaries_come_from_the_heap_again():
     assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults < 5 * per_block
 
 
-def test_random_pools_of_three_shards_merge_into_the_brute_force_sample():
+@pytest.mark.parametrize("spares", [False, True])
+def test_random_pools_of_three_shards_merge_into_the_brute_force_sample(spares):
     """Each CPU shard's pool leaves its own top and bottom excerpts out; merged over three
     shards (in two orders, one shard's state as its buffers hold it), the pool is exactly the
     r smallest hashed keys (ties by id) among all excerpts outside the merged top and bottom,
     with their activations: excerpts that fall out of a shard's top or bottom in the merge
-    come back as candidates. Brute force: numpy over every excerpt at once."""
-    from explainer.record.samplers import hashed_keys
+    come back as candidates. With pools that keep spare candidates instead (RandomSample,
+    as the GPU samplers do), the sample drawn from the merged pool is the same. Brute force:
+    numpy over every excerpt at once."""
+    from explainer.record.samplers import RandomSample, hashed_keys
 
     rng = np.random.default_rng(11)
     n_ex, ctx, n, k, r = 96, 5, 40, 6, 5
@@ -126,8 +130,13 @@ def test_random_pools_of_three_shards_merge_into_the_brute_force_sample():
     parts = []
     for lo, hi in ((0, 40), (40, 64), (64, 96)):
         s = LayerSamplers(k, n, ctx, r, stream, True)
+        if spares:  # the fused top, bottom and moments; a pool with 2k spare candidates
+            s.random = RandomSample(r, 2 * k, n, ctx, stream)
         for a in range(lo, hi, 8):
-            s.update(torch.from_numpy(acts[a:a + 8])[:, 1:], torch.arange(a, a + 8))
+            view, ids = torch.from_numpy(acts[a:a + 8])[:, 1:], torch.arange(a, a + 8)
+            s.update(view, ids)
+            if spares:
+                s.random.update(view.contiguous(), ids)
         parts.append(s)
 
     def state(s, kept):
@@ -146,8 +155,13 @@ def test_random_pools_of_three_shards_merge_into_the_brute_force_sample():
         acc = state(parts[order[0]], True)
         for i in order[1:]:
             acc = shards._merge(acc, state(parts[i], False), None, stream)
-        assert acc["random_ids"].tolist() == want.tolist()
-        np.testing.assert_array_equal(acc["random_acts"], kept[want, :, np.arange(n)[:, None]])
+        rs = RandomSample(r, 2 * k, n, ctx, stream)
+        rs.pool = shards._top_k(acc, "random", 0, n, ctx)
+        ids, got = rs.sample(np.concatenate([acc["top_ids"], acc["bottom_ids"]], axis=1))
+        assert ids.tolist() == want.tolist()
+        np.testing.assert_array_equal(got, kept[want, :, np.arange(n)[:, None]])
+        if not spares:  # the merged pool is the sample itself
+            assert acc["random_ids"].tolist() == want.tolist()
 
 
 def test_the_warm_up_compiles_what_record_then_loads(tmp_path):
