@@ -59,7 +59,7 @@ def throughput(model: str, n: int, batch_size: int, repeats: int = 3, sides: str
     import torch
 
     from explainer.config import RecordConfig
-    from explainer.record import corpus, shards
+    from explainer.record import corpus, heap, shards
     from explainer.record import stage as record
     from explainer.record.samplers import LayerSamplers
     from explainer.subject import models
@@ -76,7 +76,7 @@ def throughput(model: str, n: int, batch_size: int, repeats: int = 3, sides: str
         bare, reach, rec, splits = [], [], [], []
         for _ in range(repeats):  # interleaved: this machine's load changes minute to minute
             # The baselines get record's heap settings too, so the ratios measure recording.
-            with torch.inference_mode(), shards.steady_heap():
+            with torch.inference_mode(), heap.steady_heap():
                 subject.forward(batches[0])  # warm-up
                 t0 = time.perf_counter()
                 for b in batches:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from explainer.record import shards
+from explainer.record import heap, shards
 from explainer.record.samplers import SMALL_STORE, LayerSamplers, Stats, TopK, store, stream_id
 
 
@@ -100,7 +100,7 @@ def test_after_recording_large_temporaries_come_from_the_heap_again():
 
     if not sys.platform.startswith("linux"):
         return  # glibc only; steady_heap is a no-op elsewhere
-    with shards.steady_heap():
+    with heap.steady_heap():
         pass
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(30):

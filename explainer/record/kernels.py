@@ -306,6 +306,7 @@ def _layer_block(x, skip, lo, w, ids, stream, bmax, bmin, total, total_sq, posit
             for c in range(n_batch, n_from_top):
                 if c_id[c] == e:
                     fell_from_top = True
+                    break
             if fell_from_top:  # out of both in this batch: offered once, from the top's row
                 continue
             c_key[n_c], c_id[n_c], c_slot[n_c] = _hashed(stream, e, i), e, -1 - b_out_slot[r]

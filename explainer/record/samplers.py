@@ -142,18 +142,18 @@ def hashed_keys(stream: int, excerpt_ids: np.ndarray, n_neurons: int) -> np.ndar
 
     24 bits, so every key is exact in float32; equal keys are ranked by excerpt id.
     """
-    ids = np.asarray(excerpt_ids, dtype=np.uint64)[:, None]
-    neurons = np.arange(n_neurons, dtype=np.uint64)[None, :]
-    with np.errstate(over="ignore"):
-        x = _mix(np.uint64(stream) ^ _mix(ids * np.uint64(0x9E3779B97F4A7C15)
-                                          + neurons * np.uint64(0xD1B54A32D192ED03)))
-    return ((x >> np.uint64(40)).astype(np.float32) / np.float32(1 << 24))
+    return _keys(stream, np.asarray(excerpt_ids, dtype=np.uint64)[:, None],
+                 np.arange(n_neurons, dtype=np.uint64)[None, :])
 
 
 def hashed_keys_at(stream: int, excerpt_ids: np.ndarray) -> np.ndarray:
     """hashed_keys of each neuron's own excerpts: excerpt_ids (N, m), row n for neuron n."""
     ids = np.asarray(excerpt_ids, dtype=np.int64).astype(np.uint64)
-    neurons = np.arange(ids.shape[0], dtype=np.uint64)[:, None]
+    return _keys(stream, ids, np.arange(ids.shape[0], dtype=np.uint64)[:, None])
+
+
+def _keys(stream: int, ids: np.ndarray, neurons: np.ndarray) -> np.ndarray:
+    """The key of each (excerpt id, neuron) pair of two broadcasting uint64 arrays."""
     with np.errstate(over="ignore"):
         x = _mix(np.uint64(stream) ^ _mix(ids * np.uint64(0x9E3779B97F4A7C15)
                                           + neurons * np.uint64(0xD1B54A32D192ED03)))

@@ -28,7 +28,7 @@ from explainer import run as rundir
 from explainer.config import RecordConfig
 from explainer.record import corpus
 from explainer.subject import models
-from explainer.record.heap import steady_heap  # noqa: F401 (shards.steady_heap for callers)
+from explainer.record.heap import steady_heap
 from explainer.record.samplers import (LayerSamplers, RandomSample, Stats, TopK, hashed_keys_at,
                                        rows, stream_id)
 

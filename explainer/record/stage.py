@@ -26,7 +26,7 @@ import numpy as np
 
 from explainer import ExplainError
 from explainer import config as C
-from explainer.record import corpus, logits, shards, tables
+from explainer.record import corpus, heap, logits, shards, tables
 from explainer.subject import models
 from explainer import run as rundir
 from explainer.config import RecordConfig
@@ -293,7 +293,7 @@ def _quantile_pass(cfg: RecordConfig, subject, layers: list[int], res: Recorded)
     bins = {la: [TopK(q, subject.d_mlp, cfg.ctx) for _ in range(n_bins)] for la in layers}
     streams = {la: stream_id(cfg.seed, "quantile", mkey, la) for la in layers}
     source = corpus.excerpts(cfg.corpus, subject.tokenizer, cfg.ctx, cfg.n_excerpts)
-    with torch.inference_mode(), shards.steady_heap() as trim:
+    with torch.inference_mode(), heap.steady_heap() as trim:
         for batch in shards.batches(source, cfg.batch_size):
             ids = torch.tensor([e.excerpt_id for e in batch])
 
