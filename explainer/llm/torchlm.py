@@ -33,10 +33,6 @@ log = logging.getLogger(__name__)
 
 MIN_REUSE = 16  # a shared prefix shorter than this is recomputed (not worth the copies)
 MAX_PADDED = 8192  # tokens (batch x longest new part) of one forward pass; more are split
-# Intra-op threads while decoding. A decoding step is a few hundred tiny products, and with two
-# threads each one waits at a barrier: measured 85 ms a token with one thread against 380-1400
-# ms with two while other work shared the 2 cores; the long prompt passes keep every thread.
-DECODE_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -222,12 +218,7 @@ class TorchLM:
             # Prompts of different lengths: each one's padding is masked while decoding.
             mask = torch.tensor([[1] * n + [0] * (max(lens) - n) for n in lens]) \
                 if max(lens) != min(lens) else None
-            threads = torch.get_num_threads()
-            torch.set_num_threads(min(threads, DECODE_THREADS))
-            try:
-                self._decode(states, last, cache, mask, torch.tensor(lens))
-            finally:
-                torch.set_num_threads(threads)
+            self._decode(states, last, cache, mask, torch.tensor(lens))
             self.evaluated_tokens += sum(len(st.ids) for st in states)
         return [Generated(tuple(st.ids), st.text, st.finish, n - reused + len(st.ids),
                           tuple(st.lps)) for st, n in zip(states, lens)]
@@ -235,23 +226,31 @@ class TorchLM:
     def _decode(self, states: list["_Decoding"], last, cache, mask, pos) -> None:
         """Choose and run tokens until every state is done; `pos`: each prompt's length (the
         position of its first answer token), `mask` None: no padding."""
+        from explainer.llm.threads import DecodeThreads
+
         torch = self.torch
-        for step in range(max((st.ask.max_tokens for st in states), default=0)):
-            logits = last @ self.head.T  # (batch, vocab), float32
-            nxt = []
-            for b, st in enumerate(states):
-                if not st.done:
-                    st.take(self, logits[b], int(pos[b]))
-                nxt.append(st.ids[-1] if st.ids and not st.done else 0)
-            if all(st.done for st in states):
-                break
-            x = torch.tensor(nxt).unsqueeze(1)
-            if mask is not None:
-                mask = torch.cat([mask, torch.ones(len(states), 1, dtype=mask.dtype)], 1)
-                last = self._run(x, cache, attention_mask=mask,
-                                 position_ids=(pos + step).unsqueeze(1))[:, -1]
-            else:
-                last = self._run(x, cache)[:, -1]
+        threads = DecodeThreads(torch)  # one thread or all: whichever steps faster here
+        try:
+            for step in range(max((st.ask.max_tokens for st in states), default=0)):
+                threads.before(step)
+                logits = last @ self.head.T  # (batch, vocab), float32
+                nxt = []
+                for b, st in enumerate(states):
+                    if not st.done:
+                        st.take(self, logits[b], int(pos[b]))
+                    nxt.append(st.ids[-1] if st.ids and not st.done else 0)
+                if all(st.done for st in states):
+                    break
+                x = torch.tensor(nxt).unsqueeze(1)
+                if mask is not None:
+                    mask = torch.cat([mask, torch.ones(len(states), 1, dtype=mask.dtype)], 1)
+                    last = self._run(x, cache, attention_mask=mask,
+                                     position_ids=(pos + step).unsqueeze(1))[:, -1]
+                else:
+                    last = self._run(x, cache)[:, -1]
+                threads.after(step)
+        finally:
+            threads.close()
 
 
 @dataclass(frozen=True)
