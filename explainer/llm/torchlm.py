@@ -29,10 +29,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
+from explainer.llm import passes
+
 log = logging.getLogger(__name__)
 
 MIN_REUSE = 16  # a shared prefix shorter than this is recomputed (not worth the copies)
-MAX_PADDED = 8192  # tokens (batch x longest new part) of one forward pass; more are split
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ class TorchLM:
         Row r holds what predicts token r + 1."""
         torch = self.torch
         out: list = [None] * len(batch)
-        for group in _groups([len(s) for s in batch]):
+        for group in passes.plan(batch, want):
             first = min(min(want[i], default=len(batch[i]) - 1) for i in group)
             with torch.inference_mode():
                 hidden, n, _ = self._forward([batch[i] for i in group], first)
@@ -143,10 +144,10 @@ class TorchLM:
         them."""
         torch = self.torch
         limit = min(first_row, min(len(s) for s in seqs) - 1)  # at least one new token each
-        shared = min(_common(*seqs), limit)
-        if len(seqs) > 1 and shared - _common(self._prefix, seqs[0][:shared]) >= MIN_REUSE:
+        shared = min(passes.common(*seqs), limit)
+        if len(seqs) > 1 and shared - passes.common(self._prefix, seqs[0][:shared]) >= MIN_REUSE:
             self._forward([seqs[0][:shared]], shared)  # what they share: once, then kept
-        n = min(_common(self._prefix, *seqs), limit)
+        n = min(passes.common(self._prefix, *seqs), limit)
         if n < MIN_REUSE:
             n = 0
         longest = max(len(s) for s in seqs)
@@ -157,7 +158,7 @@ class TorchLM:
         hidden = self._run(x, cache)
         self.evaluated_tokens += sum(len(s) - n for s in seqs)
         # Keep the batch's common prefix (all of it, for a batch of one) for the next call.
-        keep = _common(*seqs) if len(seqs) > 1 else len(seqs[0])
+        keep = passes.common(*seqs) if len(seqs) > 1 else len(seqs[0])
         self._prefix = tuple(seqs[0][:keep])
         self._kv = [(k[:1, :, :keep], v[:1, :, :keep]) for k, v in _layers(cache)]
         return hidden, n, cache
@@ -338,32 +339,6 @@ def load(checkpoint: Path) -> TorchLM:
 def _load(checkpoint: Path, dtype: str) -> TorchLM:
     log.info("loading %s in-process (%s)", checkpoint, dtype)
     return TorchLM(checkpoint, dtype)
-
-
-def _common(*seqs: Sequence[int]) -> int:
-    """Length of the prefix every sequence shares."""
-    if not seqs:
-        return 0
-    n = min(len(s) for s in seqs)
-    first = seqs[0]
-    for i in range(n):
-        t = first[i]
-        if any(s[i] != t for s in seqs[1:]):
-            return i
-    return n
-
-
-def _groups(lengths: Sequence[int]) -> list[list[int]]:
-    """Indices cut into forward passes of similar lengths, each at most MAX_PADDED tokens
-    padded (a sequence longer than that goes alone)."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    groups: list[list[int]] = []
-    for i in order:  # ascending: the newest member is the group's longest
-        if groups and lengths[i] * (len(groups[-1]) + 1) <= MAX_PADDED:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    return groups
 
 
 def _layers(cache) -> list:
