@@ -236,19 +236,28 @@ def test_bad_requests_fail_at_once(tiny, tmp_path):
 
 
 def test_in_process_simulator_reads_expected_values_at_the_slots(tiny, tmp_path):
+    """The embedded simulator writes nothing in a value slot (3 tokens a listing line, not 4):
+    its predictions are the expected values over the digits at each slot's tab, computed here
+    by a plain forward pass over that prompt; endpoints keep "unknown", under another hash."""
     from explainer.simulate import prompt as SP
     from explainer.simulate import simulators
 
-    tokens = [" The", " cat", "\t", " sat", "\n", " 10", " on", "\ufffd", " apples", "."]
+    tokens = [" The", " cat", "\t", " sat", "\n", " 10", " on", "\ufffd", " apples", ".", " "]
     cfg = config.SimulateConfig(run=tmp_path)
+    embedded = L.resolve(config.EMBEDDED_LLM, None)
 
     async def go():
-        async with simulators.open_simulator(cfg, L.resolve(config.EMBEDDED_LLM, None)) as sim:
+        async with simulators.open_simulator(cfg, embedded) as sim:
             return sim.mode, await sim.predict("fruit", tokens, "k")
 
     mode, got = asyncio.run(go())
     tok, model = _reference(tiny)
-    prompt = SP.logprob_prompt("fruit", tokens, SP.load_examples())
+    prompt = SP.logprob_prompt("fruit", tokens, SP.load_examples(), SP.EMPTY_SLOT)
+    assert [prompt.text[o - 1:o + 1] for o in prompt.offsets] == ["\t\n"] * len(tokens)
+    remote = L.resolve("some-model", "http://127.0.0.1:9/v1")
+    assert simulators.value_slot(embedded) == SP.EMPTY_SLOT
+    assert simulators.prompt_hash("some-model", 1, remote) == SP.prompt_hash(1)
+    assert simulators.prompt_hash(config.EMBEDDED_LLM, 1, embedded) != SP.prompt_hash(1)
     enc = tok(prompt.text, return_offsets_mapping=True)
     ids, starts = enc["input_ids"], [s for s, _ in enc["offset_mapping"]]
     full = _full_logprobs(model, ids)
@@ -372,3 +381,4 @@ def test_dequantising_with_one_gguf_read_writes_the_same_checkpoint(tmp_path, mo
     assert all(a[k].dtype == b[k].dtype and a[k].equal(b[k]) for k in a)
     for name in ("config.json", "tokenizer.json"):
         assert json.loads((once / name).read_text()) == json.loads((thrice / name).read_text())
+

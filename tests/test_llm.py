@@ -279,7 +279,9 @@ def test_a_real_server_over_http_agrees_with_the_in_process_backend(tmp_path):
     from explainer.simulate import simulators
 
     tokens = [" The", " cat", "\t", " sat", "\n", " 10", " on", "\ufffd", " apples", "."]
-    prompt = SP.logprob_prompt("fruit, especially apples", tokens, SP.load_examples())
+    # The prompt the in-process simulator sends (its value slots empty), sent to the server too.
+    slot = simulators.value_slot(L.resolve(C.EMBEDDED_LLM, None))
+    prompt = SP.logprob_prompt("fruit, especially apples", tokens, SP.load_examples(), slot)
     seen = {}
 
     async def remote(url):

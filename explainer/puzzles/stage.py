@@ -133,10 +133,10 @@ def _own_items(puzzles) -> list[_Item]:
 
 async def _run(cfg, out: Path, pset: str, puzzles, endpoint, explainer: str | None,
                t0: float) -> tuple[str, dict]:
-    from explainer.simulate import prompt as simulate_prompt
+    from explainer.simulate import simulators
 
     name = endpoint.model if endpoint is not None else LEXICAL
-    phash = "none" if endpoint is None else simulate_prompt.prompt_hash()
+    phash = "none" if endpoint is None else simulators.prompt_hash(name, 1, endpoint)
     items = _own_items(puzzles)
     if explainer is not None:
         items += await _explain(cfg, out, puzzles, explainer)

@@ -51,11 +51,12 @@ class _Echo(_Remote):
     mode = "logprob"
 
     def __init__(self, llm, workers: int, shift: int, top: int = LOGPROBS,
-                 strict: bool = False):
+                 strict: bool = False, slot: str = SP.PLACEHOLDER):
         super().__init__(llm, workers)
         self.shift = shift  # the endpoint's echo convention (probe.echo_shift), never guessed
         self.top = top  # alternatives asked per prompt token (as many as the endpoint takes)
         self.strict = strict  # --strict-values: a slot with no digit fails its excerpt
+        self.slot = slot  # what stands in each value slot (value_slot)
 
     async def predict(self, explanation: str, tokens: Sequence[str], key: str) -> SP.Parsed:
         return (await self.predict_many(explanation, [tokens], key))[0]
@@ -65,7 +66,7 @@ class _Echo(_Remote):
         """One request for K excerpts of one neuron; predictions per excerpt, by position."""
         from explainer.llm import LLMError
 
-        prompt = SP.logprob_prompt_many(explanation, excerpts, self.examples)
+        prompt = SP.logprob_prompt_many(explanation, excerpts, self.examples, self.slot)
         lengths = [len(t) for t in excerpts]
 
         try:
@@ -96,8 +97,8 @@ class _InProcess(_Echo):
     server computed the echo in Python at ~40 ms a token: 36 s for an 818-token prompt.)
     """
 
-    def __init__(self, llm, workers: int, strict: bool = False):
-        super().__init__(llm, workers, shift=0, top=len(SP.VALUES), strict=strict)
+    def __init__(self, llm, workers: int, strict: bool = False, slot: str = SP.EMPTY_SLOT):
+        super().__init__(llm, workers, shift=0, top=len(SP.VALUES), strict=strict, slot=slot)
 
     def _ask(self, prompt: SP.LogprobPrompt) -> dict:
         # No answer token: nothing is generated, so the prompt is evaluated exactly once.
@@ -131,15 +132,23 @@ class _Chat(_Remote):
         return self._count(SP.split_parsed(SP.parse_chat(c.text, n, c.chat_logprobs), lengths))
 
 
-def prompt_hash(simulator: str, excerpts_per_prompt: int = 1) -> str:
-    """12 hex of what shapes a simulator's answers besides the model: its prompt files, and
-    how many excerpts share one prompt (K = 1 is the paper's format); for baseline-lexical, the
-    matcher's source (editing it re-simulates)."""
+def value_slot(endpoint) -> str:
+    """What stands in each value slot of the logprob prompts sent to `endpoint`: nothing for
+    the embedded model (whose tokenizer keeps a tab and a newline apart; `_InProcess`), the
+    paper's "unknown" anywhere else."""
+    return SP.EMPTY_SLOT if endpoint is not None and endpoint.embedded else SP.PLACEHOLDER
+
+
+def prompt_hash(simulator: str, excerpts_per_prompt: int = 1, endpoint=None) -> str:
+    """12 hex of what shapes a simulator's answers besides the model: its prompt files, how
+    many excerpts share one prompt (K = 1 is the paper's format) and the value slot at
+    `endpoint` (llm.resolve's); for baseline-lexical, the matcher's source (editing it
+    re-simulates)."""
     if simulator == C.BASELINE_SIMULATOR:
         from explainer.simulate import baseline
 
         return baseline.source_hash()
-    return SP.prompt_hash(excerpts_per_prompt)
+    return SP.prompt_hash(excerpts_per_prompt, value_slot(endpoint))
 
 
 @contextlib.asynccontextmanager
@@ -157,7 +166,7 @@ async def open_simulator(cfg: C.SimulateConfig, endpoint):
     async with L.LLM(endpoint, cfg.run, stage=cfg.stage, cfg=cfg.llm) as llm:
         if endpoint.embedded and cfg.mode in ("auto", "logprob"):
             # Our own backend: nothing to probe. Excerpts in flight together share a pass.
-            yield _InProcess(llm, llm.capacity(), cfg.strict_values)
+            yield _InProcess(llm, llm.capacity(), cfg.strict_values, value_slot(endpoint))
             return
         caps = await L.probe(llm, echo=cfg.mode != "chat")
         mode = cfg.mode
@@ -171,7 +180,7 @@ async def open_simulator(cfg: C.SimulateConfig, endpoint):
         workers = max(1, llm.capacity())  # over every endpoint of the pool
         if mode == "logprob":
             yield _Echo(llm, workers, _echo_shift(Path(cfg.run), endpoint, caps.echo_shift),
-                        await _top_logprobs(llm), cfg.strict_values)
+                        await _top_logprobs(llm), cfg.strict_values, value_slot(endpoint))
         else:
             yield _Chat(llm, workers)
 

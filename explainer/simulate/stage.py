@@ -177,7 +177,7 @@ async def _run(cfg: config.SimulateConfig, endpoint, name: str, model: str,
     splits += ("explain",) if cfg.explain_split else ()  # simulated, never scored
     # Before any endpoint is touched: with --mode auto, predictions of either mode count as done.
     mode = None if cfg.mode == "auto" or endpoint is None else cfg.mode
-    phash = simulators.prompt_hash(cfg.simulator, cfg.excerpts_per_prompt)
+    phash = simulators.prompt_hash(cfg.simulator, cfg.excerpts_per_prompt, endpoint)
     done = {lay: _Done(cfg.run, model, lay, name, mode, phash,
                        {j.neuron for j in jobs if j.layer == lay})
             for lay in sorted({j.layer for j in jobs})}
