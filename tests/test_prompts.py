@@ -60,14 +60,14 @@ def test_every_describe_prompt_file_exists_and_renders():
 
 GOLDEN_QUESTION = """Excerpts:
 <start>
- the\t0
+ the
  harbour\t10
- is\t0
+ is
 <end>
 <start>
- a\t0
+ a
  ship\t5
-\\n\t0
+\\n
 <end>
 
 What does this neuron fire on? Reply with one short phrase.

@@ -55,7 +55,13 @@ def scale(excerpts: list[list[float]]) -> list[list[int]]:
 
 
 def _listing(tokens: list[str], values: list[int], nonzero_only: bool = False) -> str:
-    lines = [f"{prompts.show_token(t)}\t{v}" for t, v in zip(tokens, values) if v > 0 or not nonzero_only]
+    """One token a line, a tab and its value after each token above 0; a token at 0 stands
+    alone. Most tokens are 0, and a bare line is 2 tokens where "token<TAB>0" is 4: a question
+    of 5 excerpts is ~1,000 tokens instead of ~1,580 (SmolLM2's tokenizer), for the same
+    information, which makes the embedded explainer's prompt pass 2x faster (its attention
+    grows with the square of the length) and an endpoint's bill smaller."""
+    lines = [f"{prompts.show_token(t)}\t{v}" if v > 0 else prompts.show_token(t)
+             for t, v in zip(tokens, values) if v > 0 or not nonzero_only]
     return "\n".join(["<start>", *lines, "<end>"])
 
 
