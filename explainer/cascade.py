@@ -52,10 +52,7 @@ def run(cfg: config.CascadeConfig) -> str:
     run_dir = Path(d.run)
     levels = [Level(i + 1, e, explainer_label(e, d.evidence))
               for i, e in enumerate(cfg.explainers)]
-    from explainer import llm
-
-    endpoint = None if s.simulator == config.BASELINE_SIMULATOR else \
-        llm.resolve(s.simulator, s.llm.base_url)
+    endpoint = simulators.endpoint_of(s.simulator, s.llm.base_url)
     phash = simulators.prompt_hash(s.simulator, s.excerpts_per_prompt, endpoint)
     valid: dict[Key, list[float | None]] = {}
     pending: set[Key] | None = None  # None: everything the user selected

@@ -167,8 +167,8 @@ def test_lexical_simulator_through_the_stage(tmp_path):
     assert v.loc[0, "status"] == "constant_prediction"  # names nothing here: counted as 0
     assert abs(v.loc[1, "score"]) < 0.3
     assert v.loc[1, "score"] == pytest.approx(_corr_named(1, 5), abs=1e-5)
-    assert set(sc["sim_prompt_hash"]) == {simulators.prompt_hash(C.BASELINE_SIMULATOR)}
-    assert simulators.prompt_hash(C.BASELINE_SIMULATOR) == hashlib.sha256(
+    assert set(sc["sim_prompt_hash"]) == {simulators.prompt_hash(C.BASELINE_SIMULATOR, 1, None)}
+    assert simulators.prompt_hash(C.BASELINE_SIMULATOR, 1, None) == hashlib.sha256(
         open(lexical.__file__, "rb").read()).hexdigest()[:12]
     # with the control: the lexical simulator sees the quoted explanations are specific
     simulate.run(C.SimulateConfig(run=run, simulator=C.BASELINE_SIMULATOR, control="shuffled",

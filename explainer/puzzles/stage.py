@@ -65,6 +65,7 @@ def puzzle_hash(p: data.Puzzle) -> str:
 def run(cfg: config.PuzzlesConfig) -> str:
     """Simulate and score every puzzle; returns the per-puzzle table and summary (or JSON)."""
     from explainer.llm import resolve
+    from explainer.simulate import simulators
 
     if cfg.format not in FORMATS:
         raise ExplainError(f"--format {cfg.format}: expected one of {', '.join(FORMATS)}")
@@ -73,7 +74,7 @@ def run(cfg: config.PuzzlesConfig) -> str:
     puzzles = data.load(cfg.file)
     pset = SHIPPED if cfg.file is None else rundir.model_key(Path(cfg.file).stem)
     out = Path(cfg.run) if cfg.run is not None else default_run(cfg.simulator)
-    endpoint = None if cfg.simulator == LEXICAL else resolve(cfg.simulator, cfg.llm.base_url)
+    endpoint = simulators.endpoint_of(cfg.simulator, cfg.llm.base_url)
     explainer = None
     if cfg.explain:
         explainer = cfg.explainer or (config.EMBEDDED_LLM if endpoint is None else cfg.simulator)

@@ -51,7 +51,7 @@ class _Echo(_Remote):
     mode = "logprob"
 
     def __init__(self, llm, workers: int, shift: int, top: int = LOGPROBS,
-                 strict: bool = False, slot: str = SP.PLACEHOLDER):
+                 strict: bool = False, *, slot: str):
         super().__init__(llm, workers)
         self.shift = shift  # the endpoint's echo convention (probe.echo_shift), never guessed
         self.top = top  # alternatives asked per prompt token (as many as the endpoint takes)
@@ -97,7 +97,7 @@ class _InProcess(_Echo):
     server computed the echo in Python at ~40 ms a token: 36 s for an 818-token prompt.)
     """
 
-    def __init__(self, llm, workers: int, strict: bool = False, slot: str = SP.EMPTY_SLOT):
+    def __init__(self, llm, workers: int, strict: bool = False, *, slot: str):
         super().__init__(llm, workers, shift=0, top=len(SP.VALUES), strict=strict, slot=slot)
 
     def _ask(self, prompt: SP.LogprobPrompt) -> dict:
@@ -132,6 +132,16 @@ class _Chat(_Remote):
         return self._count(SP.split_parsed(SP.parse_chat(c.text, n, c.chat_logprobs), lengths))
 
 
+def endpoint_of(simulator: str, base_url):
+    """The endpoint `simulator` is reached at (llm.resolve), None for baseline-lexical, which
+    needs no LLM."""
+    if simulator == C.BASELINE_SIMULATOR:
+        return None
+    from explainer import llm
+
+    return llm.resolve(simulator, base_url)
+
+
 def value_slot(endpoint) -> str:
     """What stands in each value slot of the logprob prompts sent to `endpoint`: nothing for
     the embedded model (whose tokenizer keeps a tab and a newline apart; `_InProcess`), the
@@ -139,7 +149,7 @@ def value_slot(endpoint) -> str:
     return SP.EMPTY_SLOT if endpoint is not None and endpoint.embedded else SP.PLACEHOLDER
 
 
-def prompt_hash(simulator: str, excerpts_per_prompt: int = 1, endpoint=None) -> str:
+def prompt_hash(simulator: str, excerpts_per_prompt: int, endpoint) -> str:
     """12 hex of what shapes a simulator's answers besides the model: its prompt files, how
     many excerpts share one prompt (K = 1 is the paper's format) and the value slot at
     `endpoint` (llm.resolve's); for baseline-lexical, the matcher's source (editing it
@@ -166,7 +176,7 @@ async def open_simulator(cfg: C.SimulateConfig, endpoint):
     async with L.LLM(endpoint, cfg.run, stage=cfg.stage, cfg=cfg.llm) as llm:
         if endpoint.embedded and cfg.mode in ("auto", "logprob"):
             # Our own backend: nothing to probe. Excerpts in flight together share a pass.
-            yield _InProcess(llm, llm.capacity(), cfg.strict_values, value_slot(endpoint))
+            yield _InProcess(llm, llm.capacity(), cfg.strict_values, slot=value_slot(endpoint))
             return
         caps = await L.probe(llm, echo=cfg.mode != "chat")
         mode = cfg.mode
@@ -180,7 +190,7 @@ async def open_simulator(cfg: C.SimulateConfig, endpoint):
         workers = max(1, llm.capacity())  # over every endpoint of the pool
         if mode == "logprob":
             yield _Echo(llm, workers, _echo_shift(Path(cfg.run), endpoint, caps.echo_shift),
-                        await _top_logprobs(llm), cfg.strict_values, value_slot(endpoint))
+                        await _top_logprobs(llm), cfg.strict_values, slot=value_slot(endpoint))
         else:
             yield _Chat(llm, workers)
 

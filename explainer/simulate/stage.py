@@ -73,12 +73,10 @@ def run(cfg: config.SimulateConfig) -> Path:
         raise ExplainError(f"--excerpts-per-prompt {cfg.excerpts_per_prompt}: must be 1 or more")
     if cfg.control not in config.CONTROLS:
         raise ExplainError(f"--control {cfg.control}: expected one of {', '.join(config.CONTROLS)}")
-    from explainer import llm
+    from explainer.simulate import simulators
 
     run_dir = Path(cfg.run)
-    # baseline-lexical needs no LLM, so no endpoint either
-    endpoint = None if cfg.simulator == config.BASELINE_SIMULATOR else \
-        llm.resolve(cfg.simulator, cfg.llm.base_url)
+    endpoint = simulators.endpoint_of(cfg.simulator, cfg.llm.base_url)
     model, layers = rundir.explained_layers(run_dir, cfg.model, cfg.layers)
     from dataclasses import replace
 
