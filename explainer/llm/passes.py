@@ -37,14 +37,17 @@ def by_length(lengths: Sequence[int]) -> list[list[int]]:
 
 
 def plan(batch: Sequence[Sequence[int]], want: Sequence[Sequence[int]]) -> list[list[int]]:
-    """Indices of `batch` in forward passes: sequences with the same tokens before the first
-    row they want go together, then by length.
+    """Indices of `batch` in forward passes: sequences with the same tokens up to the one
+    before their first wanted row go together, then by length.
 
     A pass evaluates what its sequences share once (TorchLM._forward), and only what all of
     them share. The simulator's prompts in flight belong to a few explanations, and each
     repeats its explanation's header (~20 tokens of a ~230-token prompt) before the first
     value slot: passed together, prompts of one explanation compute that header once instead
-    of once a prompt (8% of the tokens of the demo's simulation).
+    of once a prompt (8% of the tokens of the demo's simulation). Row r reads what follows
+    token r, and token r - 1 is the excerpt's own first token, which is left out of the key
+    (an excerpt whose first token the simulator splits in two goes in a pass of its own:
+    slower, never wrong).
     """
     parts: dict[tuple, list[int]] = {}
     for i, seq in enumerate(batch):

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Sequence
 
 from explainer.llm import passes
+from explainer.llm.threads import DecodeThreads
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +228,6 @@ class TorchLM:
     def _decode(self, states: list["_Decoding"], last, cache, mask, pos) -> None:
         """Choose and run tokens until every state is done; `pos`: each prompt's length (the
         position of its first answer token), `mask` None: no padding."""
-        from explainer.llm.threads import DecodeThreads
-
         torch = self.torch
         threads = DecodeThreads(torch)  # one thread or all: whichever steps faster here
         try:
