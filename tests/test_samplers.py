@@ -127,17 +127,22 @@ def test_adding_layers_from_changed_text_is_refused(tmp_path, tiny_gpt2):
     assert sorted(run.rglob("*")) == before  # nothing written, layer 0 untouched
 
 
-@pytest.mark.parametrize("signed, random_k", [(True, 6), (False, 6), (True, 0)])
-def test_one_fused_pass_equals_the_samplers_one_by_one(signed, random_k):
+@pytest.mark.parametrize("signed, random_k, ctx", [(True, 6, 6), (False, 6, 6), (True, 0, 6),
+                                                  (True, 6, 8), (False, 6, 16)])
+def test_one_fused_pass_equals_the_samplers_one_by_one(signed, random_k, ctx):
     """LayerSamplers (one compiled pass: moments, top-k, bottom-k, hashed random pool) holds
     the very bits of Stats, TopK by max and TopK by -min updated in turn, on the hook's view
     past the BOS column as on a contiguous copy, in any reading order; its random pool, which
     keeps the neuron's own top and bottom excerpts out as they fall out of them, is exactly
-    RandomSample's sample with them left out (ids and activations, bit for bit)."""
+    RandomSample's sample with them left out (ids and activations, bit for bit). Every stored
+    row is the excerpt's own column of activations: with ctx a multiple of 8 the first 256
+    neurons' block copies excerpts that many neurons take through the tiled transpose, the
+    partial block of 44 and the later sparse batches by column reads."""
+    from explainer.record import kernels
     from explainer.record.samplers import LayerSamplers, Stats
 
     rng = np.random.default_rng(7)
-    n_ex, ctx, n, k = 130, 6, 300, 7  # 300 neurons: two kernel blocks, the second partial
+    n_ex, n, k = 130, 300, 7  # 300 neurons: two kernel blocks, the second partial
     acts = rng.integers(-3, 4, (n_ex, 1 + ctx, n)).astype(np.float32)  # ties, zeros
     acts[:, :, ::3] = rng.normal(size=(n_ex, 1 + ctx, 100))
     stream = stream_id(0, "random", "m", 2)
@@ -171,6 +176,14 @@ def test_one_fused_pass_equals_the_samplers_one_by_one(signed, random_k):
         for name in ("sum", "sumsq", "pos", "min", "max", "n"):
             assert np.asarray(getattr(fused.stats, name)).tobytes() == \
                 np.asarray(getattr(stats, name)).tobytes(), name
+        samples = [fused.top.ranked()] + ([fused.bottom.ranked()] if signed else [])
+        if random_k:
+            ids, rows = fused.random.sample(own)
+            samples.append((ids, None, rows))
+        for ids, _, rows in samples:  # against the data itself, not another sampler
+            neuron = np.arange(n)[:, None]
+            assert np.array_equal(rows, acts[ids, 1:, neuron])
+    assert kernels.TILE == 8 and kernels.DENSE <= 256 * k // 16  # the first batch is dense
     want = [e for e in np.lexsort((np.arange(n_ex), -acts[:, 1:, 0].max(axis=1)))[:k]]
     assert fused.top.ranked()[0][0].tolist() == want  # and the top-k is brute force's
 
