@@ -127,9 +127,10 @@ def test_adding_layers_from_changed_text_is_refused(tmp_path, tiny_gpt2):
     assert sorted(run.rglob("*")) == before  # nothing written, layer 0 untouched
 
 
-@pytest.mark.parametrize("signed, random_k, ctx", [(True, 6, 6), (False, 6, 6), (True, 0, 6),
-                                                  (True, 6, 8), (False, 6, 16)])
-def test_one_fused_pass_equals_the_samplers_one_by_one(signed, random_k, ctx):
+@pytest.mark.parametrize("signed, random_k, ctx, aligned", [
+    (True, 6, 6, True), (False, 6, 6, True), (True, 0, 6, True), (True, 6, 8, True),
+    (False, 6, 16, True), (True, 6, 8, False)])
+def test_one_fused_pass_equals_the_samplers_one_by_one(signed, random_k, ctx, aligned):
     """LayerSamplers (one compiled pass: moments, top-k, bottom-k, hashed random pool) holds
     the very bits of Stats, TopK by max and TopK by -min updated in turn, on the hook's view
     past the BOS column as on a contiguous copy, in any reading order; its random pool, which
@@ -137,8 +138,11 @@ def test_one_fused_pass_equals_the_samplers_one_by_one(signed, random_k, ctx):
     RandomSample's sample with them left out (ids and activations, bit for bit). Every stored
     row is the excerpt's own column of activations: with ctx a multiple of 8 the first 256
     neurons' block copies excerpts that many neurons take through the tiled transpose, the
-    partial block of 44 and the later sparse batches by column reads."""
-    from explainer.record import kernels
+    partial block of 44 and the later sparse batches by column reads. Rows are streamed into
+    the stores (non-temporal stores) where whole vectors fit and the store is aligned, as
+    every store record allocates is; a misaligned one (an array from elsewhere) is copied the
+    ordinary way, to the same bits."""
+    from explainer.record import copies
     from explainer.record.samplers import LayerSamplers, Stats
 
     rng = np.random.default_rng(7)
@@ -148,6 +152,15 @@ def test_one_fused_pass_equals_the_samplers_one_by_one(signed, random_k, ctx):
     stream = stream_id(0, "random", "m", 2)
     for order in (np.arange(n_ex), rng.permutation(n_ex)):
         fused = LayerSamplers(k, n, ctx, random_k, stream, signed)
+        stores = [t for t in (fused.top, fused.bottom, fused.random.pool) if t is not None]
+        for t in stores:
+            assert t.acts.ctypes.data % 64 == 0
+            if not aligned:  # one float past an aligned address
+                raw = np.zeros(t.acts.size + 16, np.float32)
+                at = (-raw.ctypes.data // 4) % 16 + 1
+                t.acts = raw[at:at + t.acts.size].reshape(t.acts.shape)
+        assert copies.can_stream(*(t.acts for t in stores[:1] * 3)) == \
+            (aligned and ctx % 8 == 0)
         top, bottom, stats = TopK(k, n, ctx), TopK(k, n, ctx), Stats(n)
         rs = RandomSample(random_k, 2 * k, n, ctx, stream)
         for s in range(0, n_ex, 16):
@@ -183,7 +196,7 @@ def test_one_fused_pass_equals_the_samplers_one_by_one(signed, random_k, ctx):
         for ids, _, rows in samples:  # against the data itself, not another sampler
             neuron = np.arange(n)[:, None]
             assert np.array_equal(rows, acts[ids, 1:, neuron])
-    assert kernels.TILE == 8 and kernels.DENSE <= 256 * k // 16  # the first batch is dense
+    assert copies.TILE == 8 and copies.DENSE <= 256 * k // 16  # the first batch is dense
     want = [e for e in np.lexsort((np.arange(n_ex), -acts[:, 1:, 0].max(axis=1)))[:k]]
     assert fused.top.ranked()[0][0].tolist() == want  # and the top-k is brute force's
 

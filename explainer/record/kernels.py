@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from explainer.record.copies import can_stream, copy_entered, copy_pending, fence, put
+
 BLOCK = 256  # neurons per work item: rows of 1 KiB, so strided reads still stream
 
 
@@ -125,67 +127,6 @@ def _offer_out(vals, top_ids, slot, pending, i, j, keys, ids, cv, ce, cb, nv, ne
     return n_out
 
 
-DENSE = 32  # an excerpt with this many rows to copy in a block is transposed whole first
-TILE = 8  # the transpose's tile: 8 rows of x and 8 store rows stay in L1 together
-
-
-@njit(cache=True, nogil=True)
-def _copy_pending(x, skip, lo, pending, store):
-    """_copy_entered for one sampler."""
-    _copy_entered(x, skip, lo, pending, store, pending[:0], store, pending[:0], store)
-
-
-@njit(cache=True, nogil=True)
-def _copy_entered(x, skip, lo, p0, s0, p1, s1, p2, s2):
-    """Copy each entering excerpt's activations into its store row, for up to three samplers
-    at once: p0, p1, p2 (w, k) the batch row waiting for each slot of stores s0, s1, s2 (a
-    sampler with no neurons has an empty pending).
-
-    A stored row is a column of x: read one value per time step, each 4 x N bytes from the
-    last, those reads miss L1 (they map to the same few sets). An excerpt that many neurons
-    take (the first batches fill every buffer) is first transposed whole, in 8 x 8 tiles that
-    stay in L1, into a scratch block whose rows are then copied as they are: 6.5 us against
-    28.7 by column reads per excerpt and block of 256 (SmolLM2's 1,536 neurons), and the
-    fused pass over 256 excerpts ~20% faster on SmolLM2, ~27% on GPT-2 small's shape. An
-    excerpt that few take keeps the column reads.
-    """
-    n_batch = x.shape[0]
-    ctx = s0.shape[2]
-    w = p0.shape[0]
-    count = np.zeros(n_batch, np.int64)
-    to_j = np.empty((n_batch, 3 * w), np.int64)  # an excerpt holds one slot per neuron and
-    to_q = np.empty((n_batch, 3 * w), np.int64)  # sampler at most
-    to_s = np.empty((n_batch, 3 * w), np.int64)
-    for s in range(3):
-        pend = p0 if s == 0 else (p1 if s == 1 else p2)
-        for j in range(pend.shape[0]):
-            for q in range(pend.shape[1]):
-                b = pend[j, q]
-                if b >= 0:
-                    c = count[b]
-                    to_j[b, c], to_q[b, c], to_s[b, c] = j, q, s
-                    count[b] = c + 1
-    tiles = ctx % TILE == 0 and w % TILE == 0
-    scratch = np.empty((w, ctx), np.float32)
-    for b in range(n_batch):
-        dense = tiles and count[b] >= DENSE
-        if dense:
-            for t0 in range(0, ctx, TILE):
-                for j0 in range(0, w, TILE):
-                    for t in range(t0, t0 + TILE):
-                        for j in range(j0, j0 + TILE):
-                            scratch[j, t] = x[b, skip + t, lo + j]
-        for c in range(count[b]):
-            j, q, s = to_j[b, c], to_q[b, c], to_s[b, c]
-            dst = s0 if s == 0 else (s1 if s == 1 else s2)
-            if dense:
-                for t in range(ctx):
-                    dst[lo + j, q, t] = scratch[j, t]
-            else:
-                for t in range(ctx):
-                    dst[lo + j, q, t] = x[b, skip + t, lo + j]
-
-
 @njit(cache=True, nogil=True)
 def _merge_block(acts, skip, lo, w, ids, keys, vals, top_ids, slot, store):
     """merge_topk for neurons lo .. lo + w - 1."""
@@ -201,7 +142,7 @@ def _merge_block(acts, skip, lo, w, ids, keys, vals, top_ids, slot, store):
         entered |= _offer(vals, top_ids, slot, pending, i, j, keys[:, i], ids, cv, ce, cb, nv,
                           ne, ns)
     if entered:
-        _copy_pending(acts, skip, lo, pending, store)
+        copy_pending(acts, skip, lo, pending, store)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -296,6 +237,8 @@ def _layer_block(x, skip, lo, w, ids, stream, bmax, bmin, total, total_sq, posit
     b_out, b_out_slot = np.empty(kb, np.int64), np.empty(kb, np.int64)
     c_key, c_id = np.empty(n_cand, np.float32), np.empty(n_cand, np.int64)
     c_slot = np.empty(n_cand, np.int64)  # a fallen excerpt's row in its sampler's store
+    streams = can_stream(t_store, b_store, p_store)
+    t_at, b_at, p_at = t_store.ctypes.data, b_store.ctypes.data, p_store.ctypes.data
     has_bottom = b_vals.shape[0] > 0
     has_pool = p_vals.shape[0] > 0 and p_vals.shape[1] > 0
     t_in = b_in = p_in = False
@@ -354,13 +297,19 @@ def _layer_block(x, skip, lo, w, ids, stream, bmax, bmin, total, total_sq, posit
                     p_in |= c >= 0
                     continue
                 src = c_slot[c]  # a fallen excerpt: its row moves now, before any batch copy
-                if src >= 0:
+                if streams:
+                    put(p_at, i * p_store.shape[1] + q, t_at if src >= 0 else b_at,
+                        i * t_store.shape[1] + src if src >= 0 else
+                        i * b_store.shape[1] - 1 - src, p_store.shape[2])
+                elif src >= 0:
                     p_store[i, q, :] = t_store[i, src, :]
                 else:
                     p_store[i, q, :] = b_store[i, -1 - src, :]
                 p_pending[j, q] = -1
     if t_in or b_in or p_in:  # after the ranking, so that no row is copied twice
-        _copy_entered(x, skip, lo, t_pending, t_store, b_pending, b_store, p_pending, p_store)
+        copy_entered(x, skip, lo, t_pending, t_store, b_pending, b_store, p_pending, p_store)
+    elif streams:
+        fence()
 
 
 @njit(parallel=True, cache=True, nogil=True)

@@ -78,10 +78,12 @@ def store(shape: tuple) -> np.ndarray:
     the array keeps it alive and unmaps it when freed."""
     import mmap
 
-    size = int(np.prod(shape)) * 4
-    if size < SMALL_STORE:
-        return np.zeros(shape, dtype=np.float32)
-    return np.frombuffer(mmap.mmap(-1, size), dtype=np.float32).reshape(shape)
+    n = int(np.prod(shape))
+    if n * 4 < SMALL_STORE:  # 64-byte aligned like a mapping, so rows can be streamed
+        raw = np.zeros(n + 16, dtype=np.float32)
+        start = (-raw.ctypes.data // 4) % 16
+        return raw[start:start + n].reshape(shape)
+    return np.frombuffer(mmap.mmap(-1, n * 4), dtype=np.float32).reshape(shape)
 
 
 def rows(acts: np.ndarray, index: np.ndarray) -> np.ndarray:
