@@ -68,22 +68,29 @@ SMALL_STORE = 4 << 20  # bytes: below this a store is an ordinary np.zeros
 
 
 def store(shape: tuple) -> np.ndarray:
-    """Zeroed float32 memory for a sampler's activations, in ordinary 4 KB pages.
+    """Zeroed float32 memory for a sampler's activations, in ordinary 4 KB pages, 64-byte
+    aligned (so that copies.py can stream rows into it).
 
-    np.zeros asks the kernel for transparent huge pages (numpy's madvise on large arrays).
-    A store is touched once, a row at a time, as excerpts enter, and on the VMs measured here
-    faulting in huge pages costs about 3x more than 4 KB pages (860 MB: 1.6-2.7 s against
-    0.6 s): for SmolLM2's 30 layers (2.2 GB of stores, both sides) that was several seconds of
-    a 256-excerpt recording. An anonymous mmap is zeroed by the kernel and gets no madvise;
-    the array keeps it alive and unmaps it when freed."""
+    A store is touched once, a row at a time, as excerpts enter, so the first touch of its
+    pages is a real share of recording (SmolLM2: 43 MB a layer with both sides). np.zeros asks
+    for transparent huge pages (numpy's madvise on large arrays), and on the VMs measured here
+    faulting those in costs about 3x more than 4 KB pages (860 MB: 1.6-2.7 s against 0.6 s).
+    A private anonymous mapping told not to use huge pages is zeroed by the kernel, page by
+    page: 43 MB in 21 ms on one core, against 25.5 for a shared one (which Linux backs with
+    shmem, Python's default). The array keeps the mapping alive and unmaps it when freed."""
     import mmap
 
     n = int(np.prod(shape))
-    if n * 4 < SMALL_STORE:  # 64-byte aligned like a mapping, so rows can be streamed
+    if n * 4 < SMALL_STORE:
         raw = np.zeros(n + 16, dtype=np.float32)
         start = (-raw.ctypes.data // 4) % 16
         return raw[start:start + n].reshape(shape)
-    return np.frombuffer(mmap.mmap(-1, n * 4), dtype=np.float32).reshape(shape)
+    if not hasattr(mmap, "MAP_PRIVATE"):  # Windows: its mmap takes no flags
+        return np.frombuffer(mmap.mmap(-1, n * 4), dtype=np.float32).reshape(shape)
+    m = mmap.mmap(-1, n * 4, flags=mmap.MAP_PRIVATE)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):  # Linux; where THP is "always" it would apply
+        m.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(m, dtype=np.float32).reshape(shape)
 
 
 def rows(acts: np.ndarray, index: np.ndarray) -> np.ndarray:
