@@ -65,21 +65,16 @@ def _before(v, e, w, f):
 
 
 @njit(cache=True, nogil=True)
-def _offer(vals, top_ids, slot, pending, i, j, keys, ids, cv, ce, cb, nv, ne, ns):
-    """Merge one batch into neuron i's ranked buffer (block column j); True if any entered."""
-    return _offer_out(vals, top_ids, slot, pending, i, j, keys, ids, cv, ce, cb, nv, ne, ns,
-                      ns[:0], ne[:0], ns[:0]) >= 0
+def _offer(vals, top_ids, slot, pending, i, j, keys, ids, n, cv, ce, cb, nv, ne, ns, hit,
+           out_ids, out_slot):
+    """Merge one batch into neuron i's ranked buffer (block column j): returns -1 if nothing
+    entered, else how many real excerpts fell out, their ids and store rows written to
+    out_ids, out_slot (k,) (when those have room; their rows keep their activations until the
+    batch's copies run); hit[b] is set to 1 for every batch row b that entered (when hit has
+    room). Callers pass a count and empty arrays made once per block rather than slices made
+    per neuron (each one an atomic reference count update; the difference is within noise).
 
-
-@njit(cache=True, nogil=True)
-def _offer_out(vals, top_ids, slot, pending, i, j, keys, ids, cv, ce, cb, nv, ne, ns, hit,
-               out_ids, out_slot):
-    """_offer, also telling what moved: returns -1 if nothing entered, else how many real
-    excerpts fell out, their ids and store rows written to out_ids, out_slot (k,) (when those
-    have room; their rows keep their activations until the batch's copies run); hit[b] is set
-    to 1 for every batch row b that entered (when hit has room).
-
-    keys (B,) this neuron's key of each excerpt, ids (B,) their ids. The excerpts that beat
+    keys[:n] this neuron's key of each excerpt, ids[:n] their ids. The excerpts that beat
     the buffer's last entry are sorted and merged with it in one sweep (cheaper than inserting
     them one by one while a buffer fills); -inf and NaN never enter. Entering excerpts take
     the slots (rows of the store) of those falling out, and pending[j, slot] remembers their
@@ -88,7 +83,7 @@ def _offer_out(vals, top_ids, slot, pending, i, j, keys, ids, cv, ce, cb, nv, ne
     k = vals.shape[1]
     last, last_id = vals[i, k - 1], top_ids[i, k - 1]
     nc = 0
-    for b in range(keys.shape[0]):
+    for b in range(n):
         v, e = keys[b], ids[b]
         if not _before(v, e, last, last_id):  # false for NaN
             continue
@@ -136,11 +131,12 @@ def _merge_block(acts, skip, lo, w, ids, keys, vals, top_ids, slot, store):
     cv, ce, cb = np.empty(n_batch, vals.dtype), np.empty(n_batch, np.int64), \
         np.empty(n_batch, np.int64)  # scratch of _offer
     nv, ne, ns = np.empty(k, vals.dtype), np.empty(k, np.int64), np.empty(k, np.int64)
+    none = np.empty(0, np.int64)
     entered = False
     for j in range(w):
         i = lo + j
-        entered |= _offer(vals, top_ids, slot, pending, i, j, keys[:, i], ids, cv, ce, cb, nv,
-                          ne, ns)
+        entered |= _offer(vals, top_ids, slot, pending, i, j, keys[:, i], ids, n_batch, cv, ce,
+                          cb, nv, ne, ns, none, none, none) >= 0
     if entered:
         copy_pending(acts, skip, lo, pending, store)
 
@@ -233,6 +229,7 @@ def _layer_block(x, skip, lo, w, ids, stream, bmax, bmin, total, total_sq, posit
         np.empty(n_cand, np.int64)  # scratch of _offer
     nv, ne, ns = np.empty(k, np.float32), np.empty(k, np.int64), np.empty(k, np.int64)
     hit = np.zeros(n_batch, np.int64)
+    none = np.empty(0, np.int64)
     t_out, t_out_slot = np.empty(kt, np.int64), np.empty(kt, np.int64)
     b_out, b_out_slot = np.empty(kb, np.int64), np.empty(kb, np.int64)
     c_key, c_id = np.empty(n_cand, np.float32), np.empty(n_cand, np.int64)
@@ -247,15 +244,15 @@ def _layer_block(x, skip, lo, w, ids, stream, bmax, bmin, total, total_sq, posit
         hit[:] = 0
         for b in range(n_batch):
             key[b] = bmax[b, i]
-        n_t = _offer_out(t_vals, t_ids, t_slot, t_pending, i, j, key, ids, cv, ce, cb, nv, ne,
-                         ns, hit, t_out, t_out_slot)
+        n_t = _offer(t_vals, t_ids, t_slot, t_pending, i, j, key, ids, n_batch, cv, ce, cb, nv,
+                     ne, ns, hit, t_out, t_out_slot)
         t_in |= n_t >= 0
         n_b = -1
         if has_bottom:  # the most negative first
             for b in range(n_batch):
                 key[b] = -bmin[b, i]
-            n_b = _offer_out(b_vals, b_ids, b_slot, b_pending, i, j, key, ids, cv, ce, cb, nv,
-                             ne, ns, hit, b_out, b_out_slot)
+            n_b = _offer(b_vals, b_ids, b_slot, b_pending, i, j, key, ids, n_batch, cv, ce, cb,
+                         nv, ne, ns, hit, b_out, b_out_slot)
             b_in |= n_b >= 0
         if not has_pool:
             continue
@@ -289,8 +286,8 @@ def _layer_block(x, skip, lo, w, ids, stream, bmax, bmin, total, total_sq, posit
                 continue
             c_key[n_c], c_id[n_c], c_slot[n_c] = _hashed(stream, e, i), e, -1 - b_out_slot[r]
             n_c += 1
-        if _offer(p_vals, p_ids, p_slot, p_pending, i, j, c_key[:n_c], c_id[:n_c], cv, ce, cb,
-                  nv, ne, ns):
+        if _offer(p_vals, p_ids, p_slot, p_pending, i, j, c_key, c_id, n_c, cv, ce, cb, nv, ne,
+                  ns, none, none, none) >= 0:
             for q in range(p_vals.shape[1]):
                 c = p_pending[j, q]
                 if c < n_batch:
