@@ -29,7 +29,6 @@ from explainer import config
 from explainer import run as rundir
 from explainer.puzzles import data
 
-LEXICAL = "baseline-lexical"  # the simulator that needs no LLM (simulate/lexical.py)
 MODES = ("auto", "logprob", "chat")
 FORMATS = ("table", "json")
 SHIPPED = "puzzles"  # puzzle-set name of the file shipped with the package
@@ -83,7 +82,7 @@ def run(cfg: config.PuzzlesConfig) -> str:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     mode, usage = asyncio.run(_run(cfg, out, pset, puzzles, endpoint, explainer, t0))
-    name = endpoint.model if endpoint is not None else LEXICAL
+    name = endpoint.model if endpoint is not None else config.BASELINE_SIMULATOR
     return _render(cfg, out, pset, puzzles, name, mode, explainer, usage)
 
 
@@ -136,7 +135,7 @@ async def _run(cfg, out: Path, pset: str, puzzles, endpoint, explainer: str | No
                t0: float) -> tuple[str, dict]:
     from explainer.simulate import simulators
 
-    name = endpoint.model if endpoint is not None else LEXICAL
+    name = endpoint.model if endpoint is not None else config.BASELINE_SIMULATOR
     phash = "none" if endpoint is None else simulators.prompt_hash(name, 1, endpoint)
     items = _own_items(puzzles)
     if explainer is not None:
