@@ -411,8 +411,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None,
                     help="excerpts per forward pass (default: record's for the device: 32 on a "
                          "CPU, 512 on a CUDA GPU)")
-    ap.add_argument("--repeats", type=int, default=3, help="alternating timings; whole runs keep the best, the paired "
-                         "figure sums them all")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="alternating timings; whole runs keep the best, the paired figure "
+                         "sums them all")
     ap.add_argument("--sides", default="auto",
                     help="auto (both on a gated model, as record does) or pos (top-k only)")
     ap.add_argument("--device", default="cpu",
