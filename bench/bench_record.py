@@ -289,9 +289,10 @@ FLOOR_VS_BARE = {"gpt2-small": 1.09, "smollm2-135m": 0.90}  # issue 26: no lower
 def print_breakdown(res: dict) -> None:
     """The floors' verdict, then the breakdown as lines a reader scans: ms per layer and batch,
     and share of the forward."""
-    got, lo = res["paired_ratio_vs_hooked_forward"], res["paired_ratio_vs_hooked_forward_range"]
-    print(f"{res['model']}: record ÷ hooked forward {got:.3f} paired (repeats {lo[0]:.3f}-"
-          f"{lo[1]:.3f}; whole runs {res['ratio_vs_hooked_forward']:.3f}), floor "
+    got, (low, high) = res["paired_ratio_vs_hooked_forward"], \
+        res["paired_ratio_vs_hooked_forward_range"]
+    print(f"{res['model']}: record ÷ hooked forward {got:.3f} paired (repeats {low:.3f}-"
+          f"{high:.3f}; whole runs {res['ratio_vs_hooked_forward']:.3f}), floor "
           f"{FLOOR_VS_HOOKED}: {'met' if got >= FLOOR_VS_HOOKED else 'NOT met'}")
     floor = FLOOR_VS_BARE.get(res["model"])
     if floor is not None:
